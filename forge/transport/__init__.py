@@ -1,5 +1,23 @@
 """Running commands on hosts: locally or over SSH, one interface."""
 
+from __future__ import annotations
+
+from forge.inventory import Host
 from forge.transport.base import CommandResult, Transport
 
-__all__ = ["CommandResult", "Transport"]
+
+def connect(host: Host) -> Transport:
+    """A transport for ``host``: local for the local host, SSH for every other one.
+
+    Nothing is opened until the first command.
+    """
+    if host.local:
+        from forge.transport.local import LocalTransport
+
+        return LocalTransport(host.name, command_timeout=host.command_timeout)
+    from forge.transport.ssh import SSHTransport
+
+    return SSHTransport(host)
+
+
+__all__ = ["CommandResult", "Transport", "connect"]

@@ -1,0 +1,1 @@
+"""The ``forge`` command: a thin click layer over the library."""

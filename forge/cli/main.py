@@ -1,0 +1,115 @@
+"""Entry point of the ``forge`` command and its one error boundary.
+
+Commands declare options, call the library and render what it returns. Every expected error
+is a :class:`forge.errors.ForgeError`; here it becomes one line on stderr and its documented
+exit code. Anything else is a bug: a one-line message, with the traceback under ``--debug``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+
+import click
+
+from forge import __version__, inventory
+from forge.cli import output
+from forge.errors import ExitCode, ForgeError
+from forge.fleet import Pool
+
+
+@dataclass
+class State:
+    """What every command gets: the inventory (loaded on first use) and the connections."""
+
+    inventory_path: str | None = None
+    debug: bool = False
+    pool: Pool = field(default_factory=Pool)
+    _inventory: inventory.Inventory | None = None
+
+    @property
+    def inventory(self) -> inventory.Inventory:
+        if self._inventory is None:
+            self._inventory = inventory.load(self.inventory_path)
+        return self._inventory
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "-i",
+    "--inventory",
+    "inventory_path",
+    metavar="PATH",
+    help="Inventory file. Default: $FORGE_INVENTORY, ./hosts.toml, ~/.config/forge/hosts.toml; "
+    "with none, forge manages this machine only.",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks and SSH/Docker debug logs.")
+@click.version_option(__version__, "-V", "--version", prog_name="forge")
+@click.pass_context
+def cli(ctx: click.Context, inventory_path: str | None, debug: bool) -> None:
+    """forge runs a lab's fleet of GPU servers over SSH.
+
+    \b
+    Exit codes:
+      0  success          3  inventory invalid     5  no host reachable
+      1  an error         4  some hosts failed     6  another run holds the lock
+      2  bad usage      130  interrupted
+    """
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")
+    state = State(inventory_path=inventory_path, debug=debug)
+    ctx.obj = state
+    ctx.call_on_close(state.pool.close)
+
+
+def _register() -> None:
+    from forge.cli import hosts
+
+    cli.add_command(hosts.hosts)
+    try:
+        from forge.cli.lab import lab
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        cli.add_command(lab)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; the one place that turns exceptions into messages and exit codes."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        rc = cli.main(args=argv, prog_name="forge", standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(ExitCode.USAGE if isinstance(e, click.UsageError) else e.exit_code)
+    except click.Abort:
+        click.echo("forge: interrupted", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+    except KeyboardInterrupt:
+        click.echo("forge: interrupted", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+    except ForgeError as e:
+        if debug:
+            raise
+        click.echo(f"forge: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except Exception as e:
+        if debug:
+            raise
+        click.echo(
+            f"forge: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+            err=True,
+        )
+        sys.exit(ExitCode.ERROR)
+    # With standalone_mode off, click returns ctx.exit()'s code (or the command's value).
+    sys.exit(rc if isinstance(rc, int) else ExitCode.OK)
+
+
+__all__ = ["cli", "main", "output"]

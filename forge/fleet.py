@@ -1,0 +1,159 @@
+"""Fleet operations: one function run on many hosts in parallel, one result per host.
+
+An unreachable or failing host is a result with its reason, never an exception that hides
+the other hosts. Connections are opened once per host and kept for every command of a run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from forge.errors import ForgeError, HostError
+from forge.inventory import Host
+from forge.transport import Transport, connect
+
+T = TypeVar("T")
+
+DEFAULT_CONCURRENCY = 32
+
+
+@dataclass(frozen=True)
+class HostResult(Generic[T]):
+    """What one host gave: a value, or the error that stopped it."""
+
+    host: Host
+    value: T | None = None
+    error: ForgeError | None = None
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def reason(self) -> str:
+        """The error in words, without the host's name (the caller shows that)."""
+        if self.error is None:
+            return ""
+        if isinstance(self.error, HostError):
+            return self.error.reason
+        return str(self.error)
+
+
+@dataclass(frozen=True)
+class FleetResult(Generic[T]):
+    """Per-host results, in inventory order."""
+
+    results: tuple[HostResult[T], ...]
+
+    def __iter__(self) -> Iterator[HostResult[T]]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, name: str) -> HostResult[T]:
+        for r in self.results:
+            if r.host.name == name:
+                return r
+        raise KeyError(name)
+
+    @property
+    def succeeded(self) -> list[HostResult[T]]:
+        return [r for r in self.results if r.ok]
+
+    @property
+    def failed(self) -> list[HostResult[T]]:
+        return [r for r in self.results if not r.ok]
+
+
+class Pool:
+    """Open connections, one per host, shared by the operations of one forge run."""
+
+    def __init__(self, connector: Callable[[Host], Transport] = connect) -> None:
+        self._connector = connector
+        self._transports: dict[str, Transport] = {}
+        self._lock = threading.Lock()
+
+    def get(self, host: Host) -> Transport:
+        with self._lock:
+            t = self._transports.get(host.name)
+            if t is None:
+                t = self._transports[host.name] = self._connector(host)
+            return t
+
+    def close(self) -> None:
+        with self._lock:
+            transports, self._transports = list(self._transports.values()), {}
+        for t in transports:
+            t.close()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run(
+    hosts: Sequence[Host],
+    fn: Callable[[Transport], T],
+    *,
+    pool: Pool,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    deadline_s: float | None = None,
+    on_done: Callable[[HostResult[T]], None] | None = None,
+) -> FleetResult[T]:
+    """Run ``fn(transport)`` for every host, ``concurrency`` at a time.
+
+    Each host's own timeouts (connect, command) bound its work; ``deadline_s`` additionally
+    bounds the whole call: a host still busy then is reported as timed out.
+    ``on_done`` is called (from worker threads) as each host finishes.
+    """
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    results: dict[str, HostResult[T]] = {}
+
+    def one(host: Host) -> HostResult[T]:
+        started = time.monotonic()
+        try:
+            value = fn(pool.get(host))
+            r: HostResult[T] = HostResult(host, value=value, duration_s=time.monotonic() - started)
+        except ForgeError as e:
+            r = HostResult(host, error=e, duration_s=time.monotonic() - started)
+        except Exception as e:  # a bug or an unmapped library error: keep it per host
+            err = HostError(host.name, f"{type(e).__name__}: {e}")
+            err.__cause__ = e
+            r = HostResult(host, error=err, duration_s=time.monotonic() - started)
+        if on_done is not None:
+            on_done(r)
+        return r
+
+    if not hosts:
+        return FleetResult(())
+    ex = cf.ThreadPoolExecutor(max_workers=min(concurrency, len(hosts)), thread_name_prefix="forge-host")
+    try:
+        futures = {ex.submit(one, h): h for h in hosts}
+        try:
+            for fut in cf.as_completed(futures, timeout=deadline_s):
+                r = fut.result()
+                results[r.host.name] = r
+        except cf.TimeoutError:
+            for fut, h in futures.items():
+                if h.name not in results:
+                    fut.cancel()
+                    results[h.name] = HostResult(
+                        h, error=HostError(h.name, f"no answer within {deadline_s:g} s"), duration_s=deadline_s or 0.0
+                    )
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
+    return FleetResult(tuple(results[h.name] for h in hosts))
+
+
+def names(results: Iterable[HostResult[T]]) -> list[str]:
+    return [r.host.name for r in results]
