@@ -1,0 +1,116 @@
+"""The lab's base image: a minimal Debian root built offline with debootstrap, cached as a
+tar under ``<root>/cache/``, imported into a lab host's daemon without any registry."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from forge import shell
+from forge.lab.config import BASE_IMAGE, LabConfig
+from forge.lab.dockerd import docker
+from forge.lab.errors import LabCommandFailed, LabError
+from forge.lab.mounts import unmount_all
+from forge.lab.proc import Progress, no_progress, require, run
+
+SUITE = "bookworm"
+PACKAGES = ["openssh-server", "sudo", "xauth", "python3"]
+SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+SOURCES_LIST = Path("/etc/apt/sources.list")
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine's apt uses (the only one reachable offline)."""
+    if SOURCES.exists():
+        for block in SOURCES.read_text().split("\n\n"):
+            uris = re.search(r"^URIs:\s*(\S+)", block, re.M)
+            suites = re.search(r"^Suites:\s*(.+)$", block, re.M)
+            if uris and suites and SUITE in suites.group(1).split():
+                return uris.group(1)
+    if SOURCES_LIST.exists():
+        for line in SOURCES_LIST.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == "deb" and parts[2] == SUITE:
+                return parts[1]
+    raise LabError(f"no apt source for Debian {SUITE} found in {SOURCES} or {SOURCES_LIST}",
+                   hint="the base image is built from the mirror apt uses")
+
+
+def cached_tar(cfg: LabConfig) -> Path:
+    return cfg.cache_dir / f"debian-{SUITE}-minbase.tar"
+
+
+def ensure_base_image(cfg: LabConfig, progress: Progress = no_progress) -> Path:
+    """Build the base root file system once (about 40 s) and return the cached tar."""
+    tar = cached_tar(cfg)
+    if tar.exists():
+        return tar
+    require("debootstrap", "tar")
+    cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cfg.cache_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if tar.exists():
+            return tar
+        rootfs = cfg.cache_dir / "rootfs.build"
+        if rootfs.exists():
+            unmount_all(rootfs)
+            shutil.rmtree(rootfs)
+        mirror = debian_mirror()
+        progress(f"building the base image with debootstrap from {mirror} (about a minute)")
+        try:
+            run(["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
+                 SUITE, str(rootfs), mirror], timeout=900,
+                hint=f"see {rootfs}/debootstrap/debootstrap.log")
+            for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
+                for item in (rootfs / sub).glob("*"):
+                    if item.is_file():
+                        item.unlink()
+            tmp = tar.with_suffix(".tmp")
+            run(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(tmp), "."], timeout=600)
+            os.replace(tmp, tar)
+        finally:
+            if rootfs.exists():
+                unmount_all(rootfs)
+                shutil.rmtree(rootfs, ignore_errors=True)
+    progress(f"base image cached at {tar}")
+    return tar
+
+
+def has_image(cfg: LabConfig, host: str, image: str = BASE_IMAGE) -> bool:
+    return docker(cfg, host, "image", "inspect", image, check=False).returncode == 0
+
+
+def import_rootfs(cfg: LabConfig, host: str, rootfs: Path, image: str = BASE_IMAGE) -> None:
+    """``tar -C ROOTFS -c . | docker import - IMAGE`` against the host's daemon."""
+    tar_argv = ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."]
+    imp_argv = ["docker", "-H", cfg.docker_host(host), "import", "-", image]
+    tar = subprocess.Popen(tar_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert tar.stdout is not None
+    imp = subprocess.Popen(imp_argv, stdin=tar.stdout, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    tar.stdout.close()
+    _, imp_err = imp.communicate(timeout=600)
+    tar_err = tar.stderr.read().decode(errors="replace") if tar.stderr else ""
+    tar.wait(timeout=60)
+    if tar.returncode != 0:
+        raise LabCommandFailed(shell.display(tar_argv), tar.returncode, tar_err)
+    if imp.returncode != 0:
+        raise LabCommandFailed(shell.display(imp_argv), imp.returncode, imp_err)
+
+
+def load_base_image(cfg: LabConfig, host: str, progress: Progress = no_progress) -> None:
+    """Make ``forge-lab/debian:bookworm`` present on a GPU host's daemon."""
+    if has_image(cfg, host):
+        return
+    tar = ensure_base_image(cfg, progress)
+    progress(f"{host}: importing {BASE_IMAGE}")
+    with open(tar, "rb") as f:
+        proc = subprocess.run(["docker", "-H", cfg.docker_host(host), "import", "-", BASE_IMAGE],
+                              stdin=f, capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        raise LabCommandFailed(f"docker import - {BASE_IMAGE}", proc.returncode, proc.stderr,
+                               hint=f"is {host}'s dockerd up? try `forge lab status`")

@@ -1,0 +1,45 @@
+"""Mounts under a lab root (overlay layers, netns files, sshfs/FUSE volumes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from forge.lab.proc import run
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as octal.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts_under(root: Path) -> list[tuple[str, str]]:
+    """(mount point, fs type) of every mount at or below ``root``, deepest first."""
+    prefix = str(root).rstrip("/") + "/"
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        point = _unescape(fields[4])
+        fstype = fields[fields.index("-") + 1]
+        if point == prefix.rstrip("/") or point.startswith(prefix):
+            found.append((point, fstype))
+    return sorted(set(found), key=lambda m: m[0].count("/"), reverse=True)
+
+
+def unmount_all(root: Path) -> list[str]:
+    """Unmount everything below ``root``; return what is still mounted (should be nothing)."""
+    for _ in range(3):
+        left = mounts_under(root)
+        if not left:
+            return []
+        for point, _fstype in left:
+            if run(["umount", point], check=False, timeout=30).returncode != 0:
+                run(["umount", "-l", point], check=False, timeout=30)
+    return [point for point, _ in mounts_under(root)]

@@ -1,0 +1,45 @@
+"""``<root>/lab.json``: how a lab was built and what it changed outside its root, so that
+``down`` (even of a half-built lab) undoes exactly that."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from forge.lab.config import LabConfig
+from forge.lab.errors import LabError
+
+_CONFIG_KEYS = ("hosts", "bridge", "network", "netns_prefix", "docker_subnet_base", "user")
+
+
+def load(root: Path) -> dict[str, Any] | None:
+    path = root / "lab.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise LabError(f"{path} is unreadable: {e}", hint="remove it by hand") from e
+    if not isinstance(data, dict):
+        raise LabError(f"{path} is not a JSON object", hint="remove it by hand")
+    return data
+
+
+def config_from(root: Path, data: dict[str, Any]) -> LabConfig:
+    return LabConfig(root=root, **{k: data[k] for k in _CONFIG_KEYS if k in data})
+
+
+def save(cfg: LabConfig, **changes: Any) -> dict[str, Any]:
+    """Write the config plus the given flags, keeping flags recorded earlier."""
+    data = load(cfg.root) or {}
+    data.update({k: v for k, v in dataclasses.asdict(cfg).items() if k in _CONFIG_KEYS})
+    for key, value in changes.items():
+        data[key] = bool(data.get(key)) or value
+    cfg.root.mkdir(parents=True, exist_ok=True)
+    tmp = cfg.state_file.with_name(".lab.json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, cfg.state_file)
+    return data
