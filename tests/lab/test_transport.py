@@ -1,0 +1,134 @@
+"""The SSH transport and fleet runner against the lab's real sshd servers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forge import fleet, inventory
+from forge.errors import ConnectError, HostKeyError
+from forge.transport import connect
+from tests.unit.test_shell import NASTY
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture()
+def inv(lab: Any) -> inventory.Inventory:
+    return inventory.load_file(Path(lab.inventory_path))
+
+
+def forge_cli(*args: str, inventory_path: str | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "forge"]
+    if inventory_path:
+        cmd += ["-i", inventory_path]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_argv_round_trips_through_the_remote_shell(inv: inventory.Inventory) -> None:
+    with connect(inv.hosts[0]) as t:
+        r = t.run(["printf", "%s\\0", *NASTY], check=True)
+    assert r.stdout.split("\0")[:-1] == NASTY
+
+
+def test_env_and_stdin_survive_intact(inv: inventory.Inventory) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB of every byte value
+    with connect(inv.hosts[0]) as t:
+        r = t.run(["sha256sum"], stdin=payload, check=True)
+        # the connection stays open across commands
+        again = t.run(["sh", "-c", 'printf %s "$FORGE_LAB_HOST"'], check=True)
+    import hashlib
+
+    assert r.stdout.split()[0] == hashlib.sha256(payload).hexdigest()
+    assert again.stdout == inv.hosts[0].name
+
+
+def test_failed_command_is_a_result_not_an_exception(inv: inventory.Inventory) -> None:
+    with connect(inv.hosts[0]) as t:
+        r = t.run(["sh", "-c", "echo oops >&2; exit 7"])
+    assert (r.exit_status, r.stderr.strip()) == (7, "oops")
+    with pytest.raises(Exception, match="exited with status 7: oops"):
+        r.check()
+
+
+def test_parallel_results_with_one_host_down(lab: Any, inv: inventory.Inventory) -> None:
+    # One host with sshd stopped (refused), one address where nothing answers (timeout).
+    ghost = replace(inv.hosts[0], name="ghost", address="10.77.0.250", connect_timeout=2.0)
+    hosts = [*inv.hosts, ghost]
+    down = inv.hosts[1].name
+    with lab.host_down(down), fleet.Pool() as pool:
+        started = time.monotonic()
+        results = fleet.run(hosts, lambda t: t.run(["hostname"], check=True).stdout.strip(), pool=pool)
+        elapsed = time.monotonic() - started
+    assert [r.host.name for r in results] == [h.name for h in hosts]
+    assert isinstance(results[down].error, ConnectError)
+    assert "connection refused" in results[down].reason
+    assert isinstance(results["ghost"].error, ConnectError)
+    assert "timed out" in results["ghost"].reason
+    served = [r for r in results if r.ok]
+    assert {r.host.name for r in served} == {h.name for h in inv.hosts} - {down}
+    assert all(r.value for r in served)
+    # answered within the unreachable host's connect timeout, not one timeout per host
+    assert elapsed < ghost.connect_timeout + 5
+
+
+def test_unknown_host_key_is_rejected(inv: inventory.Inventory, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    host = replace(inv.hosts[0], known_hosts=str(empty))
+    with pytest.raises(HostKeyError, match="unknown host key") as ei, connect(host) as t:
+        t.run(["true"])
+    assert "SHA256:" in str(ei.value) and "accept-new" in str(ei.value)
+    assert empty.read_text() == ""
+
+
+def test_accept_new_records_the_key_then_strict_accepts_it(inv: inventory.Inventory, tmp_path: Path) -> None:
+    kh = tmp_path / "known_hosts"
+    host = replace(inv.hosts[0], known_hosts=str(kh), host_key_policy="accept-new")
+    with connect(host) as t:
+        t.run(["true"], check=True)
+    assert host.address in kh.read_text()
+    with connect(replace(host, host_key_policy="strict")) as t:
+        assert t.run(["true"]).ok
+
+
+@pytest.mark.parametrize("policy", ["strict", "accept-new"])
+def test_changed_host_key_is_refused(lab: Any, inv: inventory.Inventory, tmp_path: Path, policy: str) -> None:
+    a, b = inv.hosts[0], inv.hosts[1]
+    real = Path(lab.known_hosts).read_text().splitlines()
+    b_key = next(line for line in real if line.split()[0].split(",")[0].strip("[]").split("]:")[0] == b.address)
+    forged = tmp_path / "known_hosts"
+    forged.write_text(b_key.replace(b.address, a.address, 1) + "\n")
+    host = replace(a, known_hosts=str(forged), host_key_policy=policy)  # type: ignore[arg-type]
+    with pytest.raises(HostKeyError, match="CHANGED") as ei, connect(host) as t:
+        t.run(["true"])
+    assert "ssh-keygen -R" in str(ei.value)
+    assert forged.read_text() == b_key.replace(b.address, a.address, 1) + "\n"
+
+
+def test_forge_hosts_check(lab: Any) -> None:
+    r = forge_cli("hosts", "--check", "--json", inventory_path=lab.inventory_path)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["hosts"]
+    assert [x["name"] for x in rows] == list(lab.hosts)
+    for x in rows:
+        assert x["reachable"] is True
+        assert x["docker"] and x["docker"][0].isdigit(), x
+        assert x["latency_ms"] > 0
+
+
+def test_forge_hosts_check_with_a_host_down(lab: Any) -> None:
+    down = lab.hosts[-1]
+    with lab.host_down(down):
+        r = forge_cli("hosts", "--check", inventory_path=lab.inventory_path)
+    assert r.returncode == 4, r.stdout + r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith(down))
+    assert "NO" in line and "connection refused" in line
+    assert sum(1 for x in r.stdout.splitlines() if " yes " in x) == len(lab.hosts) - 1

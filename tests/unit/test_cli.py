@@ -1,0 +1,77 @@
+"""The forge command as a user meets it: exit codes, one-line errors, JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import forge
+
+
+def forge_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    import os
+
+    e = {k: v for k, v in os.environ.items() if k != "FORGE_INVENTORY"}
+    e.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "forge", *args], capture_output=True, text=True, cwd=cwd, env=e, timeout=60
+    )
+
+
+def test_version() -> None:
+    r = forge_cli("--version")
+    assert r.returncode == 0 and forge.__version__ in r.stdout
+
+
+def test_no_inventory_means_the_local_host(tmp_path: Path) -> None:
+    r = forge_cli("hosts", "--json", cwd=tmp_path, env={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["inventory"] is None
+    assert data["hosts"] == [{"name": "local", "target": "local", "tags": [], "host_key_policy": "strict"}]
+
+
+def test_local_host_check_runs_without_ssh(tmp_path: Path) -> None:
+    r = forge_cli("hosts", "--check", "--json", cwd=tmp_path, env={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)["hosts"]
+    assert row["reachable"] is True and row["latency_ms"] >= 0
+
+
+def test_broken_inventory_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    p = tmp_path / "hosts.toml"
+    p.write_text('[[hosts]]\nname = "gpu1"\naddress = "x"\nprot = 22\n')
+    r = forge_cli("-i", str(p), "hosts")
+    assert r.returncode == 3
+    assert r.stdout == ""
+    assert r.stderr.strip() == (f"forge: error: {p}: host 'gpu1': key 'prot': unknown key (did you mean 'port'?)")
+    assert "Traceback" not in r.stderr
+
+
+def test_inventory_from_environment_variable(tmp_path: Path) -> None:
+    p = tmp_path / "inv.toml"
+    p.write_text('[[hosts]]\nname = "gpu7"\naddress = "10.1.2.3"\n')
+    r = forge_cli("hosts", "--json", env={"FORGE_INVENTORY": str(p)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["hosts"][0]["name"] == "gpu7"
+
+
+def test_unknown_target_is_a_usage_error(tmp_path: Path) -> None:
+    p = tmp_path / "inv.toml"
+    p.write_text('[[hosts]]\nname = "gpu7"\naddress = "10.1.2.3"\n')
+    r = forge_cli("-i", str(p), "hosts", "gpu8")
+    assert r.returncode == 2
+    assert "'gpu8' is neither a host nor a tag" in r.stderr and "did you mean 'gpu7'?" in r.stderr
+
+
+def test_unreachable_fleet_exit_code(tmp_path: Path) -> None:
+    p = tmp_path / "inv.toml"
+    # Port 1 on loopback: connection refused at once, no traffic leaves the machine.
+    p.write_text('[[hosts]]\nname = "nowhere"\naddress = "127.0.0.1"\nport = 1\nconnect_timeout = 2\n')
+    r = forge_cli("-i", str(p), "hosts", "--check")
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert "connection refused" in r.stdout
