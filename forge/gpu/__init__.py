@@ -1,0 +1,1 @@
+"""GPUs of the fleet: the data model, nvidia-smi parsing, the probe and the free-GPU policy."""
