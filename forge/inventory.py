@@ -13,7 +13,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,7 +71,7 @@ class Host:
     connect_timeout: float = 10.0
     command_timeout: float = 60.0
     docker_host: str | None = None
-    gpu_policy: GpuPolicySettings = field(default_factory=GpuPolicySettings)
+    gpu_policy: GpuPolicySettings = field(default_factory=GpuPolicySettings)  # this host's overrides
 
     @property
     def ssh_target(self) -> str:
@@ -342,7 +342,10 @@ class _Validator:
         self.no_secrets(doc)
         top = ["defaults", "hosts", "data", "environment", "gpu_policy"]
         self.unknown(doc, top, host=None)
-        defaults = HostSettings(**self.table(doc.get("defaults", {}), HostSettings, host=None, key="defaults"))
+        # The fleet-wide GPU policy is the top-level [gpu_policy] table, not [defaults].
+        defaults = HostSettings(
+            **self.table(doc.get("defaults", {}), HostSettings, host=None, key="defaults", skip=["gpu_policy"])
+        )
         gpu_policy = GpuPolicySettings(
             **self.table(doc.get("gpu_policy", {}), GpuPolicySettings, host=None, key="gpu_policy")
         )
@@ -412,9 +415,7 @@ class _Validator:
                 kw[k] = getattr(defaults, k)
         if "port" in kw and not 1 <= kw["port"] <= 65535:
             raise self.error(f"must be a TCP port (1-65535), got {kw['port']}", host=name, key="port")
-        host = Host(**kw)
-        merged = replace(defaults.gpu_policy, **host.gpu_policy.as_overrides())
-        return replace(host, gpu_policy=merged)
+        return Host(**kw)
 
 
 def _tname(value: Any) -> str:

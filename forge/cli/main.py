@@ -67,9 +67,10 @@ def cli(ctx: click.Context, inventory_path: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from forge.cli import hosts
+    from forge.cli import gpus, hosts
 
     cli.add_command(hosts.hosts)
+    cli.add_command(gpus.gpus)
     try:
         from forge.cli.lab import lab
     except ImportError:  # pragma: no cover

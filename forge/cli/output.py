@@ -19,6 +19,10 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
+def is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
 def progress(message: str) -> None:
     """A progress line on stderr, only when stderr is a terminal."""
     if sys.stderr.isatty():

@@ -1,0 +1,258 @@
+"""`forge gpus`: which GPUs are free on every host, and who holds the others."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime
+from typing import Any
+
+import click
+
+from forge.cli import output
+from forge.cli.main import State, pass_state
+from forge.errors import ExitCode
+from forge.gpu.model import Gpu, GpuProcess
+from forge.gpu.policy import Candidate, select
+from forge.gpu.survey import HostReport, policies, survey
+
+HEADERS = ["HOST", "GPU", "MODEL", "MEMORY", "UTIL", "HOLDER", "STATE"]
+
+
+def holder(p: GpuProcess) -> str:
+    """Who holds a GPU, in a few words: user, program, pid, and the forge environment."""
+    who = p.env_owner or p.user or "?"
+    prog = os.path.basename(p.name) or p.name
+    env = f" [{p.env_name}]" if p.env_name else ""
+    return f"{who}{env} {prog}:{p.pid}"
+
+
+def _memory(g: Gpu) -> str:
+    used = "?" if g.memory_used_mib is None else str(g.memory_used_mib)
+    total = "?" if g.memory_total_mib is None else str(g.memory_total_mib)
+    return f"{used} / {total} MiB"
+
+
+def _util(g: Gpu) -> str:
+    return "n/a" if g.utilization_gpu_pct is None else f"{g.utilization_gpu_pct} %"
+
+
+def table_rows(reports: list[HostReport], *, free_only: bool) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for rep in reports:
+        name = rep.host.name
+        if rep.gpus is None:
+            rows.append([name, "-", "", "", "", "", f"unreachable: {rep.error}"])
+            continue
+        if not rep.gpus.ok:
+            label = "no GPUs" if rep.gpus.status in ("no_gpus", "not_installed") else "GPU error"
+            rows.append([name, "-", "", "", "", "", f"{label}: {rep.gpus.reason}"])
+            continue
+        for v in rep.verdicts:
+            if free_only and not v.free:
+                continue
+            rows.append(
+                [
+                    name,
+                    str(v.gpu.index),
+                    v.gpu.name or "?",
+                    _memory(v.gpu),
+                    _util(v.gpu),
+                    ", ".join(holder(p) for p in v.processes) or "-",
+                    "free" if v.free else f"busy: {v.reason}",
+                ]
+            )
+    return rows
+
+
+def _gpu_json(v: Any) -> dict[str, Any]:
+    g: Gpu = v.gpu
+    return {
+        "index": g.index,
+        "uuid": g.uuid,
+        "name": g.name,
+        "memory_used_mib": g.memory_used_mib,
+        "memory_total_mib": g.memory_total_mib,
+        "memory_free_mib": g.free_memory_mib,
+        "utilization_gpu_pct": g.utilization_gpu_pct,
+        "utilization_memory_pct": g.utilization_memory_pct,
+        "temperature_c": g.temperature_c,
+        "power_draw_w": g.power_draw_w,
+        "mig_mode": g.mig_mode,
+        "free": v.free,
+        "reason": v.reason,
+        "processes": [
+            {
+                "pid": p.pid,
+                "name": p.name,
+                "user": p.user,
+                "used_memory_mib": p.used_memory_mib,
+                "container_id": p.container_id,
+                "env": p.env_name,
+                "env_owner": p.env_owner,
+            }
+            for p in v.processes
+        ],
+    }
+
+
+def report_json(reports: list[HostReport], *, free_only: bool) -> dict[str, Any]:
+    hosts = []
+    for rep in reports:
+        hosts.append(
+            {
+                "name": rep.host.name,
+                "answered": rep.answered,
+                "status": rep.gpus.status.value if rep.gpus else "unreachable",
+                "reason": rep.error if rep.gpus is None else rep.gpus.reason,
+                "policy": vars(rep.policy),
+                "gpus": [_gpu_json(v) for v in rep.verdicts if v.free or not free_only],
+            }
+        )
+    return {
+        "hosts": hosts,
+        "summary": {
+            "hosts": len(reports),
+            "answered": sum(r.answered for r in reports),
+            "gpus": sum(len(r.verdicts) for r in reports),
+            "free": sum(v.free for r in reports for v in r.verdicts),
+        },
+    }
+
+
+def candidates_json(cands: list[Candidate]) -> list[dict[str, Any]]:
+    return [
+        {
+            "host": c.host,
+            "gpu_indexes": list(c.gpu_indexes),
+            "gpu_uuids": list(c.gpu_uuids),
+            "free_gpus": c.free_gpus,
+        }
+        for c in cands
+    ]
+
+
+def exit_code(reports: list[HostReport]) -> ExitCode:
+    answered = sum(r.answered for r in reports)
+    if answered == len(reports):
+        return ExitCode.OK
+    return ExitCode.UNREACHABLE if answered == 0 else ExitCode.PARTIAL
+
+
+@click.command()
+@click.argument("targets", nargs=-1)
+@click.option("--free", "free_only", is_flag=True, help="Show only free GPUs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--watch", is_flag=True, help="Redraw every --interval seconds until Ctrl-C.")
+@click.option("--interval", default=2.0, show_default=True, metavar="SECONDS", help="Refresh period of --watch.")
+@click.option(
+    "--gpus",
+    "want",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Rank the hosts that have N free GPUs (best first) and the GPUs to use on each.",
+)
+@click.option(
+    "--min-free-memory",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="MIB",
+    help="With --gpus: GPUs need this much free memory.",
+)
+@click.option(
+    "--max-memory-used", type=click.IntRange(min=0), metavar="MIB", help="Policy: busy above this much memory used."
+)
+@click.option(
+    "--max-utilization", type=click.IntRange(0, 100), metavar="PCT", help="Policy: busy above this utilization."
+)
+@click.option(
+    "--max-foreign-processes",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Policy: busy above N processes of other users.",
+)
+@click.option("--timeout", default=20.0, show_default=True, metavar="SECONDS", help="Per-host probe timeout.")
+@pass_state
+@click.pass_context
+def gpus(
+    ctx: click.Context,
+    state: State,
+    targets: tuple[str, ...],
+    free_only: bool,
+    as_json: bool,
+    watch: bool,
+    interval: float,
+    want: int | None,
+    min_free_memory: int,
+    max_memory_used: int | None,
+    max_utilization: int | None,
+    max_foreign_processes: int | None,
+    timeout: float,
+) -> None:
+    """Show every GPU of the fleet (TARGETS: hosts, tags or 'all'): model, memory, utilization,
+    who holds it, and whether it is free.
+
+    A GPU is free when its used memory, utilization and number of other users' processes are
+    within the policy ([gpu_policy] in hosts.toml, a host's own gpu_policy, then these flags).
+    Hosts that cannot be reached or have no GPU appear as rows with the reason.
+
+    Exit status: 0 when every host answered, 4 when some did not, 5 when none did.
+    """
+    inv = state.inventory
+    hosts = inv.select(list(targets) or None)
+    overrides = {
+        k: v
+        for k, v in {
+            "max_memory_used_mib": max_memory_used,
+            "max_utilization_pct": max_utilization,
+            "max_foreign_processes": max_foreign_processes,
+        }.items()
+        if v is not None
+    }
+
+    def once() -> ExitCode:
+        reports = survey(inv, hosts, pool=state.pool, overrides=overrides, timeout=timeout)
+        cands: list[Candidate] | None = None
+        if want is not None:
+            snapshots = [r.gpus for r in reports if r.gpus is not None]
+            cands = select(
+                snapshots,
+                count=want,
+                min_free_memory_mib=min_free_memory,
+                policy=policies(inv, hosts, overrides),
+                me=reports[0].me if reports else None,  # the SSH user (the same fleet-wide as a rule)
+            )
+        if as_json:
+            data = report_json(reports, free_only=free_only)
+            if cands is not None:
+                data["candidates"] = candidates_json(cands)
+            output.emit_json(data)
+        else:
+            click.echo(output.table(table_rows(reports, free_only=free_only), HEADERS))
+            if cands is not None:
+                click.echo()
+                if cands:
+                    click.echo(
+                        output.table(
+                            [
+                                [c.host, ",".join(map(str, c.gpu_indexes)), ",".join(c.gpu_uuids), str(c.free_gpus)]
+                                for c in cands
+                            ],
+                            ["BEST HOSTS", "GPUS", "UUIDS", "FREE"],
+                        )
+                    )
+                else:
+                    click.echo(f"No host has {want} free GPU(s) with {min_free_memory} MiB free each.")
+        return exit_code(reports)
+
+    if not watch:
+        ctx.exit(once())
+    try:
+        while True:
+            if output.is_terminal():
+                click.clear()
+            click.echo(f"forge gpus — {datetime.now():%H:%M:%S} — every {interval:g} s, Ctrl-C to stop")
+            once()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        ctx.exit(ExitCode.OK)

@@ -1,0 +1,197 @@
+"""`forge gpus` on the lab: scripted GPU states on 4 real hosts, exact table and JSON.
+
+gpu1: two GPUs; GPU 0 held by a real process of user `nobody`, GPU 1 held by a process in a
+      container that forge labelled (env "dev", owner "alice").
+gpu2: four GPUs; GPU 2 has memory in use but no process (busy by memory), the others free.
+gpu3: sshd stopped (host down).
+gpu4: no nvidia-smi installed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from forge.lab.fake_gpu import default_state
+
+pytestmark = pytest.mark.lab
+
+U = {
+    "g1a": "GPU-11111111-aaaa-4bbb-8ccc-000000000010",
+    "g1b": "GPU-11111111-aaaa-4bbb-8ccc-000000000011",
+    "g2": [f"GPU-22222222-aaaa-4bbb-8ccc-00000000002{i}" for i in range(4)],
+}
+
+
+def gpu(index: int, uuid: str, used: int, util: int) -> dict[str, Any]:
+    return {
+        "index": index,
+        "uuid": uuid,
+        "name": "NVIDIA H200",
+        "pci_bus_id": f"00000000:{0x18 + index:02X}:00.0",
+        "memory_total_mib": 143771,
+        "memory_used_mib": used,
+        "utilization_gpu_pct": util,
+        "utilization_memory_pct": 0,
+        "temperature_c": 40,
+        "power_draw_w": 100.0,
+        "power_limit_w": 700.0,
+        "compute_mode": "Default",
+        "mig_mode": "Disabled",
+    }
+
+
+def forge_cli(lab: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "forge", "-i", str(lab.inventory_path), "gpus", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture()
+def scripted(lab: Any) -> Iterator[dict[str, Any]]:
+    g1, g2, g3, g4 = lab.hosts[:4]
+    image = lab.load_base_image(g1)
+    # A real process of another user, on the machine (the lab's hosts share its pid space).
+    sleeper = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "sleep", "600"])
+    name = "forge-test-gpus-holder"
+    lab.docker(g1, "rm", "-f", name)
+    run = lab.docker(
+        g1,
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--label",
+        "forge.env=dev",
+        "--label",
+        "forge.owner=alice",
+        image,
+        "sleep",
+        "600",
+    )
+    assert run.returncode == 0, run.stderr
+    cpid = int(lab.docker(g1, "inspect", "-f", "{{.State.Pid}}", name).stdout.strip())
+    lab.set_gpus(
+        g1,
+        {
+            "gpus": [gpu(0, U["g1a"], 30000, 95), gpu(1, U["g1b"], 12000, 40)],
+            "processes": [
+                {"pid": sleeper.pid, "name": "/usr/bin/python3", "used_memory_mib": 30000, "gpu_uuid": U["g1a"]},
+                {"pid": cpid, "name": "python", "used_memory_mib": 12000, "gpu_uuid": U["g1b"]},
+            ],
+        },
+    )
+    lab.set_gpus(g2, {"gpus": [gpu(i, u, 20000 if i == 2 else 0, 0) for i, u in enumerate(U["g2"])], "processes": []})
+    lab.set_gpus(g4, None)
+    try:
+        with lab.host_down(g3):
+            yield {"sleeper": sleeper.pid, "cpid": cpid, "hosts": (g1, g2, g3, g4)}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        lab.docker(g1, "rm", "-f", name)
+        for h in (g1, g2, g4):
+            lab.set_gpus(h, default_state())
+
+
+def test_table(lab: Any, scripted: dict[str, Any]) -> None:
+    g1, g2, g3, g4 = scripted["hosts"]
+    addr3 = lab.address(g3)
+    r = forge_cli(lab)
+    assert r.returncode == 4, r.stderr  # one host did not answer
+    pid, cpid = scripted["sleeper"], scripted["cpid"]
+    expected = [
+        ("HOST", "GPU", "MODEL", "MEMORY", "UTIL", "HOLDER", "STATE"),
+        (
+            g1,
+            "0",
+            "NVIDIA H200",
+            "30000 / 143771 MiB",
+            "95 %",
+            f"nobody python3:{pid}",
+            "busy: 30000 MiB used (> 1024)",
+        ),
+        (
+            g1,
+            "1",
+            "NVIDIA H200",
+            "12000 / 143771 MiB",
+            "40 %",
+            f"alice [dev] python:{cpid}",
+            "busy: 12000 MiB used (> 1024)",
+        ),
+        (g2, "0", "NVIDIA H200", "0 / 143771 MiB", "0 %", "-", "free"),
+        (g2, "1", "NVIDIA H200", "0 / 143771 MiB", "0 %", "-", "free"),
+        (g2, "2", "NVIDIA H200", "20000 / 143771 MiB", "0 %", "-", "busy: 20000 MiB used (> 1024)"),
+        (g2, "3", "NVIDIA H200", "0 / 143771 MiB", "0 %", "-", "free"),
+        (g3, "-", "", "", "", "", f"unreachable: connection refused by {addr3}:22 (is sshd running?)"),
+        (g4, "-", "", "", "", "", "no GPUs: nvidia-smi is not installed (not on the remote PATH)"),
+    ]
+    from forge.cli.output import table
+
+    assert r.stdout == table([list(row) for row in expected[1:]], list(expected[0])) + "\n"
+
+
+def test_json(lab: Any, scripted: dict[str, Any]) -> None:
+    g1, g2, g3, g4 = scripted["hosts"]
+    r = forge_cli(lab, "--json")
+    assert r.returncode == 4, r.stderr
+    data = json.loads(r.stdout)
+    by = {h["name"]: h for h in data["hosts"]}
+    assert [h["name"] for h in data["hosts"]] == list(lab.hosts)
+    assert data["summary"] == {"hosts": 4, "answered": 3, "gpus": 6, "free": 3}
+    h1 = by[g1]
+    assert (h1["answered"], h1["status"]) == (True, "ok")
+    a, b = h1["gpus"]
+    assert a["uuid"] == U["g1a"] and a["free"] is False and a["utilization_gpu_pct"] == 95
+    assert a["processes"] == [
+        {
+            "pid": scripted["sleeper"],
+            "name": "/usr/bin/python3",
+            "user": "nobody",
+            "used_memory_mib": 30000,
+            "container_id": None,
+            "env": None,
+            "env_owner": None,
+        }
+    ]
+    (p,) = b["processes"]
+    assert (p["pid"], p["env"], p["env_owner"]) == (scripted["cpid"], "dev", "alice")
+    assert p["container_id"] and len(p["container_id"]) == 64
+    assert [g["free"] for g in by[g2]["gpus"]] == [True, True, False, True]
+    assert by[g2]["policy"] == {"max_memory_used_mib": 1024, "max_utilization_pct": 10, "max_foreign_processes": 0}
+    assert (by[g3]["answered"], by[g3]["status"]) == (False, "unreachable")
+    assert "connection refused" in by[g3]["reason"]
+    assert (by[g4]["answered"], by[g4]["status"], by[g4]["gpus"]) == (True, "not_installed", [])
+
+
+def test_free_filter_policy_flags_and_ranking(lab: Any, scripted: dict[str, Any]) -> None:
+    g1, g2, _, _ = scripted["hosts"]
+    r = forge_cli(lab, "--free", "--json", "--gpus", "2")
+    data = json.loads(r.stdout)
+    free = [(h["name"], g["index"]) for h in data["hosts"] for g in h["gpus"]]
+    assert free == [(g2, 0), (g2, 1), (g2, 3)]
+    assert data["candidates"] == [
+        {"host": g2, "gpu_indexes": [0, 1], "gpu_uuids": U["g2"][:2], "free_gpus": 3},
+    ]
+    # Loosen the policy on the command line: memory and utilization no longer make g1 busy,
+    # but someone else's process still does; alice's container is not forgelab's either.
+    r = forge_cli(lab, "--json", "--max-memory-used", "50000", "--max-utilization", "100", g1)
+    (h1,) = json.loads(r.stdout)["hosts"]
+    assert r.returncode == 0
+    assert [(g["free"], g["reason"]) for g in h1["gpus"]] == [
+        (False, "1 process(es) of nobody"),
+        (False, "1 process(es) of root"),
+    ]
+    r = forge_cli(
+        lab, "--json", "--max-memory-used", "50000", "--max-utilization", "100", "--max-foreign-processes", "1", g1
+    )
+    assert [g["free"] for g in json.loads(r.stdout)["hosts"][0]["gpus"]] == [True, True]
