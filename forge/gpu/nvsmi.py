@@ -239,14 +239,24 @@ def classify_failure(exit_status: int, output: str) -> Failure | None:
         if exit_status == 0 and not _data_lines(output):
             return Failure(ProbeStatus.NO_GPUS, "nvidia-smi lists no GPU")
         return None
+    # dash: "forge: 1: nvidia-smi: not found"; bash: "bash: line 1: nvidia-smi: command not
+    # found"; both exit 127 (captured on Debian 12, edge-cases/not_found_*.txt).
     if exit_status == SHELL_NOT_FOUND or ("nvidia-smi" in first and ("not found" in first or "No such file" in first)):
         return Failure(ProbeStatus.NOT_INSTALLED, "nvidia-smi is not installed (not on the remote PATH)")
     if exit_status == SHELL_NOT_EXECUTABLE:
         return Failure(ProbeStatus.ERROR, f"nvidia-smi could not be executed: {first}")
+    # Text quoted in beasteers/singuconda#6, NVIDIA/open-gpu-kernel-modules#862; exit 6 per man page.
     if "No devices were found" in text or exit_status == EXIT_NOT_FOUND:
         return Failure(ProbeStatus.NO_GPUS, "nvidia-smi found no GPU (No devices were found)")
+    # "Failed to initialize NVML: No supported GPUs were found", exit 255
+    # (kubernetes-sigs/dra-driver-nvidia-gpu#1008): NVML sees no GPU bound to the driver.
+    if "No supported GPUs were found" in text:
+        return Failure(ProbeStatus.NO_GPUS, f"nvidia-smi found no supported GPU: {first}")
+    # Quoted in lyulyul/shine-cluster#50, GoogleCloudPlatform/compute-gpu-installation#18; exit 9.
     if "couldn't communicate with the NVIDIA driver" in text:
         return Failure(ProbeStatus.DRIVER_ERROR, f"the NVIDIA driver is not loaded: {first}")
+    # "Failed to initialize NVML: Driver/library version mismatch" exit 18 (anderskm/gputil#55),
+    # "...: Unknown Error" exit 255 (gpustack/gpustack#2078).
     if first.startswith("Failed to initialize NVML"):
         return Failure(ProbeStatus.DRIVER_ERROR, first)
     if exit_status in _DRIVER_EXITS:

@@ -1,0 +1,317 @@
+"""The GPU probe: the one remote script (run here under dash with the replayed nvidia-smi) and
+its pure parser."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from forge import shell
+from forge.gpu import nvsmi, probe
+from forge.gpu.model import ProbeStatus
+from forge.transport.base import Command, CommandResult, Transport, to_script
+
+ROOT = Path(__file__).parent.parent.parent
+FAKE = ROOT / "forge" / "lab" / "fake_gpu.py"
+H200 = ROOT / "tests" / "fixtures" / "nvidia-smi" / "h200-driver580"
+EDGE = ROOT / "tests" / "fixtures" / "nvidia-smi" / "edge-cases"
+M = probe.MARKER
+CID = "4f1c2b3a" * 8
+CID2 = "9e8d7c6b" * 8
+U0 = "GPU-3b9e8f4a-6c1d-4e2f-9a7b-1c2d3e4f5a61"
+U1 = "GPU-7d2c1b0a-9e8f-4d6c-8b5a-2f3e4d5c6b72"
+
+
+def result(stdout: str, exit_status: int = 0, stderr: str = "") -> CommandResult:
+    return CommandResult("gpu1", "probe", exit_status, stdout, stderr, 0.05)
+
+
+def section(name: str, text: str, status: int | None = 0) -> str:
+    out = f"{M} {name}\n{text}"
+    if status is not None:
+        out += f"{M} status {status}\n"
+    return out
+
+
+GPUS = (H200 / "query_gpu_nounits_busy.csv").read_text()
+APPS = (H200 / "query_apps_nounits_busy.csv").read_text()
+
+
+# ------------------------------------------------------------------------------- the command
+
+
+def test_probe_command_is_one_sh_script_with_quoted_arguments() -> None:
+    command = probe.probe_command()
+    assert isinstance(command, shell.Script)
+    assert command.startswith("sh -c ")
+    assert shell.quote(",".join(nvsmi.GPU_FIELDS)) in command
+    assert shell.quote(",".join(nvsmi.APP_FIELDS)) in command
+    assert shell.quote(probe.DOCKER_FORMAT) in command
+    assert probe.probe_command() == command  # constant
+
+
+def test_docker_format_names_the_forge_labels() -> None:
+    assert '.Label "forge.env"' in probe.DOCKER_FORMAT and '.Label "forge.owner"' in probe.DOCKER_FORMAT
+
+
+# ------------------------------------------------------------------- the script, run for real
+
+
+def _host(tmp_path: Path, state: dict[str, Any] | None) -> dict[str, str]:
+    """A PATH with the replayed nvidia-smi (or without any) and its state file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    if state is not None:
+        shutil.copy(FAKE, bin_dir / "nvidia-smi")
+        (bin_dir / "nvidia-smi").chmod(0o755)
+        (tmp_path / "gpus.json").write_text(json.dumps(state))
+        env["FORGE_LAB_GPU_STATE"] = str(tmp_path / "gpus.json")
+    return env
+
+
+class LocalShell(Transport):
+    """Runs the rendered command with the local /bin/sh (dash on Debian), like sshd would."""
+
+    name = "gpu1"
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def run(
+        self,
+        command: Command,
+        *,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+        check: bool = False,
+    ) -> CommandResult:
+        script = to_script(command)
+        start = time.monotonic()
+        done = subprocess.run(  # noqa: S602 (the command was rendered by forge.shell)
+            script, shell=True, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        return CommandResult(self.name, script, done.returncode, done.stdout, done.stderr, time.monotonic() - start)
+
+    def stream(
+        self,
+        command: Command,
+        *,
+        source: IO[bytes] | None = None,
+        sink: IO[bytes] | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def _state(processes: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = importlib.util.spec_from_file_location("fake_for_probe", FAKE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    state: dict[str, Any] = module.default_state()
+    state["processes"] = processes
+    return state
+
+
+needs_tools = pytest.mark.skipif(
+    not (os.path.exists("/usr/bin/python3") and shutil.which("ps")), reason="needs /usr/bin/python3 and ps"
+)
+
+
+@needs_tools
+def test_real_script_with_replayed_nvidia_smi(tmp_path: Path) -> None:
+    me = pwd.getpwuid(os.getuid()).pw_name
+    gone = 4_000_000 - 7  # a pid that does not exist: ps just leaves it out
+    state = _state(
+        [
+            {"pid": os.getpid(), "name": "/usr/bin/python3", "used_memory_mib": 20480, "gpu_uuid": U1},
+            {"pid": gone, "name": "/opt/a, b/python3", "used_memory_mib": 100, "gpu_uuid": U0},
+        ]
+    )
+    state["gpus"][1]["memory_used_mib"] = 20500
+    host = probe.probe_host(LocalShell(_host(tmp_path, state)), timeout=30)
+    assert host.status is ProbeStatus.OK, host.reason
+    assert [g.uuid for g in host.gpus] == [g["uuid"] for g in state["gpus"]]
+    by_pid = {p.pid: p for p in host.processes}
+    assert by_pid[os.getpid()].user == me
+    assert by_pid[os.getpid()].gpu_uuid == U1 and by_pid[os.getpid()].used_memory_mib == 20480
+    assert by_pid[gone].user is None and by_pid[gone].name == "/opt/a, b/python3"
+    assert all(p.container_id is None for p in host.processes)  # no docker cgroup here
+
+
+@needs_tools
+def test_real_script_idle_host(tmp_path: Path) -> None:
+    host = probe.probe_host(LocalShell(_host(tmp_path, _state([]))), timeout=30)
+    assert host.status is ProbeStatus.OK and len(host.gpus) == 4 and host.processes == ()
+
+
+@needs_tools
+@pytest.mark.parametrize(
+    ("mode", "status"), [("no_devices", ProbeStatus.NO_GPUS), ("driver_not_loaded", ProbeStatus.DRIVER_ERROR)]
+)
+def test_real_script_failure_modes(tmp_path: Path, mode: str, status: ProbeStatus) -> None:
+    state = {**_state([]), "mode": mode}
+    transport = LocalShell(_host(tmp_path, state))
+    raw = transport.run(probe.probe_command(), timeout=30)
+    assert raw.exit_status == 0
+    assert f"{M} apps" not in raw.stdout  # the script stops after a failed GPU query
+    host = probe.parse_probe("gpu1", raw)
+    assert host.status is status and host.reason and host.gpus == ()
+
+
+def test_real_script_without_nvidia_smi(tmp_path: Path) -> None:
+    raw = LocalShell(_host(tmp_path, None)).run(probe.probe_command(), timeout=30)
+    assert f"{M} status 127" in raw.stdout
+    host = probe.parse_probe("gpu1", raw)
+    assert host.status is ProbeStatus.NOT_INSTALLED
+    assert "not installed" in (host.reason or "")
+
+
+# ---------------------------------------------------------------------- the parser, on its own
+
+
+def test_parse_ok_with_container_labels() -> None:
+    stdout = (
+        section("gpus", GPUS)
+        + section("apps", APPS)
+        + section("owners", "  455 root\n")
+        + section("cgroups", f"455 0::/system.slice/docker-{CID}.scope \n")
+        + section("containers", f'{CID} "alice-train" "alice"\n{CID2} "bob-dev" "bob"\n')
+        + f"{M} end\n"
+    )
+    host = probe.parse_probe("gpu1", result(stdout))
+    assert host.status is ProbeStatus.OK and host.reason is None
+    (proc,) = host.processes
+    assert (proc.pid, proc.user, proc.container_id, proc.env_name, proc.env_owner) == (
+        455,
+        "root",
+        CID,
+        "alice-train",
+        "alice",
+    )
+    assert host.processes_on(host.gpus[0].uuid) == (proc,)
+    assert host.gpu(host.gpus[0].uuid) == host.gpus[0] and host.gpu("GPU-nope") is None
+
+
+@pytest.mark.parametrize(
+    "cgroup",
+    [
+        f"0::/system.slice/docker-{CID}.scope",  # cgroup v2, systemd driver
+        f"0::/docker/{CID}",  # cgroup v2, cgroupfs driver
+        f"12:memory:/docker/{CID} 11:cpu:/docker/{CID} 1:name=systemd:/docker/{CID}",  # v1
+    ],
+)
+def test_cgroup_forms(cgroup: str) -> None:
+    assert probe.parse_cgroups(f"455 {cgroup} \n") == {455: CID}
+
+
+@pytest.mark.parametrize(
+    "cgroup",
+    ["0::/user.slice/user-1000.slice/session-3.scope", "4:memory:/process_api/52def2be81ee609422b6c9caf0eb393d", ""],
+)
+def test_cgroups_outside_docker(cgroup: str) -> None:
+    assert probe.parse_cgroups(f"455 {cgroup}\n") == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        # Real: docker CLI 28.2.2 with no daemon, captured on this machine (exit 1).
+        ("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?\n", 1),
+        ("permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock\n", 1),
+        ("", 127),  # docker not installed
+    ],
+)
+def test_docker_unavailable_leaves_labels_unknown(text: str, status: int) -> None:
+    stdout = (
+        section("gpus", GPUS)
+        + section("apps", APPS)
+        + section("owners", "  455 alice\n")
+        + section("cgroups", f"455 0::/docker/{CID}\n")
+        + section("containers", text, status)
+        + f"{M} end\n"
+    )
+    host = probe.parse_probe("gpu1", result(stdout))
+    assert host.status is ProbeStatus.OK
+    (proc,) = host.processes
+    assert (proc.user, proc.container_id, proc.env_name, proc.env_owner) == ("alice", CID, None, None)
+
+
+def test_parse_containers_skips_garbage_and_empty_labels() -> None:
+    text = f'{CID} "env" ""\nnot a container line\n{CID2} "unterminated\n{"ab" * 32} "x" "y"\n'
+    assert probe.parse_containers(text) == {CID: ("env", None), "ab" * 32: ("x", "y")}
+
+
+def test_parse_owners_long_names_and_noise() -> None:
+    text = "  436 alice\n  437 root\n 9999 a-very-long-user-name-from-ldap\nerror: garbage\n"
+    assert probe.parse_owners(text) == {436: "alice", 437: "root", 9999: "a-very-long-user-name-from-ldap"}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in json.loads((EDGE / "cases.json").read_text()) if c["kind"] == "failure"],
+    ids=lambda c: c["file"],
+)
+def test_every_failure_fixture_through_the_probe(case: dict[str, Any]) -> None:
+    stdout = section("gpus", (EDGE / case["file"]).read_text(), case["exit_status"]) + f"{M} end\n"
+    host = probe.parse_probe("gpu1", result(stdout))
+    assert host.status == ProbeStatus(case["expect"]["status"])
+    assert host.reason and host.gpus == () and host.processes == ()
+
+
+def test_inforom_warning_still_gives_gpus() -> None:
+    text = (EDGE / "inforom_warning_nounits.csv").read_text()
+    stdout = section("gpus", text, 14) + section("apps", "") + f"{M} end\n"
+    host = probe.parse_probe("gpu1", result(stdout))
+    assert host.status is ProbeStatus.OK and len(host.gpus) == 1
+
+
+def test_empty_gpu_list_is_no_gpus() -> None:
+    host = probe.parse_probe("gpu1", result(section("gpus", "") + f"{M} end\n"))
+    assert host.status is ProbeStatus.NO_GPUS
+
+
+def test_garbage_gpu_output_is_error() -> None:
+    host = probe.parse_probe("gpu1", result(section("gpus", "0, GPU-x\n") + f"{M} end\n"))
+    assert host.status is ProbeStatus.ERROR and "unexpected nvidia-smi output" in (host.reason or "")
+
+
+def test_apps_failure_keeps_gpus_but_is_error() -> None:
+    stdout = section("gpus", GPUS) + section("apps", "Unable to query processes\n", 255) + f"{M} end\n"
+    host = probe.parse_probe("gpu1", result(stdout))
+    assert host.status is ProbeStatus.ERROR and len(host.gpus) == 1
+    assert "Unable to query processes" in (host.reason or "")
+
+
+def test_script_cut_short_is_error() -> None:
+    host = probe.parse_probe("gpu1", result(f"{M} gpus\n" + GPUS, exit_status=255, stderr="Connection reset\n"))
+    assert host.status is ProbeStatus.ERROR and "Connection reset" in (host.reason or "")
+
+
+def test_no_markers_at_all_is_error() -> None:
+    host = probe.parse_probe("gpu1", result("", exit_status=127, stderr="sh: not found\n"))
+    assert host.status is ProbeStatus.ERROR and "127" in (host.reason or "")
+
+
+def test_missing_optional_sections_leave_fields_none() -> None:
+    host = probe.parse_probe("gpu1", result(section("gpus", GPUS) + section("apps", APPS) + f"{M} end\n"))
+    assert host.status is ProbeStatus.OK
+    assert host.processes[0].user is None and host.processes[0].container_id is None
+
+
+def test_split_sections_ignores_text_outside_sections() -> None:
+    stdout = "motd noise\n" + section("gpus", "a\nb\n", 3) + "stray\n" + f"{M} end\nafter end\n"
+    assert probe.split_sections(stdout) == {"gpus": probe.Section("a\nb\n", 3)}
