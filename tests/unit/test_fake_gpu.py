@@ -248,8 +248,10 @@ def test_parse_of_fake_round_trips(state: dict[str, Any], fmt: str) -> None:
         assert gpu.power_draw_w == want["power_draw_w"]
         assert gpu.mig_mode == want["mig_mode"]
     procs = nvsmi.parse_apps(fake.run([APPS4, f"--format={fmt}"], state)[0])
-    got = sorted((p.pid, p.name, p.used_memory_mib, p.gpu_uuid) for p in procs)
-    want_procs = sorted((p["pid"], p["name"], p["used_memory_mib"], p["gpu_uuid"]) for p in state["processes"])
+    got = sorted(((p.pid, p.name, p.used_memory_mib, p.gpu_uuid) for p in procs), key=repr)
+    want_procs = sorted(
+        ((p["pid"], p["name"], p["used_memory_mib"], p["gpu_uuid"]) for p in state["processes"]), key=repr
+    )
     assert got == want_procs
 
 
