@@ -1,0 +1,133 @@
+"""What images a host has: one round trip, a fixed command and a pure parser.
+
+``survey`` lists every image of the host's daemon (``-a``, so intermediate build images
+count too) with its ID, size, tags and RootFS diff IDs, plus which decompressors the host
+has. The layers a host has are the chain IDs of every prefix of every image's RootFS.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from forge import shell
+from forge.dockercli import docker_argv
+from forge.errors import HostError
+from forge.images.layers import chain_ids
+from forge.inventory import Host
+from forge.transport import Transport
+
+#: One line per image: ``image ID SIZE TAGS_JSON LAYERS_JSON`` (``json`` output has no spaces).
+FORMAT = "image {{.Id}} {{.Size}} {{json .RepoTags}} {{json .RootFS.Layers}}"
+TOOLS = ("zstd", "bzip2", "gzip")
+
+# $1 is the inspect format, then "$@" the docker command for this host (docker [-H ...]).
+# The image IDs are hex digests, safe to split unquoted.
+_SURVEY = """
+fmt=$1; shift
+for t in zstd bzip2 gzip; do command -v "$t" >/dev/null 2>&1 && echo "tool $t"; done
+ids=$("$@" image ls -aq --no-trunc) || exit 3
+[ -z "$ids" ] && exit 0
+"$@" image inspect --format "$fmt" $ids
+exit 0
+"""
+
+
+class ImageNotFound(HostError):
+    """The image to sync is not on the source host."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str  # sha256:... (the config digest)
+    size_bytes: int  # the sum of the layers' unpacked sizes, as docker reports it
+    repo_tags: tuple[str, ...]
+    layers: tuple[str, ...]  # RootFS diff IDs, bottom first
+
+    @cached_property
+    def chains(self) -> tuple[str, ...]:
+        return tuple(chain_ids(self.layers))
+
+
+@dataclass(frozen=True)
+class HostImages:
+    """Every image of one host's daemon, and the decompressors it can run."""
+
+    images: tuple[ImageInfo, ...] = ()
+    tools: frozenset[str] = field(default_factory=frozenset)
+
+    @cached_property
+    def chain_ids(self) -> frozenset[str]:
+        return frozenset(c for img in self.images for c in img.chains)
+
+    def by_id(self, image_id: str) -> ImageInfo | None:
+        return next((i for i in self.images if i.id == image_id), None)
+
+    def tagged(self, ref: str) -> ImageInfo | None:
+        ref = normalize_ref(ref)
+        return next((i for i in self.images if ref in i.repo_tags), None)
+
+
+def normalize_ref(ref: str) -> str:
+    """``name`` -> ``name:latest``, as docker lists tags; digests and tagged names unchanged."""
+    if "@" in ref or ref.startswith("sha256:"):
+        return ref
+    if ":" in ref.rsplit("/", 1)[-1]:
+        return ref
+    return ref + ":latest"
+
+
+def is_image_id(ref: str) -> bool:
+    hexpart = ref.removeprefix("sha256:")
+    return len(hexpart) in (12, 64) and all(c in "0123456789abcdef" for c in hexpart) and ":" not in hexpart
+
+
+def parse_image_line(line: str) -> ImageInfo | None:
+    parts = line.strip().split(" ")
+    if len(parts) != 5 or parts[0] != "image":
+        return None
+    _, image_id, size, tags, layers = parts
+    try:
+        tag_list = json.loads(tags) or []
+        layer_list = json.loads(layers) or []
+        size_bytes = int(size)
+    except ValueError:
+        return None
+    return ImageInfo(image_id, size_bytes, tuple(tag_list), tuple(layer_list))
+
+
+def parse_survey(stdout: str) -> HostImages:
+    images: dict[str, ImageInfo] = {}
+    tools: set[str] = set()
+    for line in stdout.splitlines():
+        if line.startswith("tool "):
+            tools.add(line.split(" ", 1)[1].strip())
+        elif (info := parse_image_line(line)) is not None:
+            images.setdefault(info.id, info)
+    return HostImages(tuple(images.values()), frozenset(tools))
+
+
+def survey_command(host: Host) -> shell.Script:
+    return shell.script(_SURVEY, FORMAT, *docker_argv(host))
+
+
+def survey(host: Host, transport: Transport, *, timeout: float | None = None) -> HostImages:
+    """The host's images and tools, in one round trip."""
+    result = transport.run(survey_command(host), timeout=timeout)
+    if not result.ok:
+        tail = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.exit_status}"]
+        raise HostError(host.name, f"cannot list Docker images: {tail[0]}", hint="is dockerd running there?")
+    return parse_survey(result.stdout)
+
+
+def inspect_image(host: Host, transport: Transport, ref: str, *, timeout: float | None = None) -> ImageInfo:
+    """One image on one host, by name or ID."""
+    result = transport.run(docker_argv(host, "image", "inspect", "--format", FORMAT, ref), timeout=timeout)
+    info = parse_image_line(result.stdout.strip().splitlines()[0]) if result.ok and result.stdout.strip() else None
+    if info is None:
+        if "no such image" in result.stderr.lower():
+            raise ImageNotFound(host.name, f"has no image {ref!r}")
+        tail = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.exit_status}"]
+        raise HostError(host.name, f"cannot inspect image {ref!r}: {tail[0]}")
+    return info

@@ -1,0 +1,360 @@
+"""``forge sync``: ship a Docker image from one host to many, sending only what each lacks.
+
+Per run: inspect the image on the source (one command) and survey every target (one command
+each, in parallel) -> a plan per host: ``current`` (same image ID, tags in place: nothing to
+do), ``tag`` (the image is there under its ID: tag it), or ``send`` (with the set of layers,
+by chain ID, that the host already has). Hosts to send to go in waves of ``concurrency``; each
+wave reads ``docker save <ID>`` from the source once; hosts that lack the same layers and use
+the same codec share one filter and one compressor; every host loads with ``decompress |
+docker load`` over its own SSH channel. The image is saved by ID, so ``docker load`` tags
+nothing; forge checks the loaded ID against the source's and only then tags it. After a failed
+load forge removes what it left behind (untagged images it created); a rerun completes the
+job, shipping only what is still missing.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import IO, Literal, cast
+
+from forge import fleet, shell
+from forge.dockercli import docker_argv
+from forge.errors import ForgeError, HostError
+from forge.fleet import FleetResult, HostResult, Pool
+from forge.images import codec as codecs
+from forge.images.inspect import (
+    FORMAT,
+    HostImages,
+    ImageInfo,
+    inspect_image,
+    is_image_id,
+    normalize_ref,
+    parse_image_line,
+    survey,
+)
+from forge.images.savetar import LayerFilter
+from forge.images.stream import Compressor, Direct, Fanout, HostFeed, StreamError, Tee
+from forge.inventory import Host
+from forge.progress import NoProgress, Progress
+from forge.transport import Transport
+
+Action = Literal["current", "tag", "send"]
+DEFAULT_CONCURRENCY = 8
+DEFAULT_TIMEOUT_S = 3600.0
+
+
+class SyncFailed(HostError):
+    """The image could not be loaded or verified on a host."""
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    host: Host
+    action: Action
+    have: HostImages
+    skip: frozenset[str] = frozenset()  # chain IDs of the source's layers the host has
+    codec: codecs.Codec = codecs.CODECS["none"]
+    stale_id: str | None = None  # the image the wanted tag points to now, if another one
+
+
+@dataclass
+class HostSync:
+    """What one host got."""
+
+    host: str
+    action: Action
+    codec: str = "none"
+    layers_total: int = 0
+    layers_sent: int = 0
+    tar_bytes: int = 0  # bytes of the (filtered) save archive sent, before compression
+    wire_bytes: int = 0  # bytes over this host's channel, compressed
+    removed: tuple[str, ...] = ()  # leftovers of a failed load that were removed
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    ref: str
+    image: ImageInfo
+    tags: tuple[str, ...]
+    results: FleetResult[HostSync]
+
+
+@dataclass
+class _Group:
+    skip: frozenset[str]
+    codec: codecs.Codec
+    plans: list[HostPlan] = field(default_factory=list)
+
+
+def wanted_tags(ref: str, image: ImageInfo) -> tuple[str, ...]:
+    """The tags to give the image on the targets: the name asked for, else the source's tags."""
+    if is_image_id(ref) or "@" in ref:
+        return image.repo_tags
+    return (normalize_ref(ref),)
+
+
+def plan_host(host: Host, have: HostImages, image: ImageInfo, tags: Sequence[str], compress: str) -> HostPlan:
+    """Pure: what to do on one host, given its survey."""
+    stale = next((i.id for t in tags if (i := have.tagged(t)) is not None and i.id != image.id), None)
+    present = have.by_id(image.id)
+    if present is not None and present.layers == image.layers:
+        missing_tag = any(t not in present.repo_tags for t in tags)
+        return HostPlan(host, "tag" if missing_tag else "current", have, stale_id=stale)
+    skip = frozenset(c for c in image.chains if c in have.chain_ids)
+    codec = codecs.choose(compress, have.tools, codecs.local_tools())
+    return HostPlan(host, "send", have, skip=skip, codec=codec, stale_id=stale)
+
+
+def plan(
+    ref: str,
+    *,
+    source: Host,
+    targets: Sequence[Host],
+    pool: Pool,
+    compress: str = "auto",
+    concurrency: int = fleet.DEFAULT_CONCURRENCY,
+) -> tuple[ImageInfo, tuple[str, ...], FleetResult[HostPlan]]:
+    """Inspect the source image and survey the targets: one round trip per host."""
+    image = inspect_image(source, pool.get(source), ref)
+    if not image.layers:
+        raise ForgeError(f"{source.name}: image {ref!r} has no layers to send")
+    tags = wanted_tags(ref, image)
+    by_name = {h.name: h for h in targets}
+    plans = fleet.run(
+        targets,
+        lambda t: plan_host(by_name[t.name], survey(by_name[t.name], t), image, tags, compress),
+        pool=pool,
+        concurrency=concurrency,
+    )
+    return image, tags, plans
+
+
+def sync_image(
+    ref: str,
+    *,
+    source: Host,
+    targets: Sequence[Host],
+    pool: Pool,
+    compress: str = "auto",
+    concurrency: int = DEFAULT_CONCURRENCY,
+    progress: Progress | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> SyncReport:
+    """Make ``ref`` (a name or an image ID on ``source``) present and tagged on every target."""
+    progress = progress or NoProgress()
+    targets = [t for t in targets if t.name != source.name]
+    image, tags, plans = plan(ref, source=source, targets=targets, pool=pool, compress=compress)
+    results: dict[str, HostResult[HostSync]] = {r.host.name: cast(HostResult[HostSync], r) for r in plans.failed}
+
+    quick = [r.value for r in plans.succeeded if r.value is not None and r.value.action != "send"]
+    quick_by = {p.host.name: p for p in quick}
+
+    def finish_quick(t: Transport) -> HostSync:
+        p = quick_by[t.name]
+        started = time.monotonic()
+        if p.action == "tag":
+            _tag(p.host, t, image, tags)
+        return HostSync(t.name, p.action, layers_total=len(image.layers), seconds=time.monotonic() - started)
+
+    for r in fleet.run([p.host for p in quick], finish_quick, pool=pool):
+        results[r.host.name] = r
+
+    to_send = [r.value for r in plans.succeeded if r.value is not None and r.value.action == "send"]
+    for i in range(0, len(to_send), max(1, concurrency)):
+        wave = to_send[i : i + max(1, concurrency)]
+        for r in _send_wave(image, tags, source, wave, pool, progress, timeout_s):
+            results[r.host.name] = r
+    return SyncReport(ref, image, tags, FleetResult(tuple(results[h.name] for h in targets)))
+
+
+# --------------------------------------------------------------------------- one wave
+
+
+def _send_wave(
+    image: ImageInfo,
+    tags: tuple[str, ...],
+    source: Host,
+    wave: list[HostPlan],
+    pool: Pool,
+    progress: Progress,
+    timeout_s: float,
+) -> FleetResult[HostSync]:
+    groups: dict[tuple[frozenset[str], str], _Group] = {}
+    for p in wave:
+        groups.setdefault((p.skip, p.codec.name), _Group(p.skip, p.codec)).plans.append(p)
+    feeds = {p.host.name: HostFeed(p.host.name) for p in wave}
+    plans = {p.host.name: p for p in wave}
+    filters: dict[str, LayerFilter] = {}
+    sinks: list[Compressor | Direct] = []
+    writers: list[_LiveWriter] = []
+    try:
+        for g in groups.values():
+            fan = Fanout([feeds[p.host.name] for p in g.plans])
+            sink: Compressor | Direct = Compressor(g.codec.compress, fan) if g.codec.compress else Direct(fan)
+            sinks.append(sink)
+            filt = LayerFilter(image.layers, g.skip, sink.write)
+            writers.append(_LiveWriter(filt, fan))
+            for p in g.plans:
+                filters[p.host.name] = filt
+    except OSError as e:
+        for s in sinks:
+            s.abort()
+        raise StreamError(f"cannot start the local compressor: {e}") from e
+
+    source_error: list[BaseException] = []
+
+    def advance(n: int) -> None:
+        for name, feed in feeds.items():
+            if not feed.consumer_gone.is_set():
+                progress.advance(name, n)
+
+    def read_source() -> None:
+        try:
+            if not any(f.alive for f in (w.fan for w in writers)):
+                raise StreamError("no target is left to send to")
+            result = pool.get(source).stream(
+                docker_argv(source, "save", image.id),
+                sink=cast(IO[bytes], Tee([w.write for w in writers], advance)),
+                timeout=timeout_s,
+            )
+            if not result.ok:
+                tail = "\n".join(result.stderr.strip().splitlines()[-2:])
+                raise HostError(source.name, f"docker save failed with status {result.exit_status}: {tail}")
+            for w in writers:
+                w.filt.finish()
+            for s in sinks:
+                s.close()
+        except BaseException as e:
+            source_error.append(e)
+            for s in sinks:
+                s.abort()
+            for feed in feeds.values():  # the hosts' loads see a truncated stream and fail
+                feed.end()
+
+    for p in wave:
+        progress.start(p.host.name, image.size_bytes)
+    reader = threading.Thread(target=read_source, name="forge-sync-source", daemon=True)
+    reader.start()
+
+    def load(t: Transport) -> HostSync:
+        p = plans[t.name]
+        ok = False
+        try:
+            value = _load_one(p, t, feeds[t.name], filters[t.name], image, tags, source_error, reader, timeout_s)
+            ok = True
+            return value
+        finally:
+            feeds[t.name].stop()
+            progress.finish(t.name, ok)
+
+    results = fleet.run([p.host for p in wave], load, pool=pool, concurrency=len(wave))
+    reader.join()
+    return results
+
+
+@dataclass
+class _LiveWriter:
+    filt: LayerFilter
+    fan: Fanout
+
+    def write(self, data: bytes) -> None:
+        if self.fan.alive:  # every host of this group failed: stop filtering for them
+            self.filt.write(data)
+
+
+def _load_one(
+    p: HostPlan,
+    t: Transport,
+    feed: HostFeed,
+    filt: LayerFilter,
+    image: ImageInfo,
+    tags: tuple[str, ...],
+    source_error: list[BaseException],
+    reader: threading.Thread,
+    timeout_s: float,
+) -> HostSync:
+    host = p.host
+    started = time.monotonic()
+    stages: list[list[str]] = []
+    if p.codec.decompress:
+        stages.append(list(p.codec.decompress))
+    stages.append(docker_argv(host, "load", "-q"))
+    command = shell.pipeline(*stages)
+    out = io.BytesIO()
+    failure: ForgeError | None = None
+    try:
+        result = t.stream(command, source=cast(IO[bytes], feed), sink=out, timeout=timeout_s)
+    except ForgeError as e:
+        failure = e
+    else:
+        feed.stop()
+        if not result.ok:
+            reader.join(60)  # a failed source ends every host's stream: report that cause
+        if not result.ok and source_error:
+            failure = SyncFailed(host.name, f"the source stream failed: {_reason(source_error[0])}")
+        elif not result.ok:
+            tail = "\n".join(result.stderr.strip().splitlines()[-2:]) or f"status {result.exit_status}"
+            failure = SyncFailed(host.name, f"docker load failed: {tail}")
+    feed.stop()
+    if failure is not None:
+        removed = _cleanup(p, t, image)
+        if removed is not None:  # else the image did arrive complete after all
+            note = f" (removed {len(removed)} leftover image(s))" if removed else ""
+            raise SyncFailed(host.name, _reason(failure) + note) from failure
+    _verify(host, t, image)
+    _tag(host, t, image, tags)
+    stats = filt.stats
+    return HostSync(
+        host.name,
+        "send",
+        codec=p.codec.name,
+        layers_total=len(image.layers),
+        layers_sent=len(image.layers) - len(p.skip),
+        tar_bytes=stats.bytes_out,
+        wire_bytes=feed.bytes_read,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, HostError):
+        return e.reason if not e.hint else f"{e.reason} ({e.hint})"
+    return str(e) or type(e).__name__
+
+
+def _verify(host: Host, t: Transport, image: ImageInfo) -> None:
+    r = t.run(docker_argv(host, "image", "inspect", "--format", FORMAT, image.id))
+    got = parse_image_line(r.stdout.strip()) if r.ok else None
+    if got is None or got.id != image.id or got.layers != image.layers:
+        raise SyncFailed(host.name, f"after loading, the image {image.id[:19]} is not there intact; nothing was tagged")
+
+
+def _tag(host: Host, t: Transport, image: ImageInfo, tags: Sequence[str]) -> None:
+    for tag in tags:
+        r = t.run(docker_argv(host, "tag", image.id, tag))
+        if not r.ok:
+            raise SyncFailed(host.name, f"docker tag {tag} failed: {r.stderr.strip()[-200:]}")
+
+
+def _cleanup(p: HostPlan, t: Transport, image: ImageInfo) -> tuple[str, ...] | None:
+    """Remove untagged images a failed load created. None: the image is there, complete."""
+    try:
+        after = survey(p.host, t)
+    except ForgeError:
+        return ()  # the host is unreachable now; the next run's cleanup is the same
+    done = after.by_id(image.id)
+    if done is not None and done.layers == image.layers:
+        return None
+    before = {i.id for i in p.have.images}
+    ours = set(image.chains)
+    leftovers = [
+        i.id for i in after.images if i.id not in before and not i.repo_tags and i.chains and i.chains[-1] in ours
+    ]
+    if leftovers:
+        t.run(docker_argv(p.host, "image", "rm", *leftovers))
+    return tuple(leftovers)

@@ -1,0 +1,31 @@
+"""Progress reporting: the library reports byte counts; what draws them is the caller's.
+
+:class:`NoProgress` is the do-nothing version every library call defaults to. Implementations
+must be thread-safe: hosts report from their own threads.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Progress(Protocol):
+    def start(self, key: str, total_bytes: int | None) -> None:
+        """Work on ``key`` (e.g. a host) begins; ``total_bytes`` is an estimate, or None."""
+
+    def advance(self, key: str, nbytes: int) -> None:
+        """``nbytes`` more of ``key`` are done."""
+
+    def finish(self, key: str, ok: bool, note: str = "") -> None:
+        """Work on ``key`` ended."""
+
+
+class NoProgress:
+    def start(self, key: str, total_bytes: int | None) -> None:
+        pass
+
+    def advance(self, key: str, nbytes: int) -> None:
+        pass
+
+    def finish(self, key: str, ok: bool, note: str = "") -> None:
+        pass
