@@ -76,8 +76,10 @@ def gpu_is_free(gpu: Gpu, processes: Sequence[GpuProcess], *, policy: FreePolicy
         return False, f"{gpu.utilization_gpu_pct} % busy (> {policy.max_utilization_pct})"
     foreign = [p for p in processes if p.gpu_uuid == gpu.uuid and is_foreign(p, me=me)]
     if len(foreign) > policy.max_foreign_processes:
-        who = sorted({p.user or "unknown user" for p in foreign})
-        return False, f"{len(foreign)} process(es) of {', '.join(who)}"
+        # A forge container's processes belong to the environment's owner, whatever their uid.
+        who = sorted({p.env_owner or p.user or "an unknown user" for p in foreign})
+        noun = "process" if len(foreign) == 1 else "processes"
+        return False, f"{len(foreign)} {noun} of {', '.join(who)}"
     return True, "free"
 
 

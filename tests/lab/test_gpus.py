@@ -188,8 +188,8 @@ def test_free_filter_policy_flags_and_ranking(lab: Any, scripted: dict[str, Any]
     (h1,) = json.loads(r.stdout)["hosts"]
     assert r.returncode == 0
     assert [(g["free"], g["reason"]) for g in h1["gpus"]] == [
-        (False, "1 process(es) of nobody"),
-        (False, "1 process(es) of root"),
+        (False, "1 process of nobody"),
+        (False, "1 process of alice"),
     ]
     r = forge_cli(
         lab, "--json", "--max-memory-used", "50000", "--max-utilization", "100", "--max-foreign-processes", "1", g1
