@@ -67,10 +67,11 @@ def cli(ctx: click.Context, inventory_path: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from forge.cli import gpus, hosts
+    from forge.cli import gpus, hosts, sync
 
     cli.add_command(hosts.hosts)
     cli.add_command(gpus.gpus)
+    cli.add_command(sync.sync)
     try:
         from forge.cli.lab import lab
     except ImportError:  # pragma: no cover
