@@ -297,6 +297,8 @@ def _load_one(
             reader.join(60)  # a failed source ends every host's stream: report that cause
         if not result.ok and source_error:
             failure = SyncFailed(host.name, f"the source stream failed: {_reason(source_error[0])}")
+        elif result.exit_status == -1:  # paramiko: the channel closed without an exit status
+            failure = SyncFailed(host.name, "the SSH connection was cut before docker load finished")
         elif not result.ok:
             tail = "\n".join(result.stderr.strip().splitlines()[-2:]) or f"status {result.exit_status}"
             failure = SyncFailed(host.name, f"docker load failed: {tail}")
