@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from forge.lab import dockerd, gpus, image, inventory, mounts, netns, sshd, state, users
+from forge.lab import dockerd, fuse, gpus, image, inventory, mounts, netns, sshd, state, users
 from forge.lab.config import DATA_MARKER, DATA_MARKER_CONTENT, LabConfig, default_root
 from forge.lab.errors import LabError
 from forge.lab.proc import (
@@ -66,6 +66,18 @@ class LabStatus:
         for h, hd in zip(self.hosts, d["hosts"], strict=True):
             hd["up"] = h.up
         return d
+
+
+def _check_root_path(root: Path) -> None:
+    """sshd (StrictModes) refuses keys below a directory others may write, e.g. /tmp."""
+    for parent in root.parents:
+        if parent.exists():
+            st = parent.stat()
+            if st.st_mode & 0o022 or st.st_uid != 0:
+                raise LabError(
+                    f"the lab root {root} is below {parent}, which is writable by others or "
+                    "not owned by root; sshd would refuse the lab's keys",
+                    hint="choose a root such as /var/lib/forge-lab")
 
 
 class Lab:
@@ -124,6 +136,7 @@ class Lab:
             raise LabError(
                 f"the lab at {cfg.root} has {old.get('hosts')} GPU hosts, not {cfg.hosts}",
                 hint=f"run `forge lab down --root {cfg.root}` first, or omit --hosts")
+        _check_root_path(cfg.root)
         state.save(cfg)
         cfg.root.mkdir(parents=True, exist_ok=True)
         cfg.root.chmod(0o755)
@@ -131,7 +144,10 @@ class Lab:
         self.progress("user and keys")
         state.save(cfg, created_user=users.ensure_user(cfg))
         users.ensure_keypair(cfg)
-        state.save(cfg, added_fuse_allow_other=users.ensure_user_allow_other())
+        state.save(cfg, added_fuse_allow_other=fuse.ensure_user_allow_other())
+        old_mode = fuse.ensure_dev_fuse_open()
+        if old_mode is not None:
+            state.save(cfg, dev_fuse_mode=old_mode)
 
         self.progress(f"network: bridge {cfg.bridge} {cfg.bridge_address}/{cfg.prefixlen}")
         netns.ensure_bridge(cfg)
@@ -232,7 +248,9 @@ class Lab:
         if recorded.get("created_user"):
             users.remove_user(cfg.user)
         if recorded.get("added_fuse_allow_other"):
-            users.remove_user_allow_other()
+            fuse.remove_user_allow_other()
+        if isinstance(recorded.get("dev_fuse_mode"), int):
+            fuse.restore_dev_fuse(recorded["dev_fuse_mode"])
         if cfg.root.exists():
             for entry in cfg.root.iterdir():
                 if entry.name == "cache" and not purge_cache:

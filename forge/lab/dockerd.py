@@ -66,6 +66,10 @@ def hook_dir(cfg: LabConfig, name: str) -> Path:
     return cfg.host_dir(name) / "hookbin"
 
 
+def key_path(cfg: LabConfig, name: str) -> Path:
+    return cfg.host_dir(name) / "docker-key.json"
+
+
 def log_path(cfg: LabConfig, name: str) -> Path:
     return cfg.host_dir(name) / "dockerd.log"
 
@@ -82,8 +86,8 @@ def install_hook(cfg: LabConfig, name: str) -> None:
 def argv(cfg: LabConfig, name: str) -> list[str]:
     spec = cfg.host(name)
     config_file = cfg.host_dir(name) / "daemon.json"
-    if not config_file.exists():
-        config_file.write_text("{}\n")
+    # Its own identity key (else every daemon shares /etc/docker/key.json, hence one ID).
+    config_file.write_text(json.dumps({"deprecated-key-path": str(key_path(cfg, name))}) + "\n")
     return [
         which("dockerd"),
         "--host", cfg.docker_host(name),

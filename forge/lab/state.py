@@ -37,7 +37,9 @@ def save(cfg: LabConfig, **changes: Any) -> dict[str, Any]:
     data = load(cfg.root) or {}
     data.update({k: v for k, v in dataclasses.asdict(cfg).items() if k in _CONFIG_KEYS})
     for key, value in changes.items():
-        data[key] = bool(data.get(key)) or value
+        # A flag once set stays set (a second `up` must not forget what the first changed).
+        if key not in data or (isinstance(value, bool) and not data[key]):
+            data[key] = value
     cfg.root.mkdir(parents=True, exist_ok=True)
     tmp = cfg.state_file.with_name(".lab.json.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")

@@ -10,8 +10,6 @@ from pathlib import Path
 from forge.lab.config import LabConfig
 from forge.lab.proc import run
 
-FUSE_CONF = Path("/etc/fuse.conf")
-
 
 def user_exists(name: str) -> bool:
     try:
@@ -72,21 +70,3 @@ def install_user_ssh(cfg: LabConfig) -> None:
 
 def user_home(cfg: LabConfig) -> Path:
     return Path(pwd.getpwnam(cfg.user).pw_dir)
-
-
-def ensure_user_allow_other() -> bool:
-    """Let users mount FUSE with ``-o allow_other`` (sshfs volumes). True when added here."""
-    text = FUSE_CONF.read_text() if FUSE_CONF.exists() else ""
-    if any(line.strip() == "user_allow_other" for line in text.splitlines()):
-        return False
-    if text and not text.endswith("\n"):
-        text += "\n"
-    FUSE_CONF.write_text(text + "user_allow_other\n")
-    return True
-
-
-def remove_user_allow_other() -> None:
-    if not FUSE_CONF.exists():
-        return
-    lines = FUSE_CONF.read_text().splitlines(keepends=True)
-    FUSE_CONF.write_text("".join(line for line in lines if line.strip() != "user_allow_other"))

@@ -1,0 +1,112 @@
+"""Shared fixtures. ``lab``: the forge lab (a fleet of real sshd/dockerd hosts in network
+namespaces on this machine), brought up once per test session.
+
+- A lab already running at ``$FORGE_LAB_ROOT`` (default /var/lib/forge-lab) is reused and
+  left running.
+- Otherwise the fixture brings one up and takes it down when the session ends, unless
+  ``FORGE_LAB_KEEP=1``.
+- When the lab cannot start (not root, missing tools), lab tests are skipped with the reason;
+  with ``CI=true`` the run fails instead, so CI never passes by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forge import shell
+from forge.errors import ForgeError
+from forge.lab import Lab, LabConfig
+from forge.lab.config import default_root
+
+LAB_HOSTS = 4
+
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@dataclass
+class LabHandle:
+    """What a test needs of the lab."""
+
+    lab: Lab
+    inventory_path: Path = field(init=False)
+    root: Path = field(init=False)
+    hosts: list[str] = field(init=False)  # the GPU hosts: gpu1..gpuN
+    identity_file: Path = field(init=False)
+    known_hosts: Path = field(init=False)
+    data_address: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inventory_path = self.lab.inventory_path
+        self.root = self.lab.root
+        self.hosts = self.lab.gpu_hosts
+        self.identity_file = self.lab.identity_file
+        self.known_hosts = self.lab.known_hosts
+        self.data_address = self.lab.address("data")
+
+    @property
+    def user(self) -> str:
+        return self.lab.config.user
+
+    def address(self, name: str) -> str:
+        return self.lab.address(name)
+
+    def set_gpus(self, name: str, state: dict[str, Any] | None) -> None:
+        self.lab.set_gpus(name, state)
+
+    def host_down(self, name: str) -> AbstractContextManager[None]:
+        return self.lab.host_down(name)
+
+    def docker(self, name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return self.lab.docker(name, *args, timeout=timeout)
+
+    def load_base_image(self, name: str) -> str:
+        self.lab.load_base_image(name)
+        from forge.lab import BASE_IMAGE
+
+        return BASE_IMAGE
+
+    def ssh_argv(self, name: str, *command: str) -> list[str]:
+        """``ssh`` to a lab host with the host key verified against the lab's known_hosts.
+
+        ``command`` is an argv list, quoted for the remote shell by :mod:`forge.shell`."""
+        return [
+            "ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "IdentitiesOnly=yes",
+            "-o", "ConnectTimeout=10", "-F", "none", "-i", str(self.identity_file),
+            f"{self.user}@{self.address(name)}", "--", shell.render(command),
+        ]
+
+    def ssh(self, name: str, *command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.ssh_argv(name, *command), capture_output=True, text=True,
+                              timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[LabHandle]:
+    root = default_root()
+    the_lab = Lab.at(root)
+    started_here = False
+    try:
+        if the_lab.config.hosts != LAB_HOSTS or not the_lab.status().up:
+            the_lab = Lab(LabConfig(root=root, hosts=LAB_HOSTS))
+            started_here = not the_lab.status().exists
+            the_lab.up()
+    except (ForgeError, OSError) as e:
+        reason = f"the forge lab cannot start: {e}"
+        if _in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    yield LabHandle(the_lab)
+    if started_here and not os.environ.get("FORGE_LAB_KEEP"):
+        the_lab.down()
