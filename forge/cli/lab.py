@@ -84,6 +84,7 @@ def status(root: Path | None, as_json: bool) -> None:
         return
     if not st.exists:
         click.echo(f"no lab at {st.root}")
+        return
     click.echo(f"root {st.root}  bridge {'up' if st.bridge else 'down'}")
 
     def word(v: bool | None) -> str:

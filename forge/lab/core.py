@@ -58,7 +58,7 @@ class LabStatus:
 
     @property
     def up(self) -> bool:
-        return self.exists and self.bridge and all(h.up for h in self.hosts)
+        return self.exists and self.bridge and bool(self.hosts) and all(h.up for h in self.hosts)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -135,8 +135,10 @@ class Lab:
         if old and old.get("hosts") != cfg.hosts:
             raise LabError(
                 f"the lab at {cfg.root} has {old.get('hosts')} GPU hosts, not {cfg.hosts}",
-                hint=f"run `forge lab down --root {cfg.root}` first, or omit --hosts")
+                hint=f"run `forge lab down --root {cfg.root}` first, or pass --hosts "
+                f"{old.get('hosts')}")
         _check_root_path(cfg.root)
+        state.claim_network(cfg)
         state.save(cfg)
         cfg.root.mkdir(parents=True, exist_ok=True)
         cfg.root.chmod(0o755)
@@ -194,6 +196,8 @@ class Lab:
     # Status ------------------------------------------------------------------------------
     def status(self) -> LabStatus:
         cfg = self.config
+        if not cfg.state_file.exists():
+            return LabStatus(root=str(cfg.root), exists=False, bridge=False, hosts=[])
         hosts = []
         for host in cfg.all_hosts():
             hosts.append(HostStatus(
@@ -213,7 +217,11 @@ class Lab:
         cfg = self.config
         if os.geteuid() != 0:
             raise LabError("taking the lab down needs root", hint="run as root")
-        recorded = state.load(cfg.root) or {}
+        recorded = state.load(cfg.root)
+        if recorded is None:
+            # Without its record, the names below could be another lab's: touch nothing.
+            self.progress(f"no lab recorded at {cfg.state_file}; nothing to take down")
+            return
         names = {h.netns for h in cfg.all_hosts()}
         stray = [n for n in netns.list_netns(cfg.netns_prefix)
                  if n[len(cfg.netns_prefix):] == "data"
@@ -245,6 +253,7 @@ class Lab:
                 run(["ip", "netns", "del", name])
         netns.remove_bridge(cfg)
         netns.remove_firewall(cfg)
+        state.release_network(cfg)
         if recorded.get("created_user"):
             users.remove_user(cfg.user)
         if recorded.get("added_fuse_allow_other"):

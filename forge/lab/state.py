@@ -45,3 +45,33 @@ def save(cfg: LabConfig, **changes: Any) -> dict[str, Any]:
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, cfg.state_file)
     return data
+
+
+CLAIMS = Path("/run/forge-lab")
+
+
+def claim_network(cfg: LabConfig) -> None:
+    """Record that this root owns its bridge (and so its netns names and addresses); refuse
+    when another lab's root holds it. Lives in /run, which forgets it at reboot, like the
+    namespaces themselves."""
+    CLAIMS.mkdir(parents=True, exist_ok=True)
+    path = CLAIMS / cfg.bridge
+    try:
+        holder = path.read_text().strip()
+    except OSError:
+        holder = ""
+    if holder and holder != str(cfg.root) and (Path(holder) / "lab.json").exists():
+        raise LabError(
+            f"bridge {cfg.bridge} (and its addresses and namespaces) belongs to the lab at "
+            f"{holder}",
+            hint=f"take that one down first (`forge lab down --root {holder}`), or use it")
+    path.write_text(f"{cfg.root}\n")
+
+
+def release_network(cfg: LabConfig) -> None:
+    path = CLAIMS / cfg.bridge
+    try:
+        if path.read_text().strip() == str(cfg.root):
+            path.unlink()
+    except OSError:
+        pass

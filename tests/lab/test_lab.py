@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -184,7 +185,14 @@ def test_container_reads_data_host_through_sshfs_volume(lab: LabHandle, base_ima
 
 @pytest.fixture()
 def small_lab(lab: LabHandle) -> Iterator[Lab]:
-    """A 1-GPU-host lab beside the session's lab (the session lab must survive its down)."""
+    """A 1-GPU-host lab beside the session's lab (the session lab must survive its down).
+    Its names are fixed, so concurrent test runs on one machine take turns (a lock)."""
+    with open("/run/forge-lab-test-small.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield from _small_lab(lab)
+
+
+def _small_lab(lab: LabHandle) -> Iterator[Lab]:
     # Not under /tmp: sshd refuses keys below a world-writable directory. Short: socket paths.
     root = Path(tempfile.mkdtemp(prefix="forge-lab-t", dir="/var/lib"))
     cfg = LabConfig(root=root, hosts=1, bridge="forgelabt0", network="10.77.0.128/26",
