@@ -161,6 +161,7 @@ class Lab:
             host_keys[host.address] = sshd.ensure_config(cfg, host.name)
         users.write_known_hosts(cfg, host_keys)
         users.install_user_ssh(cfg)
+        users.write_profile(cfg)
         self._ensure_data_dir()
 
         for host in cfg.gpu_hosts():

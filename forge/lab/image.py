@@ -89,7 +89,8 @@ def import_rootfs(cfg: LabConfig, host: str, rootfs: Path, image: str = BASE_IMA
     tar_argv = ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."]
     imp_argv = ["docker", "-H", cfg.docker_host(host), "import", "-", image]
     tar = subprocess.Popen(tar_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert tar.stdout is not None
+    if tar.stdout is None:  # pragma: no cover - stdout=PIPE always gives one
+        raise LabError("tar gave no output pipe")
     imp = subprocess.Popen(imp_argv, stdin=tar.stdout, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     tar.stdout.close()

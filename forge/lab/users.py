@@ -70,3 +70,25 @@ def install_user_ssh(cfg: LabConfig) -> None:
 
 def user_home(cfg: LabConfig) -> Path:
     return Path(pwd.getpwnam(cfg.user).pw_dir)
+
+
+PROFILE = """\
+# ~/.profile of the forge lab user (written by `forge lab up`).
+# Login shells reset PATH in /etc/profile: put this host's tools (nvidia-smi) first again.
+if [ -n "$FORGE_LAB_HOST" ]; then
+    PATH="{root}/hosts/$FORGE_LAB_HOST/bin:$PATH"
+fi
+if [ -n "$BASH_VERSION" ] && [ -f "$HOME/.bashrc" ]; then
+    . "$HOME/.bashrc"
+fi
+"""
+
+
+def write_profile(cfg: LabConfig) -> None:
+    """Give the lab user's login shells the host's PATH (only in a home the lab owns)."""
+    entry = pwd.getpwnam(cfg.user)
+    if Path(entry.pw_dir) != cfg.home:
+        return
+    profile = cfg.home / ".profile"
+    profile.write_text(PROFILE.format(root=cfg.root))
+    os.chown(profile, entry.pw_uid, entry.pw_gid)
