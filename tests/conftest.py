@@ -11,6 +11,7 @@ namespaces on this machine), brought up once per test session.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 from collections.abc import Iterator
@@ -92,21 +93,49 @@ class LabHandle:
                               timeout=timeout, check=False)
 
 
+def _lock_path(the_lab: Lab) -> Path:
+    d = Path("/run/forge-lab")
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"{the_lab.config.bridge}.sessions.lock"
+
+
 @pytest.fixture(scope="session")
 def lab() -> Iterator[LabHandle]:
+    """Several test sessions may share the lab at once (other engineers, other terminals):
+    each holds a shared lock on it for its whole run; bringing it up takes the lock
+    exclusively; the session that brought it up takes it down at the end only when it can
+    get the lock exclusively (no other session still uses it)."""
     root = default_root()
     the_lab = Lab.at(root)
     started_here = False
+    lock = None
     try:
-        if the_lab.config.hosts != LAB_HOSTS or not the_lab.status().up:
-            the_lab = Lab(LabConfig(root=root, hosts=LAB_HOSTS))
-            started_here = not the_lab.status().exists
-            the_lab.up()
+        lock = open(_lock_path(the_lab), "a+")  # held for the whole session
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if the_lab.config.hosts != LAB_HOSTS or not the_lab.status().up:
+                the_lab = Lab(LabConfig(root=root, hosts=LAB_HOSTS))
+                started_here = not the_lab.status().exists
+                the_lab.up()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_SH)
     except (ForgeError, OSError) as e:
+        if lock is not None:
+            lock.close()
         reason = f"the forge lab cannot start: {e}"
         if _in_ci():
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
-    yield LabHandle(the_lab)
-    if started_here and not os.environ.get("FORGE_LAB_KEEP"):
-        the_lab.down()
+    try:
+        yield LabHandle(the_lab)
+    finally:
+        try:
+            if started_here and not os.environ.get("FORGE_LAB_KEEP"):
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass  # another session still uses the lab: leave it up
+                else:
+                    the_lab.down()
+        finally:
+            lock.close()
