@@ -67,17 +67,12 @@ def cli(ctx: click.Context, inventory_path: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from forge.cli import gpus, hosts, sync
+    from forge.cli import gpus, hosts, lab, sync
 
     cli.add_command(hosts.hosts)
     cli.add_command(gpus.gpus)
     cli.add_command(sync.sync)
-    try:
-        from forge.cli.lab import lab
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        cli.add_command(lab)
+    cli.add_command(lab.lab)
 
 
 _register()
