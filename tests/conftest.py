@@ -65,6 +65,9 @@ class LabHandle:
     def set_gpus(self, name: str, state: dict[str, Any] | None) -> None:
         self.lab.set_gpus(name, state)
 
+    def reset_gpus(self, name: str) -> None:
+        self.lab.reset_gpus(name)
+
     def host_down(self, name: str) -> AbstractContextManager[None]:
         return self.lab.host_down(name)
 

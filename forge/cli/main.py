@@ -7,6 +7,7 @@ exit code. Anything else is a bug: a one-line message, with the traceback under 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -37,8 +38,32 @@ class State:
 
 pass_state = click.make_pass_decorator(State)
 
+#: Subcommands, imported only when run (or listed by --help): `forge gpus` does not pay for
+#: importing the lab or the image code, and forge starts faster in scripts and cron.
+COMMANDS = {
+    "gpus": "forge.cli.gpus:gpus",
+    "hosts": "forge.cli.hosts:hosts",
+    "lab": "forge.cli.lab:lab",
+    "sync": "forge.cli.sync:sync",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *super().list_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, _, attr = target.partition(":")
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(
+    cls=LazyGroup,context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "-i",
     "--inventory",
@@ -65,17 +90,6 @@ def cli(ctx: click.Context, inventory_path: str | None, debug: bool) -> None:
     ctx.obj = state
     ctx.call_on_close(state.pool.close)
 
-
-def _register() -> None:
-    from forge.cli import gpus, hosts, lab, sync
-
-    cli.add_command(hosts.hosts)
-    cli.add_command(gpus.gpus)
-    cli.add_command(sync.sync)
-    cli.add_command(lab.lab)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -168,7 +168,7 @@ class Lab:
             cfg.bin_dir(host.name).mkdir(parents=True, exist_ok=True)
             gpus.install(cfg, host.name)
             if not cfg.gpu_state(host.name).exists():
-                gpus.write_state(cfg, host.name, gpus.default_state())
+                gpus.write_state(cfg, host.name, gpus.default_state(host.name))
         self.progress("starting dockerd on " + ", ".join(self.gpu_hosts))
         self._each(lambda h: dockerd.start(cfg, h), self.gpu_hosts)
         self.progress("starting sshd on every host")
@@ -278,6 +278,12 @@ class Lab:
         """Give a GPU host this fake GPU state, or with ``None`` no nvidia-smi at all."""
         self._gpu_host(host)
         gpus.set_gpus(self.config, host, gpu_state)
+
+    def reset_gpus(self, host: str) -> None:
+        """Give a GPU host back its default state: four idle GPUs with UUIDs of its own."""
+        self._gpu_host(host)
+        gpus.install(self.config, host)
+        gpus.write_state(self.config, host, gpus.default_state(host))
 
     def stop_sshd(self, host: str) -> None:
         self.address(host)

@@ -78,14 +78,22 @@ NA = "[N/A]"
 Value = Any  # int | float | str | None, as read from JSON
 
 
-def default_state() -> dict[str, Any]:
-    """Four idle H200s (driver 580) with distinct, plausible UUIDs and bus ids."""
-    uuids = (
+def default_state(seed: str = "") -> dict[str, Any]:
+    """Four idle H200s (driver 580) with distinct, plausible UUIDs and bus ids.
+
+    With a ``seed`` (the lab passes the host's name) the UUIDs are derived from it, so no two
+    hosts share a GPU, as on a real fleet; without one they are fixed.
+    """
+    uuids: tuple[str, ...] = (
         "GPU-3b9e8f4a-6c1d-4e2f-9a7b-1c2d3e4f5a61",
         "GPU-7d2c1b0a-9e8f-4d6c-8b5a-2f3e4d5c6b72",
         "GPU-c41a5e92-0b7d-4f38-a6e1-3d4c5b6a7f83",
         "GPU-e85f3d27-4a6b-4c91-b2d8-4e5f6a7b8c94",
     )
+    if seed:
+        import uuid
+
+        uuids = tuple(f"GPU-{uuid.uuid5(uuid.NAMESPACE_URL, f'forge-lab/{seed}/{i}')}" for i in range(4))
     buses = ("00000000:18:00.0", "00000000:2A:00.0", "00000000:3A:00.0", "00000000:5D:00.0")
     gpus = [
         {

@@ -1,7 +1,13 @@
 """The replayed ``nvidia-smi`` of each GPU host and the JSON state it renders.
 
-The renderer is ``forge/lab/fake_gpu.py`` (a standalone stdlib-only script); this module only
-installs it as ``<root>/hosts/<name>/bin/nvidia-smi`` and writes its state file.
+The renderer is ``forge/lab/fake_gpu.py`` (a standalone stdlib-only script), installed as
+``<root>/hosts/<name>/bin/.nvidia-smi-render``. ``bin/nvidia-smi`` itself is a small ``sh``
+wrapper: the queries forge's probe makes are rendered in advance whenever the state is
+written (``gpus.json.d/<arguments>.out`` and ``.rc``), and the wrapper serves them after the
+latency the real tool shows (about 30 ms per query on an H200 with persistence mode on);
+anything else goes to the renderer. Without this, every call would start a Python
+interpreter (~20 ms of CPU), and 16 hosts sharing this machine's two cores would measure
+the lab's fake rather than forge.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +23,22 @@ from forge.lab.config import LabConfig
 
 FAKE_GPU = Path(__file__).with_name("fake_gpu.py")
 SHEBANG = "#!/usr/bin/python3"
+RENDERER = ".nvidia-smi-render"
+#: Seconds the wrapper waits before answering a pre-rendered query, like the real tool
+#: (shared/fixtures meta.txt: --query-gpu 0.03 s; ssh-facts: --query-compute-apps 22 ms).
+LATENCY_S = {"--query-gpu": 0.03, "--query-compute-apps": 0.022}
+
+# $1...: nvidia-smi's arguments. A constant; the renderer's path is its only parameter.
+WRAPPER = """#!/bin/sh
+# forge lab: replayed nvidia-smi (see forge/lab/gpus.py). Serves pre-rendered queries.
+c="${FORGE_LAB_GPU_STATE:-/nonexistent}.d/$*"
+if [ -f "$c.out" ] && read rc delay < "$c.rc"; then
+  sleep "$delay"
+  cat "$c.out"
+  exit "$rc"
+fi
+exec %(renderer)s "$@"
+"""
 FALLBACK_STATE: dict[str, Any] = {"gpus": [], "processes": [], "mode": "ok"}
 
 PLACEHOLDER = f"""{SHEBANG}
@@ -35,8 +58,8 @@ def renderer_source(source: Path = FAKE_GPU) -> str:
     return SHEBANG + "\n" + "".join(lines)
 
 
-def default_state(source: Path = FAKE_GPU) -> dict[str, Any]:
-    """fake_gpu.default_state() when the script defines it, else an empty machine."""
+def default_state(host: str = "", source: Path = FAKE_GPU) -> dict[str, Any]:
+    """fake_gpu.default_state(host) when the script defines it, else an empty machine."""
     if source.exists():
         spec = importlib.util.spec_from_file_location("forge_lab_fake_gpu", source)
         if spec is not None and spec.loader is not None:
@@ -44,7 +67,7 @@ def default_state(source: Path = FAKE_GPU) -> dict[str, Any]:
             spec.loader.exec_module(module)
             fn = getattr(module, "default_state", None)
             if callable(fn):
-                state = fn()
+                state = fn(host)
                 if isinstance(state, dict):
                     return state
     return dict(FALLBACK_STATE)
@@ -54,22 +77,63 @@ def nvidia_smi(cfg: LabConfig, name: str) -> Path:
     return cfg.bin_dir(name) / "nvidia-smi"
 
 
-def install(cfg: LabConfig, name: str, source: Path = FAKE_GPU) -> None:
-    target = nvidia_smi(cfg, name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(".nvidia-smi.tmp")
-    tmp.write_text(renderer_source(source))
+def _write_executable(target: Path, text: str) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text)
     tmp.chmod(0o755)
     os.replace(tmp, target)
 
 
+def install(cfg: LabConfig, name: str, source: Path = FAKE_GPU) -> None:
+    target = nvidia_smi(cfg, name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    renderer = target.with_name(RENDERER)
+    _write_executable(renderer, renderer_source(source))
+    _write_executable(target, WRAPPER % {"renderer": renderer})
+
+
+def prerendered_queries() -> list[list[str]]:
+    """The nvidia-smi invocations forge's GPU probe makes (forge/gpu/probe.py)."""
+    from forge.gpu.nvsmi import APP_FIELDS, GPU_FIELDS
+
+    fmt = "--format=csv,noheader,nounits"
+    return [
+        ["--query-gpu=" + ",".join(GPU_FIELDS), fmt],
+        ["--query-compute-apps=" + ",".join(APP_FIELDS), fmt],
+    ]
+
+
+def _render_cache(cache: Path, state: dict[str, Any]) -> None:
+    from forge.lab import fake_gpu
+
+    cache.mkdir(mode=0o755)
+    for args in prerendered_queries():
+        text, status = fake_gpu.run(args, state)
+        key = " ".join(args)  # the wrapper's "$*"
+        delay = LATENCY_S[args[0].split("=")[0]]
+        (cache / f"{key}.out").write_text(text)
+        (cache / f"{key}.rc").write_text(f"{status} {delay}\n")
+    for f in cache.iterdir():
+        f.chmod(0o644)
+
+
 def write_state(cfg: LabConfig, name: str, state: dict[str, Any]) -> None:
-    """Write the state atomically (a reader never sees half a file); readable by the user."""
+    """Write the state and its pre-rendered answers; readable by the lab user.
+
+    The state file is replaced atomically (a reader never sees half a file). The old answers
+    are removed first, so a query in between goes to the renderer, which reads the new state.
+    """
     path = cfg.gpu_state(name)
+    cache = path.with_name(path.name + ".d")
+    shutil.rmtree(cache, ignore_errors=True)
     tmp = path.with_name(".gpus.json.tmp")
     tmp.write_text(json.dumps(state, indent=1) + "\n")
     tmp.chmod(0o644)
     os.replace(tmp, path)
+    staging = path.with_name(".gpus.json.d.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    _render_cache(staging, state)
+    os.replace(staging, cache)
 
 
 def set_gpus(cfg: LabConfig, name: str, state: dict[str, Any] | None) -> None:
@@ -77,6 +141,7 @@ def set_gpus(cfg: LabConfig, name: str, state: dict[str, Any] | None) -> None:
     if state is None:
         nvidia_smi(cfg, name).unlink(missing_ok=True)
         cfg.gpu_state(name).unlink(missing_ok=True)
+        shutil.rmtree(cfg.gpu_state(name).with_name(cfg.gpu_state(name).name + ".d"), ignore_errors=True)
         return
     write_state(cfg, name, state)
     if not nvidia_smi(cfg, name).exists():

@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 
-from forge.lab.fake_gpu import default_state
-
 pytestmark = pytest.mark.lab
 
 U = {
@@ -99,7 +97,7 @@ def scripted(lab: Any) -> Iterator[dict[str, Any]]:
         sleeper.wait()
         lab.docker(g1, "rm", "-f", name)
         for h in (g1, g2, g4):
-            lab.set_gpus(h, default_state())
+            lab.reset_gpus(h)
 
 
 def test_table(lab: Any, scripted: dict[str, Any]) -> None:
@@ -195,3 +193,27 @@ def test_free_filter_policy_flags_and_ranking(lab: Any, scripted: dict[str, Any]
         lab, "--json", "--max-memory-used", "50000", "--max-utilization", "100", "--max-foreign-processes", "1", g1
     )
     assert [g["free"] for g in json.loads(r.stdout)["hosts"][0]["gpus"]] == [True, True]
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_host_nvidia_smi_replays_the_real_captures_byte_for_byte(lab: Any, case: int) -> None:
+    """A state set by a test comes out of the host's nvidia-smi, over SSH, exactly as the real
+    H200 printed it: through the pre-rendered answers (the probe's queries) and the renderer."""
+    from tests.unit.test_fake_gpu import BYTE_FOR_BYTE, H200
+
+    name, state, args = BYTE_FOR_BYTE[case]
+    host = lab.hosts[-1]
+    lab.set_gpus(host, state)
+    try:
+        r = lab.ssh(host, "nvidia-smi", *args)
+    finally:
+        lab.reset_gpus(host)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (H200 / name).read_text(encoding="utf-8")
+
+
+def test_every_host_has_gpus_of_its_own(lab: Any) -> None:
+    r = forge_cli(lab, "--json")
+    assert r.returncode == 0, r.stderr
+    uuids = [g["uuid"] for h in json.loads(r.stdout)["hosts"] for g in h["gpus"]]
+    assert len(uuids) == 4 * len(lab.hosts) and len(set(uuids)) == len(uuids)
