@@ -17,6 +17,7 @@ Runs against a separate lab of 16 hosts (root /var/lib/forge-lab-bench, bridge f
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,19 @@ from forge import fleet, inventory
 from forge.gpu.nvsmi import GPU_FIELDS
 from forge.gpu.survey import survey
 from forge.lab import Lab, LabConfig
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds this machine has spent busy (all processes, all cores) since boot."""
+    fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_split(fn: Callable[[], object]) -> tuple[float, float, float]:
+    """(wall s, CPU s of the whole machine, CPU s of this process) for one call."""
+    machine, own, wall = busy_cpu_s(), time.process_time(), time.perf_counter()
+    fn()
+    return time.perf_counter() - wall, busy_cpu_s() - machine, time.process_time() - own
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:
@@ -128,6 +142,10 @@ def run(lab: Lab, repeat: int) -> int:
         "forge probe in-process, cold, 1 host": timed(lambda: forge_cold_inprocess(hosts[:1]), repeat),
         "forge probe in-process, warm, 1 host": timed(lambda: survey(inv, hosts[:1], pool=warm_pool), repeat),
     }
+    splits = {
+        "forge probe in-process, cold": cpu_split(lambda: forge_cold_inprocess(hosts)),
+        "forge probe in-process, warm": cpu_split(lambda: survey(inv, hosts, pool=warm_pool)),
+    }
     warm_pool.close()
     subprocess.run(["rm", "-rf", control_dir], check=False)
 
@@ -147,6 +165,12 @@ def run(lab: Lab, repeat: int) -> int:
     print(f"| ssh loop warm / forge probe warm | {warm_ratio:.1f}x | >= 8x |")
     print(f"| forge gpus cold: {n} hosts / 1 host | {one:.2f}x | < 1.5x |")
     print(f"| forge probe in-process cold: {n} hosts / 1 host | {one_inproc:.2f}x | < 1.5x |")
+    print()
+    cores = os.cpu_count() or 1
+    print(f"| where the CPU went ({n} hosts, one run, {cores} cores) | wall (s) | machine CPU (s) | forge's CPU (s) |")
+    print("| --- | --- | --- | --- |")
+    for name, (wall, machine, own) in splits.items():
+        print(f"| {name} | {wall:.3f} | {machine:.3f} of {wall * cores:.3f} | {own:.3f} |")
     return 0
 
 

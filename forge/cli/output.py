@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
-from tabulate import tabulate
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    from tabulate import tabulate  # imported here: JSON output and scripts don't pay for it
+
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
 
 

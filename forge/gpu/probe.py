@@ -50,16 +50,29 @@ DOCKER_FORMAT = '{{.ID}} {{json (.Label "' + ENV_LABEL + '")}} {{json (.Label "'
 # $1: --query-gpu fields, $2: --query-compute-apps fields, $3: docker ps --format.
 # A constant: nothing from the inventory or the command line is ever spliced into it.
 _SCRIPT = r"""M=@@forge-gpu-probe
+# The process query runs in the background while the GPU query runs: each nvidia-smi call
+# costs ~25 ms with persistence mode on and can take over a second without it.
+t=$(mktemp 2>/dev/null) || t=
+[ -n "$t" ] && { nvidia-smi --query-compute-apps="$2" --format=csv,noheader,nounits >"$t" 2>&1 & }
 echo "$M gpus"
 nvidia-smi --query-gpu="$1" --format=csv,noheader,nounits 2>&1
 rc=$?
 echo "$M status $rc"
+if [ -n "$t" ]; then
+  wait $!
+  arc=$?
+  apps=$(cat "$t")
+  rm -f "$t"
+fi
 if [ "$rc" -ne 0 ] && [ "$rc" -ne 14 ]; then echo "$M end"; exit 0; fi
+if [ -z "$t" ]; then
+  apps=$(nvidia-smi --query-compute-apps="$2" --format=csv,noheader,nounits 2>&1)
+  arc=$?
+fi
 echo "$M apps"
-apps=$(nvidia-smi --query-compute-apps="$2" --format=csv,noheader,nounits 2>&1)
-rc=$?
 [ -n "$apps" ] && printf '%s\n' "$apps"
-echo "$M status $rc"
+echo "$M status $arc"
+rc=$arc
 pids=
 if [ "$rc" -eq 0 ]; then
   pids=$(printf '%s\n' "$apps" | sed -n 's/^\([0-9][0-9]*\),.*/\1/p' | sort -un | tr '\n' ' ')
