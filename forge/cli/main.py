@@ -41,9 +41,14 @@ pass_state = click.make_pass_decorator(State)
 #: Subcommands, imported only when run (or listed by --help): `forge gpus` does not pay for
 #: importing the lab or the image code, and forge starts faster in scripts and cron.
 COMMANDS = {
+    "build": "forge.cli.build:build_cmd",
     "gpus": "forge.cli.gpus:gpus",
     "hosts": "forge.cli.hosts:hosts",
     "lab": "forge.cli.lab:lab",
+    "migrate": "forge.cli.env:migrate",
+    "ps": "forge.cli.env:ps",
+    "ssh": "forge.cli.env:ssh",
+    "stop": "forge.cli.env:stop",
     "sync": "forge.cli.sync:sync",
 }
 

@@ -1,0 +1,234 @@
+"""Building the dev environment image (docker/dev/) for one user, on this machine or a host.
+
+The build context (the files of docker/dev/ plus an ``authorized_keys`` made from the user's
+public keys) is packed as a tar in memory and streamed over the host's transport into
+``docker build -``, which reads a tar context from stdin: the host needs nothing but Docker.
+The user's uid, gid and name go in as build arguments, so the image's user is the user who
+logs in (docs/image.md).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from forge.dockercli import docker_argv
+from forge.errors import CommandFailed, ForgeError, HostError
+from forge.inventory import Host
+from forge.transport import Transport
+
+#: The image's files in a checkout of forge.
+DEFAULT_CONTEXT = Path(__file__).resolve().parent.parent / "docker" / "dev"
+DEFAULT_TAG = "forge/dev:latest"
+DEFAULT_TIMEOUT_S = 3600.0
+
+_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_MIRROR = re.compile(r"^[A-Za-z0-9._:/-]+$")
+
+
+class BuildError(ForgeError):
+    """The build could not start (bad settings, no keys) or docker build failed."""
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What to build. None for base/toolchain: the Dockerfile's defaults."""
+
+    tag: str
+    user: str
+    uid: int
+    gid: int
+    public_keys: tuple[str, ...]
+    base: str | None = None
+    toolchain: str | None = None
+    install_packages: bool = True
+    extra_packages: tuple[str, ...] = ()
+    apt_mirror: str | None = None
+    pip_index_url: str | None = None
+    context_dir: Path = DEFAULT_CONTEXT
+    no_cache: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _USER.match(self.user):
+            raise BuildError(f"user name {self.user!r} is not a plain Unix user name")
+        if self.uid <= 0 or self.gid <= 0:
+            raise BuildError(
+                f"uid {self.uid} and gid {self.gid}: the dev user is not root",
+                hint="run as the user who will log in, or give --uid and --gid",
+            )
+        if not self.public_keys:
+            raise BuildError("no public keys: the image's sshd lets you in by key only",
+                             hint="give --public-key FILE, or create a key with ssh-keygen")
+        if self.apt_mirror is not None and not _MIRROR.match(self.apt_mirror):
+            raise BuildError(f"apt mirror {self.apt_mirror!r} has characters a host name does not")
+        if self.extra_packages and not self.install_packages:
+            raise BuildError("extra packages need package installation (drop --no-packages)")
+
+    def build_args(self) -> dict[str, str]:
+        args = {
+            "DEV_USER": self.user,
+            "DEV_UID": str(self.uid),
+            "DEV_GID": str(self.gid),
+            "INSTALL_PACKAGES": "1" if self.install_packages else "0",
+        }
+        if self.base:
+            args["BASE_IMAGE"] = self.base
+        if self.toolchain:
+            args["TOOLCHAIN_IMAGE"] = self.toolchain
+        if self.extra_packages:
+            args["EXTRA_PACKAGES"] = " ".join(self.extra_packages)
+        if self.apt_mirror:
+            args["APT_MIRROR"] = self.apt_mirror
+        if self.pip_index_url:
+            args["PIP_INDEX_URL"] = self.pip_index_url
+        return args
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    host: str
+    tag: str
+    image_id: str
+    duration_s: float
+
+
+# --------------------------------------------------------------------------- public keys
+
+
+def parse_public_keys(text: str, *, source: str) -> list[str]:
+    """The OpenSSH public key lines of a file's text; refuses private keys and junk."""
+    if "PRIVATE KEY" in text:
+        raise BuildError(f"{source} is a private key", hint="give the .pub file")
+    keys = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        kind = line.split()[0]
+        if kind not in _KEY_TYPES or len(line.split()) < 2:
+            raise BuildError(f"{source}, line {n}: not an OpenSSH public key (starts with {kind[:30]!r})")
+        keys.append(line)
+    return keys
+
+
+def read_public_keys(paths: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
+    keys: list[str] = []
+    for p in paths:
+        path = Path(p).expanduser()
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise BuildError(f"cannot read public key {path}: {e.strerror}") from e
+        keys.extend(k for k in parse_public_keys(text, source=str(path)) if k not in keys)
+    return tuple(keys)
+
+
+def default_public_key_files(home: Path | None = None) -> list[Path]:
+    """``~/.ssh/id_*.pub``: the keys ssh offers by default."""
+    ssh_dir = (home or Path.home()) / ".ssh"
+    return sorted(ssh_dir.glob("id_*.pub"))
+
+
+# --------------------------------------------------------------------------- context and argv
+
+
+def context_tar(spec: BuildSpec) -> bytes:
+    """The build context: docker/dev/'s regular files plus ``authorized_keys``.
+
+    Owner, group and times are fixed, so the same files give the same tar (and the
+    builder's cache is reused).
+    """
+    if not (spec.context_dir / "Dockerfile").is_file():
+        raise BuildError(f"no Dockerfile in {spec.context_dir}",
+                         hint="give --context DIR (the forge repo's docker/dev)")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(spec.context_dir.iterdir()):
+            if not path.is_file() or path.name == "authorized_keys":
+                continue
+            _add(tar, path.name, path.read_bytes(), 0o755 if os.access(path, os.X_OK) else 0o644)
+        _add(tar, "authorized_keys", "".join(k + "\n" for k in spec.public_keys).encode(), 0o644)
+    return buf.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    info.mtime = 0
+    info.uname = info.gname = "root"
+    tar.addfile(info, io.BytesIO(data))
+
+
+def build_argv(host: Host, spec: BuildSpec) -> list[str]:
+    """``docker build`` reading its context as a tar from stdin."""
+    argv = docker_argv(host, "build", "-t", spec.tag)
+    if spec.no_cache:
+        argv.append("--no-cache")
+    for name, value in spec.build_args().items():
+        argv += ["--build-arg", f"{name}={value}"]
+    for name, value in spec.labels.items():
+        argv += ["--label", f"{name}={value}"]
+    argv.append("-")
+    return argv
+
+
+# --------------------------------------------------------------------------- building
+
+
+class _Tail(io.BytesIO):
+    """A sink that keeps only the last bytes written and passes everything on to ``echo``."""
+
+    def __init__(self, echo: IO[bytes] | None, keep: int = 8192) -> None:
+        super().__init__()
+        self.echo = echo
+        self.keep = keep
+        self.data = b""
+
+    def write(self, b: bytes) -> int:  # type: ignore[override]
+        if self.echo is not None:
+            self.echo.write(b)
+            self.echo.flush()
+        self.data = (self.data + bytes(b))[-self.keep :]
+        return len(b)
+
+
+def build(
+    transport: Transport,
+    host: Host,
+    spec: BuildSpec,
+    *,
+    log: IO[bytes] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> BuildResult:
+    """Build ``spec`` with the docker CLI on ``host``; docker's output goes to ``log``."""
+    started = time.monotonic()
+    context = context_tar(spec)
+    tail = _Tail(log)
+    argv = build_argv(host, spec)
+    result = transport.stream(argv, source=io.BytesIO(context), sink=tail, timeout=timeout_s)
+    if not result.ok:
+        output = tail.data.decode("utf-8", "replace") + result.stderr
+        raise CommandFailed(host.name, result.command, result.exit_status, output)
+    inspect = transport.run(docker_argv(host, "image", "inspect", "-f", "{{.Id}}", spec.tag), check=True)
+    image_id = inspect.stdout.strip()
+    if not image_id.startswith("sha256:"):
+        raise HostError(host.name, f"docker built {spec.tag} but reports no image ID for it")
+    return BuildResult(host=host.name, tag=spec.tag, image_id=image_id, duration_s=time.monotonic() - started)

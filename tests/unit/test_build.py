@@ -1,0 +1,176 @@
+"""forge build: settings, the build context, the docker argv, and the build over a transport."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from forge import shell
+from forge.build import (
+    DEFAULT_CONTEXT,
+    BuildError,
+    BuildSpec,
+    build,
+    build_argv,
+    context_tar,
+    default_public_key_files,
+    parse_public_keys,
+    read_public_keys,
+)
+from forge.errors import CommandFailed, HostError
+from forge.inventory import Host
+from forge.transport.base import Command, CommandResult, Transport, to_script
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDq3Gm6bV5wDk0 alice@laptop"
+RSA = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 alice@old"
+HOST = Host(name="gpu1", address="10.0.0.1", docker_host="unix:///run/user/1000/docker.sock")
+
+
+def spec(**kw: object) -> BuildSpec:
+    base: dict[str, object] = {"tag": "lab/dev:1", "user": "alice", "uid": 1000, "gid": 100, "public_keys": (KEY,)}
+    base.update(kw)
+    return BuildSpec(**base)  # type: ignore[arg-type]
+
+
+def test_parse_public_keys_skips_comments_and_refuses_junk() -> None:
+    assert parse_public_keys(f"# mine\n{KEY}\n\n{RSA}\n", source="k") == [KEY, RSA]
+    with pytest.raises(BuildError, match="line 1: not an OpenSSH public key"):
+        parse_public_keys("hello world\n", source="k")
+    with pytest.raises(BuildError, match="private key"):
+        parse_public_keys("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n", source="id_ed25519")
+
+
+def test_read_public_keys_dedups_and_names_a_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "a.pub").write_text(KEY + "\n")
+    (tmp_path / "b.pub").write_text(f"{KEY}\n{RSA}\n")
+    assert read_public_keys([tmp_path / "a.pub", tmp_path / "b.pub"]) == (KEY, RSA)
+    with pytest.raises(BuildError, match="cannot read public key .*nope.pub"):
+        read_public_keys([tmp_path / "nope.pub"])
+
+
+def test_default_public_key_files(tmp_path: Path) -> None:
+    (tmp_path / ".ssh").mkdir()
+    for name in ("id_rsa.pub", "id_ed25519.pub", "id_ed25519", "other.pub"):
+        (tmp_path / ".ssh" / name).write_text("x")
+    assert [p.name for p in default_public_key_files(tmp_path)] == ["id_ed25519.pub", "id_rsa.pub"]
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"uid": 0}, "not root"),
+        ({"gid": 0}, "not root"),
+        ({"user": "Alice Smith"}, "plain Unix user name"),
+        ({"user": "x;rm"}, "plain Unix user name"),
+        ({"public_keys": ()}, "no public keys"),
+        ({"apt_mirror": "mirror.example.edu; rm -rf /"}, "apt mirror"),
+        ({"install_packages": False, "extra_packages": ("vim",)}, "extra packages"),
+    ],
+)
+def test_spec_refuses_bad_settings(kw: dict[str, object], match: str) -> None:
+    with pytest.raises(BuildError, match=match):
+        spec(**kw)
+
+
+def test_build_args_carry_only_what_is_set() -> None:
+    assert spec().build_args() == {"DEV_USER": "alice", "DEV_UID": "1000", "DEV_GID": "100", "INSTALL_PACKAGES": "1"}
+    full = spec(base="forge-lab/debian:bookworm", toolchain="forge-lab/debian-gcc:bookworm", install_packages=True,
+                extra_packages=("vim", "git"), apt_mirror="mirrors.example.edu", pip_index_url="https://p/simple")
+    assert full.build_args() == {
+        "DEV_USER": "alice", "DEV_UID": "1000", "DEV_GID": "100", "INSTALL_PACKAGES": "1",
+        "BASE_IMAGE": "forge-lab/debian:bookworm", "TOOLCHAIN_IMAGE": "forge-lab/debian-gcc:bookworm",
+        "EXTRA_PACKAGES": "vim git", "APT_MIRROR": "mirrors.example.edu", "PIP_INDEX_URL": "https://p/simple",
+    }
+    assert spec(install_packages=False).build_args()["INSTALL_PACKAGES"] == "0"
+
+
+def test_build_argv_reads_the_context_from_stdin_and_uses_the_hosts_daemon() -> None:
+    argv = build_argv(HOST, spec(base="img:1", no_cache=True))
+    assert argv[:5] == ["docker", "-H", "unix:///run/user/1000/docker.sock", "build", "-t"]
+    assert argv[-1] == "-"
+    assert "--no-cache" in argv
+    i = argv.index("BASE_IMAGE=img:1")
+    assert argv[i - 1] == "--build-arg"
+    # Through a real shell, every argument arrives as one word.
+    out = subprocess.run(["sh", "-c", shell.render(["printf", "%s\\n", *argv])], capture_output=True, text=True)
+    assert out.stdout.splitlines() == argv
+
+
+def test_context_tar_has_the_image_files_and_the_keys_with_fixed_metadata() -> None:
+    data = context_tar(spec(public_keys=(KEY, RSA)))
+    assert data == context_tar(spec(public_keys=(KEY, RSA)))  # same input, same bytes
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        expected = {p.name for p in DEFAULT_CONTEXT.iterdir() if p.is_file()} | {"authorized_keys"}
+        assert set(members) == expected
+        assert {"Dockerfile", "fixuid.c", "entrypoint.sh", "sshd_config"} <= set(members)
+        keys = tar.extractfile("authorized_keys")
+        assert keys is not None and keys.read().decode() == f"{KEY}\n{RSA}\n"
+        assert all(m.uid == 0 and m.mtime == 0 for m in members.values())
+        assert members["entrypoint.sh"].mode == 0o755
+        assert members["Dockerfile"].mode == 0o644
+
+
+def test_context_tar_without_a_dockerfile(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="no Dockerfile"):
+        context_tar(spec(context_dir=tmp_path))
+
+
+class FakeTransport(Transport):
+    """Records what build() sends; answers `docker build` and `docker image inspect`."""
+
+    def __init__(self, *, build_status: int = 0, image_id: str = "sha256:" + "ab" * 32) -> None:
+        self.name = "gpu1"
+        self.build_status = build_status
+        self.image_id = image_id
+        self.scripts: list[str] = []
+        self.stdin = b""
+
+    def run(self, command: Command, *, timeout: float | None = None, stdin: bytes | None = None,
+            check: bool = False) -> CommandResult:
+        script = to_script(command)
+        self.scripts.append(script)
+        return CommandResult("gpu1", script, 0, self.image_id + "\n", "", 0.0)
+
+    def stream(self, command: Command, *, source: IO[bytes] | None = None, sink: IO[bytes] | None = None,
+               timeout: float | None = None) -> CommandResult:
+        script = to_script(command)
+        self.scripts.append(script)
+        assert source is not None and sink is not None
+        self.stdin = source.read()
+        sink.write(b"Step 1/28 : ARG BASE_IMAGE\n" * 1000 + b"Step 9/28 : RUN cc fixuid.c\nboom\n")
+        err = "The command '/bin/sh -c cc' returned a non-zero code: 1" if self.build_status else ""
+        return CommandResult("gpu1", script, self.build_status, "", err, 0.0)
+
+    def close(self) -> None:
+        pass
+
+
+def test_build_streams_the_context_and_returns_the_image_id() -> None:
+    t = FakeTransport()
+    log = io.BytesIO()
+    result = build(t, HOST, spec(), log=log)
+    assert result.tag == "lab/dev:1" and result.image_id == t.image_id and result.host == "gpu1"
+    assert t.scripts[0] == shell.render(build_argv(HOST, spec()))
+    assert t.scripts[1] == shell.render(
+        ["docker", "-H", "unix:///run/user/1000/docker.sock", "image", "inspect", "-f", "{{.Id}}", "lab/dev:1"])
+    assert t.stdin == context_tar(spec())
+    assert log.getvalue().endswith(b"boom\n")
+
+
+def test_a_failed_build_shows_the_last_output() -> None:
+    with pytest.raises(CommandFailed) as e:
+        build(FakeTransport(build_status=1), HOST, spec())
+    assert e.value.exit_status == 1
+    assert "returned a non-zero code" in str(e.value)
+    assert "boom" in e.value.stderr and len(e.value.stderr) < 10_000
+
+
+def test_no_image_id_after_build_is_an_error() -> None:
+    with pytest.raises(HostError, match="no image ID"):
+        build(FakeTransport(image_id=""), HOST, spec())
