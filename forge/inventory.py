@@ -98,6 +98,7 @@ class DataSettings:
     known_hosts: str | None = None  # path on the GPU hosts
     volume: str = "forge-data"
     driver: Literal["sshfs", "rclone", "vieux-sshfs"] = "sshfs"
+    marker: str | None = None  # a file under path that `forge migrate` reads to check the volume
 
 
 @dataclass(frozen=True)

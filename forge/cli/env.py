@@ -1,0 +1,181 @@
+"""`forge migrate`, `forge ps`, `forge stop`, `forge ssh`: the dev environment, from any host."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from forge import shell
+from forge.cli import output
+from forge.cli.main import State, pass_state
+from forge.env import migrate as mig
+from forge.env import sshconfig
+from forge.env.errors import EnvError
+from forge.env.launch import wait_ready
+from forge.env.listing import Environment
+from forge.errors import ExitCode
+
+PS_HEADERS = ["HOST", "ENV", "OWNER", "GPUS", "PORT", "IMAGE", "AGE", "STATE"]
+
+
+def _age(seconds: int | None) -> str:
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@click.command()
+@click.option("--to", "to", default="idle", show_default=True, metavar="idle|HOST",
+              help="'idle': the best host for the GPUs asked (not the current one); or a host name.")
+@click.option("--env", "env", metavar="NAME", help="Environment name. Default: [environment].name.")
+@click.option("--gpus", type=click.IntRange(min=1), metavar="N", help="GPUs to give it. Default: [environment].gpus.")
+@click.option("--min-free-memory", type=click.IntRange(min=0), metavar="MIB", help="Free memory each GPU needs.")
+@click.option("--image", metavar="REF", help="Image to run. Default: [environment].image.")
+@click.option("--image-from", metavar="HOST", help="Ship the image from HOST (default: the environment's host).")
+@click.option("--keep-changes", is_flag=True,
+              help="Commit the running container and ship that (only its new top layer travels).")
+@click.option("--among", metavar="HOSTS", help="With --to idle: hosts or tags to choose from (comma list).")
+@click.option("--ssh-config/--no-ssh-config", default=False,
+              help="Keep a managed block in ~/.ssh/config so that `ssh ENV` works.")
+@click.option("--authorized-keys", type=click.Path(dir_okay=False, exists=True), metavar="FILE",
+              help="Public keys the container's sshd accepts. Default: the inventory key's .pub or ~/.ssh/id_*.pub.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_state
+@click.pass_context
+def migrate(ctx: click.Context, state: State, to: str, env: str | None, gpus: int | None,
+            min_free_memory: int | None, image: str | None, image_from: str | None, keep_changes: bool,
+            among: str | None, ssh_config: bool, authorized_keys: str | None, as_json: bool) -> None:
+    """Move the dev environment to another host, or start it where it does not run yet.
+
+    \b
+    Steps: find the environment (container labels) across the fleet; choose the target;
+    ship the image (only missing layers); ensure the data volume and read its marker; claim
+    the GPUs atomically on the target; start the container (GPUs by UUID, --ipc=host,
+    -p PORT:22, -u UID:GID, -h, -v VOLUME:MOUNT, --restart=always); wait for its sshd;
+    then remove the old container. If any step fails, the old environment keeps running and
+    what was created for the new one is removed.
+
+    Prints the `ssh -X -p PORT USER@HOST` line to reach it. See docs/migrate.md.
+    """
+    inv = state.inventory
+    name = env or inv.environment.name
+    target = inv.host(to) if to != "idle" else None
+    key_host = target or inv.hosts[0]
+    keys = Path(authorized_keys).read_text().strip() if authorized_keys else sshconfig.local_public_keys(
+        key_host.identity_file)
+    req = mig.request_from(
+        inv, env=name, to=to, gpus=gpus, min_free_memory_mib=min_free_memory, image=image, image_from=image_from,
+        keep_changes=keep_changes, among=tuple(among.split(",")) if among else None, authorized_keys=keys)
+    result = mig.migrate(inv, req, state.pool, progress=output.progress)
+    config_path = None
+    if ssh_config:
+        config_path = sshconfig.update(name, address=result.address, port=result.port, user=result.user,
+                                       keys=result.host_keys, identity_file=inv.host(result.host).identity_file)
+    for w in result.warnings:
+        click.echo(f"forge: warning: {w}", err=True)
+    if as_json:
+        output.emit_json({
+            "env": result.env, "owner": result.owner, "host": result.host, "address": result.address,
+            "container": result.container, "port": result.port, "gpus": list(result.gpus),
+            "gpu_indexes": list(result.gpu_indexes), "image": result.image, "user": result.user,
+            "volume": result.volume.name if result.volume else None, "old_host": result.old_host,
+            "old_container": result.old_container, "ssh": shell.display(result.ssh_command),
+            "host_keys": [f"{k} {v}" for k, v in result.host_keys], "warnings": result.warnings,
+        })
+    else:
+        moved = f" (from {result.old_host})" if result.old_host else ""
+        click.echo(f"{result.env} runs on {result.host}{moved}, GPU(s) "
+                   f"{','.join(map(str, result.gpu_indexes))}, port {result.port}")
+        click.echo(shell.display(result.ssh_command))
+        if config_path:
+            click.echo(f"ssh {result.env}   (block in {config_path})")
+    ctx.exit(ExitCode.OK)
+
+
+def _row(e: Environment, now: int) -> list[str]:
+    created = e.container.created_s
+    return [e.host, e.name, e.owner or "?", ",".join(e.gpus) or "-", str(e.ssh_port or "-"), e.container.image,
+            _age(now - created if created else None), e.container.status]
+
+
+@click.command()
+@click.argument("targets", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_state
+@click.pass_context
+def ps(ctx: click.Context, state: State, targets: tuple[str, ...], as_json: bool) -> None:
+    """Environments across the fleet (TARGETS: hosts, tags or 'all'): host, GPUs, port, image,
+    age, state. Every owner's are shown.
+
+    Exit status: 0 when every host answered, 4 when some did not, 5 when none did."""
+    inv = state.inventory
+    listings = mig.list_fleet(inv.select(list(targets) or None), state.pool)
+    rows, items = [], []
+    for r in listings:
+        if r.value is None:
+            rows.append([r.host.name, "-", "", "", "", "", "", f"unreachable: {r.reason}"])
+            continue
+        for e in r.value.environments:
+            rows.append(_row(e, r.value.now_s))
+            items.append({"host": e.host, "env": e.name, "owner": e.owner, "container": e.container.name,
+                          "gpus": list(e.gpus), "port": e.ssh_port, "user": e.user, "image": e.container.image,
+                          "created_s": e.container.created_s, "state": e.container.state,
+                          "status": e.container.status})
+    if as_json:
+        output.emit_json({"environments": items,
+                          "unreachable": {r.host.name: r.reason for r in listings.failed}})
+    else:
+        click.echo(output.table(rows, PS_HEADERS))
+    answered = len(listings.succeeded)
+    ctx.exit(ExitCode.OK if answered == len(listings) else ExitCode.UNREACHABLE if answered == 0
+             else ExitCode.PARTIAL)
+
+
+@click.command()
+@click.argument("env", required=False)
+@click.option("--ssh-config/--keep-ssh-config", default=True, help="Also remove its block from ~/.ssh/config.")
+@pass_state
+def stop(state: State, env: str | None, ssh_config: bool) -> None:
+    """Stop and remove the environment ENV (default: [environment].name) and release its GPUs."""
+    inv = state.inventory
+    name = env or inv.environment.name
+    gone = mig.stop(inv, name, state.pool)
+    if gone is None:
+        raise EnvError(f"environment {name!r} runs on no reachable host")
+    if ssh_config:
+        sshconfig.remove(name)
+    click.echo(f"stopped {name} on {gone.host} ({gone.container.name})")
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("env", required=False)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_state
+def ssh(state: State, env: str | None, command: tuple[str, ...]) -> None:
+    """Log in to the environment ENV (default: [environment].name) with X forwarding.
+
+    Its host keys are read on its GPU host over forge's verified connection and pinned in
+    ~/.ssh/forge_known_hosts first, so the login checks the container's key."""
+    inv = state.inventory
+    name = env or inv.environment.name
+    found = mig.locate(inv, name, state.pool)
+    if found is None or found.ssh_port is None:
+        raise EnvError(f"environment {name!r} runs on no reachable host")
+    host = inv.host(found.host)
+    keys = wait_ready(host, state.pool.get(host), found.container.id, found.ssh_port, timeout_s=10)
+    _, known = sshconfig.default_paths()
+    user = found.user or host.user or os.environ.get("USER", "")
+    sshconfig.update(name, address=host.address, port=found.ssh_port, user=user, keys=keys,
+                     identity_file=host.identity_file)
+    argv = ["ssh", "-X", "-o", f"HostKeyAlias={sshconfig.alias(name)}", "-o", f"UserKnownHostsFile={known}",
+            "-o", "StrictHostKeyChecking=yes", "-p", str(found.ssh_port)]
+    if host.identity_file:
+        argv += ["-i", host.identity_file]
+    argv += [f"{user}@{host.address}", *command]
+    state.pool.close()
+    os.execvp("ssh", argv)

@@ -1,0 +1,111 @@
+"""GPU claims: who gets a GPU when two people ask at once.
+
+A claim is a container named ``forge-claim-<GPU UUID>``, created (never started) on the GPU's
+host right before the environment container. The Docker daemon refuses a second container of
+the same name, so exactly one of any number of concurrent claimers gets a GPU (seen with 20 at
+once). The claim names the environment container it is for and lives as long as that container
+does; a claim whose container is gone is stale once it is older than a grace period, and
+whoever lists the host next removes it (by container ID, so a fresh claim of the same name is
+never removed by mistake).
+
+The name holds the UUID, not the host's inventory name: two people's inventories may call one
+server differently, and the daemon is per host anyway.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from forge.dockercli import docker_argv
+from forge.env.errors import ClaimConflict
+from forge.env.listing import CLAIM, CLAIM_CONTAINER, CLAIM_ENV, CLAIM_OWNER, HostListing
+from forge.errors import CommandFailed
+from forge.inventory import Host
+from forge.transport import Transport
+
+PREFIX = "forge-claim-"
+DEFAULT_GRACE_S = 300.0  # a claim is made seconds before its container; 5 minutes is plenty
+_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
+_CONFLICT = ("Conflict", "is already in use")
+
+
+def claim_name(gpu: str) -> str:
+    return PREFIX + _UNSAFE.sub("_", gpu)
+
+
+def claim_argv(host: Host, gpu: str, *, image: str, env: str, owner: str, container: str) -> list[str]:
+    """``docker create`` of the claim container: no network, never started."""
+    return docker_argv(
+        host,
+        "create",
+        "--name",
+        claim_name(gpu),
+        "--network",
+        "none",
+        "--label",
+        f"{CLAIM}={gpu}",
+        "--label",
+        f"{CLAIM_ENV}={env}",
+        "--label",
+        f"{CLAIM_OWNER}={owner}",
+        "--label",
+        f"{CLAIM_CONTAINER}={container}",
+        "--entrypoint",
+        "true",
+        image,
+    )
+
+
+def release_argv(host: Host, ids: Sequence[str]) -> list[str]:
+    return docker_argv(host, "rm", "-f", *ids)
+
+
+def claim(
+    host: Host,
+    t: Transport,
+    gpus: Iterable[str],
+    *,
+    image: str,
+    env: str,
+    owner: str,
+    container: str,
+    timeout: float = 60.0,
+) -> tuple[str, ...]:
+    """Claim every GPU in ``gpus`` or none: returns the claim containers' IDs.
+
+    Raises :class:`ClaimConflict` when another run holds one of them (ours are released first).
+    """
+    taken: list[str] = []
+    for gpu in sorted(gpus):
+        r = t.run(claim_argv(host, gpu, image=image, env=env, owner=owner, container=container), timeout=timeout)
+        if not r.ok:
+            release(host, t, taken)
+            if any(word in r.stderr for word in _CONFLICT):
+                raise ClaimConflict(host.name, gpu)
+            raise CommandFailed(host.name, r.command, r.exit_status, r.stderr)
+        taken.append(r.stdout.strip().splitlines()[-1])
+    return tuple(taken)
+
+
+def release(host: Host, t: Transport, ids: Sequence[str], *, timeout: float = 60.0) -> None:
+    """Remove claims by container ID (a claim already gone is fine)."""
+    if ids:
+        t.run(release_argv(host, ids), timeout=timeout)
+
+
+def claimed_gpus(listing: HostListing, *, grace_s: float = DEFAULT_GRACE_S) -> frozenset[str]:
+    """GPUs held by live claims on the host."""
+    return frozenset(c.gpu for c in listing.live_claims(grace_s=grace_s))
+
+
+def remove_stale(host: Host, t: Transport, listing: HostListing, *, grace_s: float = DEFAULT_GRACE_S) -> list[str]:
+    """Remove the host's stale claims; returns the GPUs they were for."""
+    stale = listing.stale_claims(grace_s=grace_s)
+    release(host, t, [c.container.id for c in stale])
+    return [c.gpu for c in stale]
+
+
+def claims_for(listing: HostListing, container: str) -> list[str]:
+    """IDs of the claims made for ``container`` (to release with it)."""
+    return [c.container.id for c in listing.claims if c.for_container == container]

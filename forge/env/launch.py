@@ -1,0 +1,231 @@
+"""Launching an environment container the way people type it by hand, and waiting for its sshd.
+
+``docker run -d -t --gpus '"device=UUID,..."' --ipc=host -p PORT:22 -u UID:GID -h HOSTNAME
+-v VOLUME:MOUNT --restart=always --label forge.env=ENV --label forge.owner=OWNER ... IMAGE``
+
+Any image whose default command starts sshd on port 22 as the container's user works. forge
+passes ``FORGE_USER`` (the login name), ``FORGE_UID``, ``FORGE_GID`` and
+``FORGE_AUTHORIZED_KEYS`` (public keys, not secrets) in the container's environment.
+The container is ready when ``ssh-keyscan``, run on the GPU host over forge's verified SSH
+connection, gets its host keys: those keys are what ``~/.ssh/config``'s block trusts.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+from forge import shell
+from forge.dockercli import docker_argv
+from forge.env.errors import LaunchError
+from forge.env.listing import ENV, GPUS, OWNER, SSH_PORT, USER, HostListing, docker_env
+from forge.inventory import Host
+from forge.transport import Transport
+
+_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
+_PORT_TAKEN = ("port is already allocated", "address already in use")
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """The SSH user on a host: the container runs as this uid:gid."""
+
+    uid: int
+    gid: int
+    user: str
+    home: str
+
+
+FACTS_SCRIPT = 'id -u && id -g && id -un && printf "%s\\n" "$HOME"'
+
+
+def parse_facts(stdout: str) -> HostFacts:
+    uid, gid, user, home = stdout.strip().splitlines()[-4:]
+    return HostFacts(int(uid), int(gid), user, home)
+
+
+def host_facts(host: Host, t: Transport) -> HostFacts:
+    return parse_facts(t.run(shell.script(FACTS_SCRIPT), timeout=30, check=True).stdout)
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    env: str
+    owner: str
+    image: str
+    name: str  # the container's name
+    gpus: tuple[str, ...]  # UUIDs (or indexes)
+    uid: int
+    gid: int
+    user: str  # login name inside the container
+    hostname: str
+    volume: str | None
+    mount: str
+    authorized_keys: str = ""
+    shm_size: str | None = None
+    extra_args: tuple[str, ...] = ()
+
+
+def container_name(env: str, owner: str) -> str:
+    """Unique per launch (old and new may share a host while migrating); labels identify envs."""
+    return _UNSAFE.sub("_", f"forge-{owner}-{env}-{secrets.token_hex(3)}")
+
+
+def gpus_arg(gpus: Sequence[str]) -> str:
+    """docker's --gpus value: the device list is CSV inside, so it is double-quoted."""
+    return f'"device={",".join(gpus)}"'
+
+
+def run_argv(host: Host, spec: LaunchSpec, port: int) -> list[str]:
+    argv = ["run", "-d", "-t", "--name", spec.name]
+    if spec.gpus:
+        argv += ["--gpus", gpus_arg(spec.gpus)]
+    argv += ["--ipc=host", "-p", f"{port}:22", "-u", f"{spec.uid}:{spec.gid}", "-h", spec.hostname]
+    if spec.volume:
+        argv += ["-v", f"{spec.volume}:{spec.mount}"]
+    argv += ["--restart=always"]
+    if spec.shm_size:
+        argv += ["--shm-size", spec.shm_size]
+    labels = {ENV: spec.env, OWNER: spec.owner, SSH_PORT: str(port), GPUS: ",".join(spec.gpus), USER: spec.user}
+    for k, v in labels.items():
+        argv += ["--label", f"{k}={v}"]
+    env = {
+        "FORGE_USER": spec.user,
+        "FORGE_UID": str(spec.uid),
+        "FORGE_GID": str(spec.gid),
+        "FORGE_AUTHORIZED_KEYS": spec.authorized_keys,
+    }
+    for k, v in env.items():
+        argv += ["-e", f"{k}={v}"]
+    argv += [*spec.extra_args, spec.image]
+    return docker_argv(host, *argv)
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def parse_listening(ss_stdout: str) -> set[int]:
+    """TCP ports in ``ss -Htln`` output (``0.0.0.0:22``, ``[::]:22``, ``*:22``)."""
+    ports = set()
+    for line in ss_stdout.splitlines():
+        cols = line.split()
+        if len(cols) >= 4:
+            _, _, port = cols[3].rpartition(":")
+            if port.isdigit():
+                ports.add(int(port))
+    return ports
+
+
+def used_ports(listening: Collection[int], listing: HostListing) -> set[int]:
+    """Ports taken now, or by a forge container that is stopped but will restart."""
+    used = set(listening)
+    used |= {p for e in listing.environments if (p := e.ssh_port) is not None}
+    return used
+
+
+def choose_port(low: int, high: int, used: Collection[int], *, fixed: int = 0, skip: Collection[int] = ()) -> int:
+    if fixed:
+        if fixed in used or fixed in skip:
+            raise LaunchError("-", f"port {fixed} (environment.ssh_port) is already in use")
+        return fixed
+    for port in range(low, high + 1):
+        if port not in used and port not in skip:
+            return port
+    raise LaunchError("-", f"no free port in {low}-{high}", hint="widen [environment].ssh_port_range")
+
+
+def listening_ports(host: Host, t: Transport) -> set[int]:
+    r = t.run(["ss", "-Htln"], timeout=30, check=True)
+    return parse_listening(r.stdout)
+
+
+def start(
+    host: Host,
+    t: Transport,
+    spec: LaunchSpec,
+    *,
+    listing: HostListing,
+    port_range: tuple[int, int],
+    fixed_port: int = 0,
+    attempts: int = 5,
+    timeout: float = 120.0,
+) -> int:
+    """``docker run`` the container on a free port (another port when one is taken meanwhile)."""
+    used = used_ports(listening_ports(host, t), listing)
+    tried: set[int] = set()
+    for _ in range(attempts):
+        port = choose_port(*port_range, used, fixed=fixed_port, skip=tried)
+        r = t.run(run_argv(host, spec, port), timeout=timeout)
+        if r.ok:
+            return port
+        remove(host, t, spec.name)  # a failed run can leave the container created
+        if fixed_port or not any(w in r.stderr for w in _PORT_TAKEN):
+            tail = "\n".join(r.stderr.strip().splitlines()[-3:])
+            raise LaunchError(host.name, f"docker run failed: {tail}")
+        tried.add(port)
+    raise LaunchError(host.name, f"no port could be published after {attempts} tries")
+
+
+def remove(host: Host, t: Transport, name: str, *, timeout: float = 60.0) -> bool:
+    """Stop and remove a container; False when there was none."""
+    return t.run(docker_argv(host, "rm", "-f", name), timeout=timeout).ok
+
+
+# --------------------------------------------------------------------------- readiness
+
+READY_SCRIPT = r"""
+s=$(docker inspect -f '{{.State.Status}} {{.RestartCount}}' "$1") || exit 3
+case "$s" in
+  "running 0") ;;
+  *) echo "forge-state: $s"; docker logs --tail 5 "$1" 2>&1; exit 4 ;;
+esac
+ssh-keyscan -T 3 -p "$2" 127.0.0.1 2>/dev/null
+exit 0
+"""
+
+
+def parse_keyscan(stdout: str) -> list[tuple[str, str]]:
+    """(key type, base64 key) pairs from ``ssh-keyscan`` output."""
+    keys = []
+    for line in stdout.splitlines():
+        cols = line.split()
+        if len(cols) >= 3 and not line.startswith("#") and cols[1].startswith(("ssh-", "ecdsa-", "sk-")):
+            keys.append((cols[1], cols[2]))
+    return keys
+
+
+def wait_ready(
+    host: Host,
+    t: Transport,
+    name: str,
+    port: int,
+    *,
+    timeout_s: float = 60.0,
+    interval_s: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[tuple[str, str]]:
+    """Wait until the container's sshd answers on ``port``; return its host keys.
+
+    Fails at once when the container stops or restarts (its command exited)."""
+    deadline = clock() + timeout_s
+    command = shell.render(["sh", "-c", READY_SCRIPT, "forge", name, str(port)], env=docker_env(host))
+    while True:
+        r = t.run(command, timeout=30)
+        if r.exit_status == 3:
+            raise LaunchError(host.name, f"container {name} is gone")
+        if r.exit_status == 4:
+            raise LaunchError(host.name, f"container {name} is not running: {r.stdout.strip()[13:]}")
+        keys = parse_keyscan(r.stdout)
+        if keys:
+            return keys
+        if clock() > deadline:
+            raise LaunchError(host.name, f"the sshd of {name} did not answer on port {port} within {timeout_s:g} s")
+        sleep(interval_s)
+
+
+def ssh_command(user: str, address: str, port: int) -> list[str]:
+    return ["ssh", "-X", "-p", str(port), f"{user}@{address}"]

@@ -1,0 +1,162 @@
+"""A managed block in ``~/.ssh/config`` so that ``ssh ENV`` reaches the environment.
+
+The block pins the container's host keys: forge reads them with ``ssh-keyscan`` run on the GPU
+host over its own verified connection, and keeps them in ``~/.ssh/forge_known_hosts`` under the
+alias ``forge-ENV`` (``HostKeyAlias``), replaced at every launch (each container makes new host
+keys). Nothing outside the block is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from forge.env.errors import EnvError
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _check(env: str) -> None:
+    if not _NAME.match(env):
+        raise EnvError(f"environment name {env!r} may only hold letters, digits, '_', '.' and '-'")
+
+
+def begin_marker(env: str) -> str:
+    return f"# >>> forge environment {env} (managed by forge migrate; edits inside are replaced) >>>"
+
+
+def end_marker(env: str) -> str:
+    return f"# <<< forge environment {env} <<<"
+
+
+def alias(env: str) -> str:
+    return f"forge-{env}"
+
+
+def render_block(
+    env: str, *, address: str, port: int, user: str, known_hosts: str, identity_file: str | None = None
+) -> str:
+    _check(env)
+    lines = [
+        begin_marker(env),
+        f"Host {env}",
+        f"    HostName {address}",
+        f"    Port {port}",
+        f"    User {user}",
+        "    ForwardX11 yes",
+        f"    HostKeyAlias {alias(env)}",
+        f"    UserKnownHostsFile {known_hosts}",
+        "    StrictHostKeyChecking yes",
+    ]
+    if identity_file:
+        lines.append(f"    IdentityFile {identity_file}")
+    lines.append(end_marker(env))
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(text: str, env: str, block: str | None) -> str:
+    """``text`` with the env's managed block replaced (or removed with ``block=None``).
+
+    A new block goes first in the file: ssh uses the first value it finds for each option, and
+    a ``Host *`` section further up would otherwise win."""
+    _check(env)
+    begin, end = begin_marker(env), end_marker(env)
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    inside = False
+    found_at: int | None = None
+    for line in lines:
+        if line.rstrip("\n") == begin:
+            inside = True
+            found_at = len(out)
+            continue
+        if inside:
+            if line.rstrip("\n") == end:
+                inside = False
+            continue
+        out.append(line)
+    if inside:
+        raise EnvError(f"~/.ssh/config has the start of forge's block for {env!r} but not its end", hint=end)
+    if block is None:
+        return "".join(out)
+    at = 0 if found_at is None else found_at
+    if at == 0 and out and out[0].strip():
+        block += "\n"
+    return "".join(out[:at]) + block + "".join(out[at:])
+
+
+def replace_known_hosts(text: str, env: str, keys: Sequence[tuple[str, str]]) -> str:
+    """forge_known_hosts with the lines of ``forge-ENV`` replaced by ``keys``."""
+    name = alias(env)
+    kept = [line for line in text.splitlines() if line.split(" ", 1)[0] != name]
+    kept += [f"{name} {kind} {key}" for kind, key in keys]
+    return "\n".join(kept) + "\n" if kept else ""
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".forge-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    if path.exists():
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+    os.replace(tmp, path)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def default_paths() -> tuple[Path, Path]:
+    ssh = Path.home() / ".ssh"
+    return ssh / "config", ssh / "forge_known_hosts"
+
+
+def update(
+    env: str,
+    *,
+    address: str,
+    port: int,
+    user: str,
+    keys: Sequence[tuple[str, str]],
+    identity_file: str | None = None,
+    config: Path | None = None,
+    known_hosts: Path | None = None,
+) -> Path:
+    """Write the block and the keys; returns the config file's path."""
+    d_config, d_known = default_paths()
+    config, known_hosts = config or d_config, known_hosts or d_known
+    _write(known_hosts, replace_known_hosts(_read(known_hosts), env, keys))
+    block = render_block(
+        env, address=address, port=port, user=user, known_hosts=str(known_hosts), identity_file=identity_file
+    )
+    _write(config, replace_block(_read(config), env, block))
+    return config
+
+
+def remove(env: str, *, config: Path | None = None, known_hosts: Path | None = None) -> None:
+    d_config, d_known = default_paths()
+    config, known_hosts = config or d_config, known_hosts or d_known
+    if config.exists():
+        _write(config, replace_block(_read(config), env, None))
+    if known_hosts.exists():
+        _write(known_hosts, replace_known_hosts(_read(known_hosts), env, []))
+
+
+def local_public_keys(identity_file: str | None) -> str:
+    """The public keys the container's sshd accepts: the inventory key's .pub, else ~/.ssh/id_*.pub."""
+    candidates = [Path(identity_file + ".pub").expanduser()] if identity_file else []
+    candidates += [Path.home() / ".ssh" / f"id_{kind}.pub" for kind in ("ed25519", "ecdsa", "rsa")]
+    for p in candidates:
+        if p.is_file():
+            return p.read_text().strip()
+    raise EnvError(
+        "no public key to put in the container's authorized_keys",
+        hint="create one with ssh-keygen, or pass --authorized-keys FILE",
+    )

@@ -1,0 +1,357 @@
+"""The data volume: a Docker volume on a GPU host that reads the data host's directory over SSH.
+
+Three drivers, chosen with ``[data].driver``:
+
+- ``sshfs`` (default): forge mounts the data host's directory with ``sshfs`` on the GPU host,
+  as the SSH user, with strict host-key checking against ``[data].known_hosts`` and the key
+  ``[data].identity_file``; the volume is a ``local`` bind volume of that mount point. Nothing
+  but paths shows in ``docker volume inspect``; no Docker plugin is needed; a dead mount is
+  seen and remounted.
+- ``rclone``: the rclone Docker volume plugin with its sftp backend. forge refuses it without
+  ``[data].known_hosts`` (rclone checks no host key without ``known_hosts_file``).
+- ``vieux-sshfs``: the ``vieux/sshfs`` plugin people already use. Unmaintained since 2018, it
+  runs ssh with ``StrictHostKeyChecking=no`` (first option wins), so it cannot verify the data
+  host. Built for compatibility, never the default.
+
+Keys only: any option that looks like a password is refused, because every volume option is
+shown by ``docker volume inspect`` to anyone who can run docker on the host (and a password
+stayed in the daemon's metadata after ``docker volume rm``).
+
+A volume's name is ``[data].volume`` plus the SSH user (``forge-data-alice``): the mount is made
+with that user's key, and volume names are shared by everyone on a host.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from forge import shell
+from forge.dockercli import docker_argv
+from forge.env.errors import VolumeError
+from forge.env.listing import docker_env
+from forge.errors import CommandFailed
+from forge.inventory import DataSettings, Host
+from forge.transport import Transport
+
+Driver = Literal["sshfs", "rclone", "vieux-sshfs"]
+VIEUX_PLUGIN = "vieux/sshfs"
+VIEUX_KEY_DIR = "/root/.ssh"  # where the plugin sees the directory given as sshkey.source
+CHECK_MOUNT = "/forge-check"
+DEAD_MOUNT = "Transport endpoint is not connected"
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """Everything needed to build a host's data volume; pure data, built by :func:`spec_for`."""
+
+    name: str
+    driver: Driver
+    address: str
+    path: str
+    user: str | None = None
+    port: int = 22
+    identity_file: str | None = None  # on the GPU host
+    known_hosts: str | None = None  # on the GPU host
+    mountpoint: str | None = None  # sshfs only: where the host-side mount lives
+    options: Mapping[str, str] = field(default_factory=dict)  # extra driver options
+
+    @property
+    def remote(self) -> str:
+        who = f"{self.user}@" if self.user else ""
+        return f"{who}{self.address}:{self.path}"
+
+
+def volume_name(data: DataSettings, user: str) -> str:
+    return f"{data.volume}-{user}"
+
+
+def mountpoint_for(home: str, host_name: str, volume: str) -> str:
+    """Under the user's home, named after the host too: homes are often shared over NFS."""
+    return posixpath.join(home, ".forge", "mnt", f"{host_name}-{volume}")
+
+
+def refuse_passwords(options: Mapping[str, str]) -> None:
+    """Volume options are shown by ``docker volume inspect``: never a password among them."""
+    for key in options:
+        if "pass" in key.lower() or "secret" in key.lower():
+            raise VolumeError(
+                "-",
+                f"volume option {key!r} would carry a password: forge mounts the data host with SSH keys only",
+                hint="every volume option is shown by `docker volume inspect` to anyone with docker access; "
+                "set [data].identity_file to a key on the GPU hosts",
+            )
+
+
+def spec_for(
+    data: DataSettings,
+    *,
+    host_name: str,
+    user: str,
+    home: str,
+    options: Mapping[str, str] | None = None,
+) -> VolumeSpec:
+    """The volume for ``user`` on host ``host_name`` (``home``: the user's home there)."""
+    if not data.address or not data.path:
+        raise VolumeError(host_name, "no data host: set [data] address and path in hosts.toml")
+    opts = dict(options or {})
+    refuse_passwords(opts)
+    name = volume_name(data, user)
+    return VolumeSpec(
+        name=name,
+        driver=data.driver,
+        address=data.address,
+        path=data.path,
+        user=data.user,
+        port=data.port,
+        identity_file=data.identity_file,
+        known_hosts=data.known_hosts,
+        mountpoint=mountpoint_for(home, host_name, name) if data.driver == "sshfs" else None,
+        options=opts,
+    )
+
+
+# --------------------------------------------------------------------------- argv (pure)
+
+
+def _no_commas(spec: VolumeSpec, *values: str | None) -> None:
+    for v in values:
+        if v and "," in v:
+            raise VolumeError("-", f"{v!r} contains a comma, which sshfs's -o option list cannot carry")
+
+
+def sshfs_argv(spec: VolumeSpec) -> list[str]:
+    """``sshfs -o ... USER@ADDR:PATH`` (the mount point is appended by the mount script)."""
+    _no_commas(spec, spec.identity_file, spec.known_hosts)
+    opts = ["StrictHostKeyChecking=yes", "BatchMode=yes"]
+    if spec.known_hosts:
+        opts.append(f"UserKnownHostsFile={spec.known_hosts}")
+    if spec.identity_file:
+        opts += [f"IdentityFile={spec.identity_file}", "IdentitiesOnly=yes"]
+    opts += ["allow_other", "reconnect", "ServerAliveInterval=15", "ServerAliveCountMax=3", "ConnectTimeout=10"]
+    if spec.port != 22:
+        opts.append(f"port={spec.port}")
+    opts += [f"{k}={v}" if v else k for k, v in spec.options.items()]
+    return ["sshfs", "-o", ",".join(opts), spec.remote]
+
+
+def local_bind_options(mountpoint: str) -> dict[str, str]:
+    return {"type": "none", "o": "bind", "device": mountpoint}
+
+
+def rclone_options(spec: VolumeSpec) -> dict[str, str]:
+    if not spec.known_hosts:
+        raise VolumeError(
+            "-",
+            "the rclone driver needs [data].known_hosts: without known_hosts_file rclone checks no host key",
+        )
+    opts = {"type": "sftp", "sftp-host": spec.address, "sftp-port": str(spec.port)}
+    if spec.user:
+        opts["sftp-user"] = spec.user
+    if spec.identity_file:
+        opts["sftp-key-file"] = spec.identity_file
+    opts["sftp-known-hosts-file"] = spec.known_hosts
+    opts["path"] = spec.path
+    opts["allow-other"] = "true"
+    opts.update(spec.options)
+    return opts
+
+
+def vieux_install_argv(host: Host, spec: VolumeSpec) -> list[str]:
+    """Install the plugin once per host, giving it the directory of the key."""
+    if not spec.identity_file:
+        raise VolumeError(host.name, "the vieux-sshfs driver needs [data].identity_file (it never takes passwords)")
+    keydir = posixpath.dirname(spec.identity_file)
+    return docker_argv(host, "plugin", "install", "--grant-all-permissions", VIEUX_PLUGIN, f"sshkey.source={keydir}")
+
+
+def vieux_options(spec: VolumeSpec) -> dict[str, str]:
+    if not spec.identity_file:
+        raise VolumeError("-", "the vieux-sshfs driver needs [data].identity_file (it never takes passwords)")
+    opts = {
+        "sshcmd": spec.remote,
+        "port": str(spec.port),
+        "IdentityFile": posixpath.join(VIEUX_KEY_DIR, posixpath.basename(spec.identity_file)),
+        "allow_other": "",
+    }
+    opts.update(spec.options)
+    return opts
+
+
+def driver_options(spec: VolumeSpec) -> tuple[str, dict[str, str]]:
+    """(docker volume driver, its options) for ``spec``."""
+    if spec.driver == "sshfs":
+        assert spec.mountpoint is not None
+        return "local", local_bind_options(spec.mountpoint)
+    if spec.driver == "rclone":
+        return "rclone", rclone_options(spec)
+    return VIEUX_PLUGIN, vieux_options(spec)
+
+
+def create_argv(host: Host, spec: VolumeSpec) -> list[str]:
+    """``docker volume create --driver D -o K=V ... NAME``."""
+    driver, opts = driver_options(spec)
+    refuse_passwords(opts)
+    argv = ["volume", "create", "--driver", driver]
+    for k, v in opts.items():
+        argv += ["-o", f"{k}={v}" if v else k]
+    return docker_argv(host, *argv, spec.name)
+
+
+def check_argv(host: Host, spec: VolumeSpec, *, image: str, uid: int, gid: int, marker: str | None) -> list[str]:
+    """A throwaway container, as the user, that reads the marker file (or lists the root)."""
+    base = ["run", "--rm", "--network", "none", "-u", f"{uid}:{gid}", "-v", f"{spec.name}:{CHECK_MOUNT}:ro"]
+    if marker:
+        return docker_argv(host, *base, "--entrypoint", "cat", image, posixpath.join(CHECK_MOUNT, marker))
+    return docker_argv(host, *base, "--entrypoint", "ls", image, "-A", CHECK_MOUNT)
+
+
+# Mount idempotently, as the SSH user: $1 = mount point, then the sshfs argv.
+MOUNT_SCRIPT = r"""
+m=$1; shift
+if awk -v m="$m" '$2 == m { found = 1 } END { exit !found }' /proc/mounts; then
+  if timeout 20 ls "$m" >/dev/null 2>&1; then echo "forge-volume: alive"; exit 0; fi
+  echo "forge: $m is a dead mount; remounting it" >&2
+  fusermount -u -z "$m" || { echo "forge: cannot unmount the dead mount $m" >&2; exit 1; }
+  state=remounted
+else
+  state=mounted
+fi
+mkdir -p "$m" || exit 1
+"$@" "$m" || exit 1
+echo "forge-volume: $state"
+"""
+
+UNMOUNT_SCRIPT = r"""
+m=$1
+if awk -v m="$m" '$2 == m { found = 1 } END { exit !found }' /proc/mounts; then fusermount -u -z "$m" || exit 1; fi
+rmdir "$m" 2>/dev/null
+exit 0
+"""
+
+
+# --------------------------------------------------------------------------- on a host
+
+
+@dataclass(frozen=True)
+class VolumeState:
+    name: str
+    driver: Driver
+    mountpoint: str | None
+    mount: str  # sshfs: "alive", "mounted" or "remounted"; other drivers: "-"
+    created: bool  # the docker volume was created (or recreated) by this call
+
+
+def _inspect_options(host: Host, t: Transport, name: str) -> dict[str, str] | None:
+    import json
+
+    r = t.run(docker_argv(host, "volume", "inspect", "-f", "{{json .Driver}} {{json .Options}}", name), timeout=60)
+    if not r.ok:
+        return None
+    driver_json, _, opts_json = r.stdout.strip().partition(" ")
+    opts = json.loads(opts_json) or {}
+    return {"__driver__": json.loads(driver_json), **{k: str(v) for k, v in opts.items()}}
+
+
+def _fail(host: Host, what: str, e: CommandFailed) -> VolumeError:
+    hint = None
+    if DEAD_MOUNT in e.stderr:
+        hint = "the sshfs mount is dead; run again to remount it"
+    return VolumeError(host.name, f"{what}: {e.reason}", hint=hint)
+
+
+def mount(host: Host, t: Transport, spec: VolumeSpec, *, timeout: float = 60.0) -> str:
+    """Mount the data host on ``host`` (sshfs driver); 'alive', 'mounted' or 'remounted'."""
+    assert spec.mountpoint is not None
+    try:
+        r = t.run(shell.script(MOUNT_SCRIPT, spec.mountpoint, *sshfs_argv(spec)), timeout=timeout, check=True)
+    except CommandFailed as e:
+        raise _fail(host, f"mounting {spec.remote} with sshfs failed", e) from e
+    return r.stdout.strip().rsplit("forge-volume: ", 1)[-1]
+
+
+def unmount(host: Host, t: Transport, mountpoint: str, *, timeout: float = 60.0) -> None:
+    t.run(shell.script(UNMOUNT_SCRIPT, mountpoint), timeout=timeout, check=True)
+
+
+def ensure(
+    host: Host,
+    t: Transport,
+    spec: VolumeSpec,
+    *,
+    check_image: str,
+    uid: int,
+    gid: int,
+    marker: str | None,
+    timeout: float = 120.0,
+) -> VolumeState:
+    """Make ``spec``'s volume exist and work on ``host``, idempotently; read the marker through it.
+
+    On failure, what this call created (mount, volume) is removed again and VolumeError raised.
+    """
+    mount_state = "-"
+    if spec.driver == "sshfs":
+        mount_state = mount(host, t, spec, timeout=timeout)
+    elif spec.driver == "vieux-sshfs":
+        if not t.run(docker_argv(host, "plugin", "inspect", VIEUX_PLUGIN), timeout=60).ok:
+            try:
+                t.run(vieux_install_argv(host, spec), timeout=timeout, check=True)
+            except CommandFailed as e:
+                raise _fail(host, f"installing the {VIEUX_PLUGIN} plugin failed", e) from e
+    driver, opts = driver_options(spec)
+    have = _inspect_options(host, t, spec.name)
+    created = False
+    try:
+        if have is not None and have != {"__driver__": driver, **opts}:
+            # Another definition under our name (e.g. an older mount point): replace it.
+            r = t.run(docker_argv(host, "volume", "rm", spec.name), timeout=60)
+            if not r.ok:
+                raise VolumeError(
+                    host.name,
+                    f"volume {spec.name} exists with other options and cannot be replaced: {r.stderr.strip()}",
+                    hint="stop the containers that use it, or remove it with `docker volume rm`",
+                )
+            have = None
+        if have is None:
+            try:
+                t.run(create_argv(host, spec), timeout=timeout, check=True)
+            except CommandFailed as e:
+                raise _fail(host, f"creating volume {spec.name} failed", e) from e
+            created = True
+        try:
+            argv = check_argv(host, spec, image=check_image, uid=uid, gid=gid, marker=marker)
+            t.run(argv, timeout=timeout, check=True)
+        except CommandFailed as e:
+            what = f"reading {marker!r} through volume {spec.name} failed" if marker else f"{spec.name} is unreadable"
+            raise _fail(host, what, e) from e
+    except VolumeError:
+        if created:
+            t.run(docker_argv(host, "volume", "rm", spec.name), timeout=60)
+        if mount_state in ("mounted", "remounted") and spec.mountpoint:
+            t.run(shell.script(UNMOUNT_SCRIPT, spec.mountpoint), timeout=60)
+        raise
+    return VolumeState(spec.name, spec.driver, spec.mountpoint, mount_state, created)
+
+
+def remove(host: Host, t: Transport, spec: VolumeSpec, *, timeout: float = 60.0) -> None:
+    """Remove the volume and, for sshfs, unmount it (containers using it must be gone)."""
+    t.run(docker_argv(host, "volume", "rm", "-f", spec.name), timeout=timeout)
+    if spec.mountpoint:
+        unmount(host, t, spec.mountpoint, timeout=timeout)
+
+
+def render_all(host: Host, spec: VolumeSpec) -> Sequence[str]:
+    """The commands forge runs for ``spec``, for --dry-run output and docs."""
+    lines = []
+    if spec.driver == "sshfs":
+        assert spec.mountpoint is not None
+        lines.append(shell.display([*sshfs_argv(spec), spec.mountpoint]))
+    if spec.driver == "vieux-sshfs":
+        lines.append(shell.display(vieux_install_argv(host, spec)))
+    lines.append(shell.display(create_argv(host, spec)))
+    return lines
+
+
+__all__ = ["VolumeSpec", "VolumeState", "docker_env", "ensure", "remove", "spec_for"]
