@@ -20,6 +20,10 @@ HOME=$(getent passwd "$name" | cut -d: -f6)
 USER=$name
 LOGNAME=$name
 export HOME USER LOGNAME
+if [ -n "${FORGE_USER:-}" ] && [ "$FORGE_USER" != "$name" ]; then
+    echo "forge dev image: FORGE_USER is $FORGE_USER but this image's user is $name: log in as $name" \
+         "(build the image with that user name: forge build --user)" >&2
+fi
 
 # sshd starts sessions with a fresh environment: give them the container's (CUDA_*, PATH,
 # LD_LIBRARY_PATH, NVIDIA_*, ...). sshd reads ~/.ssh/environment (PermitUserEnvironment);
@@ -30,9 +34,20 @@ mkdir -p "$HOME/.ssh"
 nl=$(printf '\001')
 env -0 | tr '\n\0' '\001\n' | grep -v "$nl" |
     grep -E '^[A-Za-z_][A-Za-z0-9_]*=' |
-    grep -v -E '^(HOME|USER|LOGNAME|SHELL|MAIL|PWD|OLDPWD|SHLVL|TERM|DISPLAY|XAUTHORITY|HOSTNAME|_|SSH_[A-Za-z0-9_]*)=' \
+    grep -v -E '^(HOME|USER|LOGNAME|SHELL|MAIL|PWD|OLDPWD|SHLVL|TERM|DISPLAY|XAUTHORITY|HOSTNAME|_|SSH_[A-Za-z0-9_]*|FORGE_AUTHORIZED_KEYS)=' \
     > "$HOME/.ssh/environment.tmp" || true
 mv -f "$HOME/.ssh/environment.tmp" "$HOME/.ssh/environment"
+
+# Keys given at start (forge migrate passes FORGE_AUTHORIZED_KEYS) are added to those the
+# image was built with. Only public key lines are taken.
+if [ -n "${FORGE_AUTHORIZED_KEYS:-}" ]; then
+    printf '%s\n' "$FORGE_AUTHORIZED_KEYS" | while IFS= read -r key; do
+        case $key in
+            ssh-* | ecdsa-sha2-* | sk-*)
+                grep -qxF "$key" "$HOME/.ssh/authorized_keys" 2>/dev/null || printf '%s\n' "$key" >> "$HOME/.ssh/authorized_keys" ;;
+        esac
+    done
+fi
 umask 022
 
 exec "$@"

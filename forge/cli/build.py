@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
-import os
 import sys
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from forge.build import (
     read_public_keys,
 )
 from forge.cli.main import State, pass_state
+from forge.env.launch import host_facts
 from forge.inventory import LOCAL_NAME, Host
 
 
@@ -28,15 +27,17 @@ from forge.inventory import LOCAL_NAME, Host
 @click.option("-t", "--tag", metavar="IMAGE", help=f"Image name (default: [environment] image, else {DEFAULT_TAG}).")
 @click.option("--base", metavar="IMAGE", help="Base image (default: the Dockerfile's PyTorch CUDA devel image).")
 @click.option("--toolchain", metavar="IMAGE", help="Image with a C compiler for the uid helper (default: the base).")
-@click.option("--user", "user_name", metavar="NAME", help="User inside (default: [environment] user, else you).")
-@click.option("--uid", type=int, help="The user's uid (default: yours).")
-@click.option("--gid", type=int, help="The user's gid (default: yours).")
+@click.option(
+    "--user", "user_name", metavar="NAME", help="User inside (default: [environment] user, else your user on HOST)."
+)
+@click.option("--uid", type=int, help="The user's uid (default: yours on HOST).")
+@click.option("--gid", type=int, help="The user's gid (default: yours on HOST).")
 @click.option(
     "--public-key",
     "public_keys",
     multiple=True,
     metavar="FILE",
-    help="Public key(s) allowed to log in (repeatable; default: ~/.ssh/id_*.pub).",
+    help="Public key(s) allowed to log in (repeatable; default: the inventory key's .pub, else ~/.ssh/id_*.pub).",
 )
 @click.option("--no-packages", is_flag=True, help="Install no packages: the base already has sshd, xauth and sudo.")
 @click.option("--package", "extra_packages", multiple=True, metavar="PKG", help="Another apt package (repeatable).")
@@ -75,23 +76,31 @@ def build_cmd(
     timeout_s: float,
     quiet: bool,
 ) -> None:
-    """Build the dev environment image (docker/dev) for your uid, gid and SSH keys.
+    """Build the dev environment image (docker/dev) for your user, uid, gid and SSH keys.
 
     The build context is streamed to `docker build -` on HOST over SSH (or run here), so the
-    host needs only Docker. Prints the image name and ID when done.
+    host needs only Docker. By default the image's user is the one `forge migrate` runs the
+    container as: [environment] user, else your SSH user on HOST, with its uid and gid there.
+    Prints the image name and ID when done.
     """
     inv = state.inventory
     env = inv.environment
     host = inv.host(host_name) if host_name else _local(inv.hosts)
-    key_files = list(public_keys) or default_public_key_files()
+    key_files = list(public_keys) or _default_keys(host)
     if not key_files:
         raise BuildError("no public key given and none in ~/.ssh/id_*.pub",
                          hint="give --public-key FILE, or create a key with ssh-keygen")
+    transport = state.pool.get(host)
+    if user_name is None or uid is None or gid is None:
+        facts = host_facts(host, transport)
+        user_name = user_name or env.user or facts.user
+        uid = facts.uid if uid is None else uid
+        gid = facts.gid if gid is None else gid
     spec = BuildSpec(
         tag=tag or env.image or DEFAULT_TAG,
-        user=user_name or env.user or getpass.getuser(),
-        uid=os.getuid() if uid is None else uid,
-        gid=os.getgid() if gid is None else gid,
+        user=user_name,
+        uid=uid,
+        gid=gid,
         public_keys=read_public_keys(key_files),
         base=base,
         toolchain=toolchain,
@@ -103,9 +112,18 @@ def build_cmd(
         no_cache=no_cache,
     )
     log = None if quiet else sys.stderr.buffer
-    result = build(state.pool.get(host), host, spec, log=log, timeout_s=timeout_s)
+    result = build(transport, host, spec, log=log, timeout_s=timeout_s)
     click.echo(f"{result.host}: built {result.tag} ({result.image_id}) for {spec.user} "
                f"{spec.uid}:{spec.gid} in {result.duration_s:.1f} s")
+
+
+def _default_keys(host: Host) -> list[Path]:
+    """The inventory key's .pub (what forge itself logs in with), else ~/.ssh/id_*.pub."""
+    if host.identity_file:
+        pub = Path(host.identity_file + ".pub").expanduser()
+        if pub.is_file():
+            return [pub]
+    return default_public_key_files()
 
 
 def _local(hosts: tuple[Host, ...]) -> Host:

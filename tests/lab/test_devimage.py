@@ -7,6 +7,7 @@ keys-only login, per-container host keys, and X11 forwarding to an Xvfb on this 
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -68,9 +69,9 @@ def dev(lab: LabHandle) -> Iterator[Dev]:
     toolchain = load_toolchain_image(lab.lab, host)
     user = pwd.getpwnam(lab.user)
     tag = f"forge-lab-test/dev:{uuid.uuid4().hex[:8]}"
+    # Defaults: the SSH user on the host, its uid and gid there, the inventory key's .pub.
     r = _forge(lab, "build", "--host", host, "--tag", tag, "--base", base, "--toolchain", toolchain,
-               "--no-packages", "--user", lab.user, "--uid", str(user.pw_uid), "--gid", str(user.pw_gid),
-               "--public-key", f"{lab.identity_file}.pub", "--quiet")
+               "--no-packages", "--quiet")
     assert r.returncode == 0, r.stdout + r.stderr
     assert re.fullmatch(rf"{host}: built {re.escape(tag)} \(sha256:[0-9a-f]{{64}}\) for {lab.user} "
                         rf"{user.pw_uid}:{user.pw_gid} in [0-9.]+ s\n", r.stdout), r.stdout
@@ -259,3 +260,26 @@ def test_x11_forwarding_reaches_the_x_server_on_the_client(dev: Dev, container: 
     # Without the cookie the X server refuses: the forwarding carries real authentication.
     r = _ssh(dev, container, "python3", "-", "--no-cookie", options=("-X",), env=xvfb, stdin=X_CLIENT.read_text())
     assert r.returncode == 1 and "X11 refused" in r.stdout, r.stdout + r.stderr
+
+
+def test_forge_migrate_runs_the_image_and_ssh_gets_in(dev: Dev, tmp_path: Path) -> None:
+    """Launched by forge itself: `forge migrate` (GPU claim, data volume, -u UID:GID)."""
+    env = f"devimg-{uuid.uuid4().hex[:6]}"
+    r = _forge(dev.lab, "migrate", "--to", dev.host, "--env", env, "--image", dev.image, "--no-ssh-config", "--json")
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        result = json.loads(r.stdout)
+        assert result["host"] == dev.host and result["user"] == dev.lab.user
+        # The host keys forge read over its verified connection are the ones ssh must see.
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text("".join(f"[{dev.address}]:{result['port']} {k}\n" for k in result["host_keys"]))
+        c = Container(result["container"], int(result["port"]), known_hosts)
+        r = _ssh(dev, c, "sh", "-c", 'id -u; printf "%s\\n" "$NVIDIA_VISIBLE_DEVICES"; cat "$1"/"$2"',
+                 "sh", "/data", DATA_MARKER)
+        assert r.returncode == 0, r.stderr
+        uid, gpus, data = r.stdout.split("\n", 2)
+        assert uid == str(dev.uid)
+        assert gpus == ",".join(result["gpus"]) and gpus
+        assert data == DATA_MARKER_CONTENT
+    finally:
+        _forge(dev.lab, "stop", env, timeout=300)
