@@ -208,13 +208,17 @@ def check_argv(host: Host, spec: VolumeSpec, *, image: str, uid: int, gid: int, 
     return docker_argv(host, *base, "--entrypoint", "ls", image, "-A", CHECK_MOUNT)
 
 
-# Mount idempotently, as the SSH user: $1 = mount point, then the sshfs argv.
+# Mount idempotently, as the SSH user: $1 = mount point, $2 = USER@HOST:PATH, then the sshfs
+# argv. A mount of another source (the inventory changed) or a dead one is replaced.
 MOUNT_SCRIPT = r"""
-m=$1; shift
+m=$1; src=$2; shift 2
 if awk -v m="$m" '$2 == m { found = 1 } END { exit !found }' /proc/mounts; then
-  if timeout 20 ls "$m" >/dev/null 2>&1; then echo "forge-volume: alive"; exit 0; fi
-  echo "forge: $m is a dead mount; remounting it" >&2
-  fusermount -u -z "$m" || { echo "forge: cannot unmount the dead mount $m" >&2; exit 1; }
+  if awk -v m="$m" -v s="$src" '$2 == m && $1 == s { found = 1 } END { exit !found }' /proc/mounts \
+     && timeout 20 ls "$m" >/dev/null 2>&1; then
+    echo "forge-volume: alive"; exit 0
+  fi
+  echo "forge: $m is a dead mount or mounts another source; remounting it" >&2
+  fusermount -u -z "$m" || { echo "forge: cannot unmount $m" >&2; exit 1; }
   state=remounted
 else
   state=mounted
@@ -266,7 +270,8 @@ def mount(host: Host, t: Transport, spec: VolumeSpec, *, timeout: float = 60.0) 
     """Mount the data host on ``host`` (sshfs driver); 'alive', 'mounted' or 'remounted'."""
     assert spec.mountpoint is not None
     try:
-        r = t.run(shell.script(MOUNT_SCRIPT, spec.mountpoint, *sshfs_argv(spec)), timeout=timeout, check=True)
+        script = shell.script(MOUNT_SCRIPT, spec.mountpoint, spec.remote, *sshfs_argv(spec))
+        r = t.run(script, timeout=timeout, check=True)
     except CommandFailed as e:
         raise _fail(host, f"mounting {spec.remote} with sshfs failed", e) from e
     return r.stdout.strip().rsplit("forge-volume: ", 1)[-1]

@@ -1,0 +1,235 @@
+"""`forge migrate` / `ps` / `stop` and the data volume on the lab: real sshd and dockerd, no mocks.
+
+Each test uses its own environment name; everything created is removed at the end. gpu4 is
+left to other tests (its state is scripted by test_gpus).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forge import inventory, shell
+from forge.env import volume
+from forge.env.launch import host_facts
+from forge.fleet import Pool
+from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT
+from tests.conftest import LabHandle
+
+pytestmark = pytest.mark.lab
+
+IMAGE = "forge-test/env:lab"  # starts sshd on port 22 as the container's user
+EXITS = "forge-test/env-exits:lab"  # its command exits at once
+HOSTS = ("gpu1", "gpu2", "gpu3")
+ASSETS = Path(__file__).parent / "assets" / "env-image"
+
+
+def _inventory(lab: LabHandle, path: Path, *, data_path: str | None = None, volume_name: str | None = None) -> Path:
+    text = lab.inventory_path.read_text()
+    text = text.replace("[data]\n", f'[data]\nmarker = "{DATA_MARKER}"\n', 1)
+    text = text.replace('image = "forge-lab/debian:bookworm"', f'image = "{IMAGE}"')
+    if data_path:
+        text = text.replace(f'path = "{lab.lab.config.data_dir}"', f'path = "{data_path}"')
+    if volume_name:
+        text = text.replace("[data]\n", f'[data]\nvolume = "{volume_name}"\n', 1)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def env_lab(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    for h in HOSTS:
+        lab.load_base_image(h)
+        r = lab.docker(h, "build", "-q", "-t", IMAGE, str(ASSETS))
+        assert r.returncode == 0, r.stderr
+    exits = tmp_path_factory.mktemp("exits")
+    (exits / "Dockerfile").write_text(f'FROM {IMAGE}\nCMD ["false"]\n')
+    assert lab.docker("gpu2", "build", "-q", "-t", EXITS, str(exits)).returncode == 0
+    inv_path = _inventory(lab, tmp_path_factory.mktemp("inv") / "hosts.toml")
+    envs: list[str] = []
+    yield {"inventory": inv_path, "envs": envs}
+    for h in HOSTS:
+        for env in envs:
+            ids = lab.docker(h, "ps", "-aq", "--filter", f"label=forge.env={env}").stdout.split()
+            ids += lab.docker(h, "ps", "-aq", "--filter", f"label=forge.claim.env={env}").stdout.split()
+            if ids:
+                lab.docker(h, "rm", "-f", *ids)
+        for img in lab.docker(h, "images", "-q", "--filter", "reference=forge-keep/*").stdout.split():
+            lab.docker(h, "rmi", "-f", img)
+    inv = inventory.load_file(inv_path)
+    with Pool() as pool:
+        for h in HOSTS:
+            host = inv.host(h)
+            t = pool.get(host)
+            facts = host_facts(host, t)
+            volume.remove(host, t, volume.spec_for(inv.data, host_name=h, user=facts.user, home=facts.home))
+
+
+def forge(inv: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "forge", "-i", str(inv), *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def migrate(inv: Path, env: str, *args: str) -> dict[str, Any]:
+    r = forge(inv, "migrate", "--env", env, "--json", *args)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def new_env(env_lab: dict[str, Any]) -> str:
+    name = f"t{uuid.uuid4().hex[:8]}"
+    env_lab["envs"].append(name)
+    return name
+
+
+def envs_on(lab: LabHandle, host: str, env: str) -> list[str]:
+    return lab.docker(host, "ps", "-aq", "--filter", f"label=forge.env={env}").stdout.split()
+
+
+def claims_on(lab: LabHandle, host: str, env: str) -> list[str]:
+    return lab.docker(host, "ps", "-aq", "--filter", f"label=forge.claim.env={env}").stdout.split()
+
+
+def ssh_into(lab: LabHandle, res: dict[str, Any], tmp: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    """ssh to the container, checking its host key against what forge read on its host."""
+    known = tmp / f"known-{res['port']}"
+    known.write_text("".join(f"[{res['address']}]:{res['port']} {k}\n" for k in res["host_keys"]))
+    argv = ["ssh", "-F", "none", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={known}", "-o", "IdentitiesOnly=yes", "-i", str(lab.identity_file),
+            "-p", str(res["port"]), f"{res['user']}@{res['address']}", "--", shell.render(command)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_migrate_to_the_idle_host(lab: LabHandle, env_lab: dict[str, Any], tmp_path: Path) -> None:
+    inv, env = env_lab["inventory"], new_env(env_lab)
+    first = migrate(inv, env, "--to", "gpu1")
+    assert first["host"] == "gpu1" and first["old_host"] is None
+    assert first["ssh"] == f"ssh -X -p {first['port']} {lab.user}@{lab.address('gpu1')}"
+    moved = migrate(inv, env, "--to", "idle", "--among", "gpu1,gpu2")
+    assert moved["host"] == "gpu2" and moved["old_host"] == "gpu1"  # idle never picks the current host
+    assert envs_on(lab, "gpu1", env) == [] and claims_on(lab, "gpu1", env) == []
+    assert len(envs_on(lab, "gpu2", env)) == 1 and len(claims_on(lab, "gpu2", env)) == 1
+    # The data host's files are visible inside, and sshd answers as the user's uid.
+    r = ssh_into(lab, moved, tmp_path, "sh", "-c", f"id -u; id -g; cat /data/{DATA_MARKER}; hostname")
+    assert r.returncode == 0, r.stderr
+    uid = subprocess.run(["id", "-u", lab.user], capture_output=True, text=True).stdout.strip()
+    gid = subprocess.run(["id", "-g", lab.user], capture_output=True, text=True).stdout.strip()
+    assert r.stdout == f"{uid}\n{gid}\n{DATA_MARKER_CONTENT}{env}\n"
+    # The container got the options people type by hand.
+    name = moved["container"]
+    fmt = ("{{.HostConfig.IpcMode}} {{.HostConfig.RestartPolicy.Name}} {{.Config.User}} {{.Config.Tty}} "
+           "{{json .HostConfig.DeviceRequests}}")
+    out = lab.docker("gpu2", "inspect", "-f", fmt, name).stdout
+    assert out.startswith(f"host always {uid}:{gid} true ")
+    assert json.loads(out.split(" ", 4)[4])[0]["DeviceIDs"] == moved["gpus"]
+    # forge ps shows it; forge stop removes it and its claim.
+    ps = json.loads(forge(inv, "ps", "--json", "gpu1", "gpu2").stdout)
+    mine = [e for e in ps["environments"] if e["env"] == env]
+    assert [(e["host"], e["port"], e["gpus"]) for e in mine] == [("gpu2", moved["port"], moved["gpus"])]
+    assert forge(inv, "stop", env, "--keep-ssh-config").returncode == 0
+    assert envs_on(lab, "gpu2", env) == [] and claims_on(lab, "gpu2", env) == []
+
+
+def test_concurrent_migrates_get_different_gpus(lab: LabHandle, env_lab: dict[str, Any]) -> None:
+    inv = env_lab["inventory"]
+    names = [new_env(env_lab) for _ in range(3)]
+    with ThreadPoolExecutor(len(names)) as pool:
+        results = list(pool.map(lambda n: migrate(inv, n, "--to", "gpu3"), names))
+    gpus = [tuple(r["gpus"]) for r in results]
+    assert len(set(gpus)) == len(names), gpus
+    assert len({r["port"] for r in results}) == len(names)
+    for n in names:
+        assert forge(inv, "stop", n, "--keep-ssh-config").returncode == 0
+
+
+def _old_still_runs(lab: LabHandle, first: dict[str, Any], env: str, tmp: Path) -> None:
+    ids = envs_on(lab, first["host"], env)
+    assert len(ids) == 1
+    state = lab.docker(first["host"], "inspect", "-f", "{{.Name}} {{.State.Running}}", ids[0]).stdout.strip()
+    assert state == f"/{first['container']} true"
+    assert ssh_into(lab, first, tmp, "true").returncode == 0
+
+
+def test_a_failure_at_each_step_leaves_the_old_environment_running(
+    lab: LabHandle, env_lab: dict[str, Any], tmp_path: Path
+) -> None:
+    inv, env = env_lab["inventory"], new_env(env_lab)
+    first = migrate(inv, env, "--to", "gpu1")
+    # Image sync: an image that exists nowhere.
+    r = forge(inv, "migrate", "--env", env, "--to", "gpu2", "--image", "forge-test/no-such-image:1")
+    assert r.returncode != 0 and "step 'image'" in r.stderr, r.stderr
+    _old_still_runs(lab, first, env, tmp_path)
+    # Volume: the data host's directory does not exist.
+    bad = _inventory(lab, tmp_path / "bad.toml", data_path="/nonexistent/forge-data",
+                     volume_name=f"forge-bad-{env}")
+    r = forge(bad, "migrate", "--env", env, "--to", "gpu2")
+    assert r.returncode != 0 and "step 'volume'" in r.stderr, r.stderr
+    assert lab.docker("gpu2", "volume", "inspect", f"forge-bad-{env}-{lab.user}").returncode != 0
+    _old_still_runs(lab, first, env, tmp_path)
+    # Container start: an image whose command exits at once.
+    r = forge(inv, "migrate", "--env", env, "--to", "gpu2", "--image", EXITS, "--image-from", "gpu2")
+    assert r.returncode != 0 and "step 'container'" in r.stderr, r.stderr
+    assert "still runs on gpu1" in r.stderr
+    _old_still_runs(lab, first, env, tmp_path)
+    # Nothing of the failed attempts is left on the target.
+    assert envs_on(lab, "gpu2", env) == [] and claims_on(lab, "gpu2", env) == []
+    assert forge(inv, "stop", env, "--keep-ssh-config").returncode == 0
+
+
+def test_keep_changes_brings_what_was_installed_by_hand(
+    lab: LabHandle, env_lab: dict[str, Any], tmp_path: Path
+) -> None:
+    inv, env = env_lab["inventory"], new_env(env_lab)
+    first = migrate(inv, env, "--to", "gpu1")
+    r = ssh_into(lab, first, tmp_path, "sh", "-c", f"echo installed-{env} > ~/by-hand.txt")
+    assert r.returncode == 0, r.stderr
+    moved = migrate(inv, env, "--to", "gpu2", "--keep-changes")
+    assert moved["host"] == "gpu2" and moved["image"].startswith("forge-keep/")
+    r = ssh_into(lab, moved, tmp_path, "cat", "by-hand.txt")
+    assert r.returncode == 0 and r.stdout == f"installed-{env}\n", r.stderr
+    # Only the committed top layer was new on gpu2: it had every other layer already.
+    layers = lab.docker("gpu2", "image", "inspect", "-f", "{{len .RootFS.Layers}}", moved["image"]).stdout
+    base = lab.docker("gpu2", "image", "inspect", "-f", "{{len .RootFS.Layers}}", IMAGE).stdout
+    assert int(layers) == int(base) + 1
+    # The committed image is gone from the old host.
+    assert lab.docker("gpu1", "image", "inspect", moved["image"]).returncode != 0
+    assert forge(inv, "stop", env, "--keep-ssh-config").returncode == 0
+
+
+def test_a_dead_mount_is_seen_and_remounted(lab: LabHandle, env_lab: dict[str, Any]) -> None:
+    inv = inventory.load_file(env_lab["inventory"])
+    host = inv.host("gpu3")
+    tag = uuid.uuid4().hex[:8]
+    data = inventory.DataSettings(**{**vars(inv.data), "volume": f"forge-dead-{tag}"})
+    with Pool() as pool:
+        t = pool.get(host)
+        facts = host_facts(host, t)
+        spec = volume.spec_for(data, host_name=host.name, user=facts.user, home=facts.home)
+        kw = {"check_image": IMAGE, "uid": facts.uid, "gid": facts.gid, "marker": DATA_MARKER}
+        try:
+            first = volume.ensure(host, t, spec, **kw)  # type: ignore[arg-type]
+            assert (first.mount, first.created) == ("mounted", True)
+            again = volume.ensure(host, t, spec, **kw)  # type: ignore[arg-type]
+            assert (again.mount, again.created) == ("alive", False)
+            # Kill this mount's sshfs (found by its mount point): the mount goes dead.
+            ps = subprocess.run(["ps", "-eww", "-o", "pid=,args="], capture_output=True, text=True).stdout
+            pids = [int(line.split()[0]) for line in ps.splitlines()
+                    if "sshfs" in line and line.rstrip().endswith(str(spec.mountpoint))]
+            assert len(pids) == 1, ps
+            subprocess.run(["kill", "-9", str(pids[0])], check=True)
+            r = lab.docker("gpu3", "run", "--rm", "-v", f"{spec.name}:/d", IMAGE, "ls", "/d")
+            assert r.returncode != 0 and volume.DEAD_MOUNT in r.stderr
+            fixed = volume.ensure(host, t, spec, **kw)  # type: ignore[arg-type]
+            assert fixed.mount == "remounted"
+            r = lab.docker("gpu3", "run", "--rm", "-v", f"{spec.name}:/d", IMAGE, "cat", f"/d/{DATA_MARKER}")
+            assert r.returncode == 0 and r.stdout == DATA_MARKER_CONTENT
+        finally:
+            volume.remove(host, t, spec)
