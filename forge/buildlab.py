@@ -76,3 +76,12 @@ def load_toolchain_image(lab: Lab, host: str, progress: Progress = no_progress) 
     if proc.returncode != 0:
         raise LabCommandFailed(" ".join(argv), proc.returncode, proc.stderr)
     return TOOLCHAIN_IMAGE
+
+
+def load_lab_images(lab: Lab | None = None, progress: Progress = print) -> None:
+    """Load the base and compiler images on every GPU host of the lab (default: the usual root)."""
+    lab = lab or Lab.at()
+    for host in lab.gpu_hosts:
+        lab.load_base_image(host)
+        load_toolchain_image(lab, host, progress)
+    progress(f"{', '.join(lab.gpu_hosts)}: forge-lab/debian:{SUITE} and {TOOLCHAIN_IMAGE} loaded")
