@@ -343,6 +343,10 @@ def _tag(host: Host, t: Transport, image: ImageInfo, tags: Sequence[str]) -> Non
             raise SyncFailed(host.name, f"docker tag {tag} failed: {r.stderr.strip()[-200:]}")
 
 
+_CLEANUP_LOOKS = 10
+_CLEANUP_PAUSE_S = 0.3
+
+
 def _cleanup(p: HostPlan, t: Transport, image: ImageInfo) -> tuple[str, ...] | None:
     """Remove untagged images a failed load created. None: the image is there, complete."""
     try:
@@ -354,9 +358,26 @@ def _cleanup(p: HostPlan, t: Transport, image: ImageInfo) -> tuple[str, ...] | N
         return None
     before = {i.id for i in p.have.images}
     ours = set(image.chains)
-    leftovers = [
-        i.id for i in after.images if i.id not in before and not i.repo_tags and i.chains and i.chains[-1] in ours
-    ]
-    if leftovers:
-        t.run(docker_argv(p.host, "image", "rm", *leftovers))
-    return tuple(leftovers)
+    removed: list[str] = []
+    # Docker's legacy loader (the path a stream cut before manifest.json takes) can still be
+    # creating images on the daemon after the client's `docker load` has exited, and it leaves
+    # a chain of images, each the parent of the next. So: remove children first (longest layer
+    # chain first), and look again until two looks in a row find nothing.
+    quiet = 0
+    for _ in range(_CLEANUP_LOOKS):
+        leftovers = sorted(
+            (i for i in after.images if i.id not in before and not i.repo_tags and i.chains and i.chains[-1] in ours),
+            key=lambda i: -len(i.chains),
+        )
+        quiet = 0 if leftovers else quiet + 1
+        if quiet >= 2:
+            break
+        for i in leftovers:
+            if t.run(docker_argv(p.host, "image", "rm", i.id)).ok:
+                removed.append(i.id)
+        time.sleep(_CLEANUP_PAUSE_S)
+        try:
+            after = survey(p.host, t)
+        except ForgeError:
+            break
+    return tuple(removed)
