@@ -65,7 +65,7 @@ def replace_block(text: str, env: str, block: str | None) -> str:
     begin, end = begin_marker(env), end_marker(env)
     lines = text.splitlines(keepends=True)
     out: list[str] = []
-    inside = False
+    inside = after = False
     found_at: int | None = None
     for line in lines:
         if line.rstrip("\n") == begin:
@@ -74,15 +74,19 @@ def replace_block(text: str, env: str, block: str | None) -> str:
             continue
         if inside:
             if line.rstrip("\n") == end:
-                inside = False
+                inside, after = False, True
             continue
+        if after and not line.strip():
+            after = False  # the blank line forge put after its block
+            continue
+        after = False
         out.append(line)
     if inside:
         raise EnvError(f"~/.ssh/config has the start of forge's block for {env!r} but not its end", hint=end)
     if block is None:
         return "".join(out)
     at = 0 if found_at is None else found_at
-    if at == 0 and out and out[0].strip():
+    if out[at:] and out[at].strip():
         block += "\n"
     return "".join(out[:at]) + block + "".join(out[at:])
 

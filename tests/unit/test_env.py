@@ -1,0 +1,188 @@
+"""forge.env, pure parts: volume argv per driver, passwords refused, listing and claims,
+ports, keyscan, the launch argv and the ~/.ssh/config block."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from forge import shell
+from forge.env import claims, launch, sshconfig, volume
+from forge.env.errors import EnvError, LaunchError, VolumeError
+from forge.env.listing import PS_FORMAT, parse_created, parse_listing
+from forge.inventory import DataSettings, Host
+
+HOST = Host(name="gpu1", address="10.0.0.1")
+DATA = DataSettings(
+    address="data.lab",
+    user="alice",
+    path="/srv/data",
+    identity_file="/home/alice/.ssh/id_ed25519",
+    known_hosts="/home/alice/.ssh/known_hosts",
+)
+
+
+def spec(driver: str = "sshfs", **kw: str) -> volume.VolumeSpec:
+    data = DataSettings(**{**vars(DATA), "driver": driver, **kw})
+    return volume.spec_for(data, host_name="gpu1", user="alice", home="/home/alice")
+
+
+def test_sshfs_is_a_host_mount_bound_into_a_local_volume() -> None:
+    s = spec()
+    assert s.name == "forge-data-alice"
+    assert s.mountpoint == "/home/alice/.forge/mnt/gpu1-forge-data-alice"
+    assert volume.sshfs_argv(s) == [
+        "sshfs",
+        "-o",
+        "StrictHostKeyChecking=yes,BatchMode=yes,UserKnownHostsFile=/home/alice/.ssh/known_hosts,"
+        "IdentityFile=/home/alice/.ssh/id_ed25519,IdentitiesOnly=yes,allow_other,reconnect,"
+        "ServerAliveInterval=15,ServerAliveCountMax=3,ConnectTimeout=10",
+        "alice@data.lab:/srv/data",
+    ]
+    assert volume.create_argv(HOST, s) == [
+        "docker", "volume", "create", "--driver", "local", "-o", "type=none", "-o", "o=bind",
+        "-o", f"device={s.mountpoint}", "forge-data-alice",
+    ]
+
+
+def test_rclone_checks_the_host_key_or_is_refused() -> None:
+    argv = volume.create_argv(HOST, spec("rclone"))
+    assert argv[:5] == ["docker", "volume", "create", "--driver", "rclone"]
+    opts = dict(argv[i + 1].split("=", 1) for i in range(5, len(argv) - 1, 2))
+    assert opts == {
+        "type": "sftp", "sftp-host": "data.lab", "sftp-port": "22", "sftp-user": "alice",
+        "sftp-key-file": "/home/alice/.ssh/id_ed25519", "sftp-known-hosts-file": "/home/alice/.ssh/known_hosts",
+        "path": "/srv/data", "allow-other": "true",
+    }
+    with pytest.raises(VolumeError, match="known_hosts"):
+        volume.create_argv(HOST, spec("rclone", known_hosts=None))  # type: ignore[arg-type]
+
+
+def test_vieux_sshfs_command_as_built() -> None:
+    s = spec("vieux-sshfs")
+    assert shell.render(volume.vieux_install_argv(HOST, s)) == (
+        "docker plugin install --grant-all-permissions vieux/sshfs sshkey.source=/home/alice/.ssh"
+    )
+    assert shell.render(volume.create_argv(HOST, s)) == (
+        "docker volume create --driver vieux/sshfs -o sshcmd=alice@data.lab:/srv/data -o port=22 "
+        "-o IdentityFile=/root/.ssh/id_ed25519 -o allow_other forge-data-alice"
+    )
+    with pytest.raises(VolumeError, match="never takes passwords"):
+        volume.create_argv(HOST, spec("vieux-sshfs", identity_file=None))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key", ["password", "sftp-pass", "Passphrase", "ask_password", "secret"])
+def test_passwords_are_refused_with_the_reason(key: str) -> None:
+    with pytest.raises(VolumeError, match="docker volume inspect"):
+        volume.spec_for(DATA, host_name="gpu1", user="alice", home="/h", options={key: "x"})
+
+
+def test_a_comma_cannot_hide_in_an_sshfs_option() -> None:
+    with pytest.raises(VolumeError, match="comma"):
+        volume.sshfs_argv(spec(identity_file="/k,allow_root"))
+
+
+def test_check_reads_the_marker_as_the_user() -> None:
+    argv = volume.check_argv(HOST, spec(), image="img", uid=1001, gid=1002, marker="MARK")
+    assert shell.render(argv) == (
+        "docker run --rm --network none -u 1001:1002 -v forge-data-alice:/forge-check:ro --entrypoint cat img "
+        "/forge-check/MARK"
+    )
+
+
+LISTING = "\n".join(
+    [
+        "1000",
+        "\t".join(["c1", "forge-alice-dev-aaaaaa", "img", "running", "Up 1 minute", "2001-09-09 01:46:40 +0000 UTC",
+                   "dev", "alice", "2201", "GPU-a,GPU-b", "alice", "", "", "", ""]),
+        "\t".join(["c2", "forge-claim-GPU-a", "img", "created", "Created", "2001-09-09 01:46:40 +0000 UTC",
+                   "", "", "", "", "", "GPU-a", "dev", "alice", "forge-alice-dev-aaaaaa"]),
+        "\t".join(["c3", "forge-claim-GPU-c", "img", "created", "Created", "2001-09-09 01:30:00 +0000 UTC",
+                   "dev", "alice", "", "", "", "GPU-c", "dev", "alice", "forge-alice-dev-gone"]),
+        "\t".join(["c4", "forge-claim-GPU-d", "img", "created", "Created", "2001-09-09 01:46:00 +0000 UTC",
+                   "", "", "", "", "", "GPU-d", "dev", "bob", "forge-bob-dev-starting"]),
+    ]
+)
+
+
+def test_listing_environments_and_claims() -> None:
+    listing = parse_listing("gpu1", LISTING.replace("1000", "1000000000", 1))
+    (env,) = listing.environments  # c3 is a claim even though it carries forge.env (commit)
+    got = (env.name, env.owner, env.ssh_port, env.gpus, env.user)
+    assert got == ("dev", "alice", 2201, ("GPU-a", "GPU-b"), "alice")
+    assert [c.gpu for c in listing.claims] == ["GPU-a", "GPU-c", "GPU-d"]
+    # GPU-a: its container exists. GPU-c: container gone, 1000 s old: stale. GPU-d: 40 s old, in grace.
+    assert claims.claimed_gpus(listing, grace_s=300) == {"GPU-a", "GPU-d"}
+    assert [c.gpu for c in listing.stale_claims(grace_s=300)] == ["GPU-c"]
+    assert [c.gpu for c in listing.stale_claims(grace_s=10)] == ["GPU-c", "GPU-d"]
+    assert claims.claims_for(listing, "forge-alice-dev-aaaaaa") == ["c2"]
+
+
+def test_listing_format_and_bad_output() -> None:
+    assert PS_FORMAT.count("\t") == 14 and '{{.Label "forge.claim.container"}}' in PS_FORMAT
+    assert parse_created("2001-09-09 01:46:40 +0000 UTC") == 1000000000
+    assert parse_created("garbage") is None
+    with pytest.raises(ValueError):
+        parse_listing("h", "Cannot connect to the Docker daemon")
+
+
+def test_claim_argv_is_a_never_started_named_container() -> None:
+    argv = claims.claim_argv(HOST, "GPU-1/x", image="img", env="dev", owner="alice", container="forge-alice-dev-1")
+    assert argv[:4] == ["docker", "create", "--name", "forge-claim-GPU-1_x"]
+    assert "--entrypoint" in argv and argv[-1] == "img" and "start" not in argv
+
+
+def test_launch_argv() -> None:
+    spec_l = launch.LaunchSpec(env="dev", owner="alice", image="lab/dev:1", name="forge-alice-dev-abc",
+                               gpus=("GPU-a", "GPU-b"), uid=1001, gid=1002, user="alice", hostname="dev",
+                               volume="forge-data-alice", mount="/data", authorized_keys="ssh-ed25519 AAAA me")
+    argv = launch.run_argv(HOST, spec_l, 2201)
+    text = shell.render(argv)
+    assert text.startswith(
+        "docker run -d -t --name forge-alice-dev-abc --gpus '\"device=GPU-a,GPU-b\"' --ipc=host -p 2201:22 "
+        "-u 1001:1002 -h dev -v forge-data-alice:/data --restart=always "
+    )
+    assert "--label forge.env=dev --label forge.owner=alice --label forge.ssh_port=2201" in text
+    assert "-e 'FORGE_AUTHORIZED_KEYS=ssh-ed25519 AAAA me'" in text and text.endswith(" lab/dev:1")
+    assert shlex.split(text) == argv
+
+
+def test_ports() -> None:
+    ss = "LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\nLISTEN 0 4096 [::]:2200 [::]:*\nLISTEN 0 5 *:2202 *:*\n"
+    assert launch.parse_listening(ss) == {22, 2200, 2202}
+    assert launch.choose_port(2200, 2205, {2200, 2202}, skip={2201}) == 2203
+    assert launch.choose_port(2200, 2205, set(), fixed=2204) == 2204
+    with pytest.raises(LaunchError):
+        launch.choose_port(2200, 2201, {2200, 2201})
+
+
+def test_keyscan_parse() -> None:
+    out = (
+        "# 127.0.0.1:2201 SSH-2.0-OpenSSH_9.2\n[127.0.0.1]:2201 ssh-ed25519 AAAAkey\n"
+        "[127.0.0.1]:2201 ecdsa-sha2-nistp256 BBB\n"
+    )
+    assert launch.parse_keyscan(out) == [("ssh-ed25519", "AAAAkey"), ("ecdsa-sha2-nistp256", "BBB")]
+    facts = launch.HostFacts(1001, 1002, "alice", "/home/alice")
+    assert launch.parse_facts("1001\n1002\nalice\n/home/alice\n") == facts
+
+
+def test_ssh_config_block_is_replaced_in_place_and_removed() -> None:
+    block = sshconfig.render_block("dev", address="10.0.0.2", port=2201, user="alice", known_hosts="/k")
+    assert "Host dev\n    HostName 10.0.0.2\n    Port 2201\n    User alice\n    ForwardX11 yes\n" in block
+    assert "HostKeyAlias forge-dev" in block and "StrictHostKeyChecking yes" in block
+    mine = "Host *\n    ServerAliveInterval 30\n"
+    text = sshconfig.replace_block(mine, "dev", block)
+    assert text.startswith(sshconfig.begin_marker("dev")) and text.endswith(mine)
+    newer = sshconfig.render_block("dev", address="10.0.0.3", port=2202, user="alice", known_hosts="/k")
+    text2 = sshconfig.replace_block(text, "dev", newer)
+    assert text2.count("Host dev") == 1 and "10.0.0.3" in text2 and "10.0.0.2" not in text2
+    assert sshconfig.replace_block(text2, "dev", None) == mine
+    with pytest.raises(EnvError):
+        sshconfig.render_block("dev\nHost *", address="a", port=1, user="u", known_hosts="/k")
+
+
+def test_known_hosts_lines_for_the_alias_are_replaced() -> None:
+    text = "forge-dev ssh-ed25519 OLD\nforge-other ssh-ed25519 KEEP\n"
+    out = sshconfig.replace_known_hosts(text, "dev", [("ssh-ed25519", "NEW")])
+    assert out == "forge-other ssh-ed25519 KEEP\nforge-dev ssh-ed25519 NEW\n"
