@@ -217,3 +217,28 @@ def test_every_host_has_gpus_of_its_own(lab: Any) -> None:
     assert r.returncode == 0, r.stderr
     uuids = [g["uuid"] for h in json.loads(r.stdout)["hosts"] for g in h["gpus"]]
     assert len(uuids) == 4 * len(lab.hosts) and len(set(uuids)) == len(uuids)
+
+
+def test_watch_redraws_until_interrupted(lab: Any) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forge", "-i", str(lab.inventory_path), "gpus", "--watch", "--interval", "0.2", lab.hosts[0]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    seen = ""
+    assert proc.stdout is not None
+    while seen.count("forge gpus —") < 3 and time.monotonic() < deadline:
+        seen += proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    seen += out
+    assert proc.returncode == 0, err
+    frames = seen.count("forge gpus —")
+    assert frames >= 3
+    # every frame drawn before the interrupt shows the host's first GPU
+    assert seen.count(f"{lab.hosts[0]}    0") >= frames - 1 >= 2
