@@ -224,7 +224,18 @@ def test_watch_redraws_until_interrupted(lab: Any) -> None:
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "forge", "-i", str(lab.inventory_path), "gpus", "--watch", "--interval", "0.2", lab.hosts[0]],
+        [
+            sys.executable,
+            "-m",
+            "forge",
+            "-i",
+            str(lab.inventory_path),
+            "gpus",
+            "--watch",
+            "--interval",
+            "0.2",
+            lab.hosts[0],
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
