@@ -298,7 +298,11 @@ def test_a_host_that_is_down_is_reported_and_the_others_finish(
 
 @pytest.fixture()
 def small_daemon(lab: Any) -> Iterator[str]:
-    """A dockerd in gpu4's network namespace whose data root is a 64 MB ext4 file system."""
+    """A dockerd whose data root is a 64 MB ext4 file system, reached through gpu4's sshd.
+
+    It runs in a network namespace of its own (``unshare --net``): with ``--bridge none`` a
+    dockerd removes the ``docker0`` bridge of the namespace it starts in, which would break
+    gpu4's own daemon for every later test."""
     if not shutil.which("mkfs.ext4") or os.geteuid() != 0:
         pytest.skip("needs root and mkfs.ext4")
     base = Path(tempfile.mkdtemp(prefix="forge-fulldisk-", dir="/var/tmp"))
@@ -312,8 +316,8 @@ def small_daemon(lab: Any) -> Iterator[str]:
     name = f"forgetest-{secrets.token_hex(3)}"
     proc = subprocess.Popen(
         [
-            "nsenter",
-            "--net=/var/run/netns/forgelab-gpu4",
+            "unshare",
+            "--net",
             "dockerd",
             "--host",
             f"unix://{sock}",
