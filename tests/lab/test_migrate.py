@@ -74,8 +74,9 @@ def env_lab(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def forge(inv: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "forge", "-i", str(inv), *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "forge", "-i", str(inv), *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def migrate(inv: Path, env: str, *args: str) -> dict[str, Any]:
@@ -102,9 +103,26 @@ def ssh_into(lab: LabHandle, res: dict[str, Any], tmp: Path, *command: str) -> s
     """ssh to the container, checking its host key against what forge read on its host."""
     known = tmp / f"known-{res['port']}"
     known.write_text("".join(f"[{res['address']}]:{res['port']} {k}\n" for k in res["host_keys"]))
-    argv = ["ssh", "-F", "none", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={known}", "-o", "IdentitiesOnly=yes", "-i", str(lab.identity_file),
-            "-p", str(res["port"]), f"{res['user']}@{res['address']}", "--", shell.render(command)]
+    argv = [
+        "ssh",
+        "-F",
+        "none",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known}",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-i",
+        str(lab.identity_file),
+        "-p",
+        str(res["port"]),
+        f"{res['user']}@{res['address']}",
+        "--",
+        shell.render(command),
+    ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -125,8 +143,10 @@ def test_migrate_to_the_idle_host(lab: LabHandle, env_lab: dict[str, Any], tmp_p
     assert r.stdout == f"{uid}\n{gid}\n{DATA_MARKER_CONTENT}{env}\n"
     # The container got the options people type by hand.
     name = moved["container"]
-    fmt = ("{{.HostConfig.IpcMode}} {{.HostConfig.RestartPolicy.Name}} {{.Config.User}} {{.Config.Tty}} "
-           "{{json .HostConfig.DeviceRequests}}")
+    fmt = (
+        "{{.HostConfig.IpcMode}} {{.HostConfig.RestartPolicy.Name}} {{.Config.User}} {{.Config.Tty}} "
+        "{{json .HostConfig.DeviceRequests}}"
+    )
     out = lab.docker("gpu2", "inspect", "-f", fmt, name).stdout
     assert out.startswith(f"host always {uid}:{gid} true ")
     assert json.loads(out.split(" ", 4)[4])[0]["DeviceIDs"] == moved["gpus"]
@@ -168,8 +188,7 @@ def test_a_failure_at_each_step_leaves_the_old_environment_running(
     assert r.returncode != 0 and "step 'image'" in r.stderr, r.stderr
     _old_still_runs(lab, first, env, tmp_path)
     # Volume: the data host's directory does not exist.
-    bad = _inventory(lab, tmp_path / "bad.toml", data_path="/nonexistent/forge-data",
-                     volume_name=f"forge-bad-{env}")
+    bad = _inventory(lab, tmp_path / "bad.toml", data_path="/nonexistent/forge-data", volume_name=f"forge-bad-{env}")
     r = forge(bad, "migrate", "--env", env, "--to", "gpu2")
     assert r.returncode != 0 and "step 'volume'" in r.stderr, r.stderr
     assert lab.docker("gpu2", "volume", "inspect", f"forge-bad-{env}-{lab.user}").returncode != 0
@@ -221,8 +240,11 @@ def test_a_dead_mount_is_seen_and_remounted(lab: LabHandle, env_lab: dict[str, A
             assert (again.mount, again.created) == ("alive", False)
             # Kill this mount's sshfs (found by its mount point): the mount goes dead.
             ps = subprocess.run(["ps", "-eww", "-o", "pid=,args="], capture_output=True, text=True).stdout
-            pids = [int(line.split()[0]) for line in ps.splitlines()
-                    if "sshfs" in line and line.rstrip().endswith(str(spec.mountpoint))]
+            pids = [
+                int(line.split()[0])
+                for line in ps.splitlines()
+                if "sshfs" in line and line.rstrip().endswith(str(spec.mountpoint))
+            ]
             assert len(pids) == 1, ps
             subprocess.run(["kill", "-9", str(pids[0])], check=True)
             r = lab.docker("gpu3", "run", "--rm", "-v", f"{spec.name}:/d", IMAGE, "ls", "/d")
@@ -233,3 +255,52 @@ def test_a_dead_mount_is_seen_and_remounted(lab: LabHandle, env_lab: dict[str, A
             assert r.returncode == 0 and r.stdout == DATA_MARKER_CONTENT
         finally:
             volume.remove(host, t, spec)
+
+
+def test_forge_ssh_and_the_managed_ssh_config(lab: LabHandle, env_lab: dict[str, Any], tmp_path: Path) -> None:
+    """`forge ssh ENV CMD` logs in with the container's host key pinned; with --ssh-config,
+    plain `ssh ENV` works through the managed block in ~/.ssh/config."""
+    import os
+
+    inv, env = env_lab["inventory"], new_env(env_lab)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    config = home / ".ssh" / "config"
+    config.write_text("# the user's own settings\nHost example\n  User someone\n")
+    run_env = {**os.environ, "HOME": str(home)}
+
+    def forge_home(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "forge", "-i", str(inv), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=run_env,
+        )
+
+    r = forge_home("migrate", "--env", env, "--to", "gpu3", "--ssh-config", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    uid = subprocess.run(["id", "-u", lab.user], capture_output=True, text=True).stdout.strip()
+
+    r = forge_home("ssh", env, "id", "-u")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == uid
+
+    # The managed block goes first (ssh takes the first value it finds, so a `Host *` of the
+    # user's cannot override it); the user's own lines stay as they were, after it.
+    text = config.read_text()
+    assert text.endswith("# the user's own settings\nHost example\n  User someone\n")
+    assert f"Host {env}" in text and str(res["port"]) in text
+    r = subprocess.run(
+        ["ssh", "-F", str(config), "-o", "BatchMode=yes", env, "cat", f"/data/{DATA_MARKER}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=run_env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == DATA_MARKER_CONTENT
+
+    assert forge_home("stop", env).returncode == 0
+    assert config.read_text() == "# the user's own settings\nHost example\n  User someone\n"
