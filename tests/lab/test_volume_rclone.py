@@ -22,8 +22,8 @@ import pytest
 
 from forge import inventory
 from forge.env import volume
-from forge.env.launch import host_facts
 from forge.env.errors import VolumeError
+from forge.env.launch import host_facts
 from forge.fleet import Pool
 from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT
 from tests.conftest import LabHandle
