@@ -174,7 +174,10 @@ def candidates(
     listings = list_fleet(hosts, pool)
     excluded = _excluded_gpus(listings, pool, req.claim_grace_s)
     reachable = [r.host for r in listings.succeeded]
-    snapshots = fleet.run(reachable, lambda t: probe_host(t, timeout=30), pool=pool)
+    by_name = {h.name: h for h in reachable}
+    snapshots = fleet.run(
+        reachable, lambda t: probe_host(t, timeout=30, docker_host=by_name[t.name].docker_host), pool=pool
+    )
     found = select(
         [r.value for r in snapshots.succeeded if r.value is not None],
         count=req.gpus,
@@ -232,7 +235,7 @@ def claim_gpus(
         listing = list_host(host, t)
         claims.remove_stale(host, t, listing, grace_s=req.claim_grace_s)
         excluded = set(claims.claimed_gpus(listing, grace_s=req.claim_grace_s)) | lost
-        gpus = probe_host(t, timeout=30)
+        gpus = probe_host(t, timeout=30, docker_host=host.docker_host)
         cand = _pick_on_host(inv, req, host, gpus, excluded)
         if cand is None:
             return None
@@ -241,7 +244,7 @@ def claim_gpus(
         except ClaimConflict:
             continue  # someone else was faster: list again, choose again
         # Re-check after claiming: a process may have started on a GPU since the probe.
-        gone = still_free(inv, host, probe_host(t, timeout=30), cand.gpu_uuids)
+        gone = still_free(inv, host, probe_host(t, timeout=30, docker_host=host.docker_host), cand.gpu_uuids)
         if not gone:
             return cand, ids
         claims.release(host, t, ids)

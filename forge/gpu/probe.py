@@ -47,7 +47,8 @@ OWNER_LABEL = "forge.owner"
 # One line per forge container: "<64-hex id> <JSON string env> <JSON string owner>".
 DOCKER_FORMAT = '{{.ID}} {{json (.Label "' + ENV_LABEL + '")}} {{json (.Label "' + OWNER_LABEL + '")}}'
 
-# $1: --query-gpu fields, $2: --query-compute-apps fields, $3: docker ps --format.
+# $1: --query-gpu fields, $2: --query-compute-apps fields, $3: docker ps --format,
+# $4: the host's docker_host from the inventory (empty: docker's default).
 # A constant: nothing from the inventory or the command line is ever spliced into it.
 _SCRIPT = r"""M=@@forge-gpu-probe
 # The process query runs in the background while the GPU query runs: each nvidia-smi call
@@ -95,7 +96,7 @@ echo "$M status 0"
 if [ -n "$docker_seen" ]; then
   echo "$M containers"
   if command -v docker >/dev/null 2>&1; then
-    docker ps --no-trunc --filter "label=forge.env" --format "$3" 2>&1
+    docker ${4:+-H "$4"} ps --no-trunc --filter "label=forge.env" --format "$3" 2>&1
     echo "$M status $?"
   else
     echo "$M status 127"
@@ -109,9 +110,9 @@ echo "$M end"
 _DOCKER_CGROUP = re.compile(r"docker[-/]([0-9a-f]{64})")
 
 
-def probe_command() -> shell.Script:
+def probe_command(docker_host: str | None = None) -> shell.Script:
     """The one command that probes a host's GPUs, processes, owners and forge containers."""
-    return shell.script(_SCRIPT, ",".join(GPU_FIELDS), ",".join(APP_FIELDS), DOCKER_FORMAT)
+    return shell.script(_SCRIPT, ",".join(GPU_FIELDS), ",".join(APP_FIELDS), DOCKER_FORMAT, docker_host or "")
 
 
 @dataclass(frozen=True)
@@ -267,8 +268,8 @@ def parse_probe(host: str, result: CommandResult) -> HostGpus:
     )
 
 
-def probe_host(transport: Transport, *, timeout: float) -> HostGpus:
+def probe_host(transport: Transport, *, timeout: float, docker_host: str | None = None) -> HostGpus:
     """Run the probe on one host and parse it. Transport errors (connect, timeout) propagate:
     the fleet layer collects them per host."""
-    result = transport.run(probe_command(), timeout=timeout)
+    result = transport.run(probe_command(docker_host), timeout=timeout)
     return parse_probe(result.host or transport.name, result)

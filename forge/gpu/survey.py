@@ -53,9 +53,10 @@ def survey(
     concurrency: int = fleet.DEFAULT_CONCURRENCY,
 ) -> list[HostReport]:
     """Probe ``hosts`` (one round trip each, in parallel) and assess every GPU."""
+    by_name = {h.name: h for h in hosts}
     results = fleet.run(
         hosts,
-        lambda t: probe_host(t, timeout=timeout),
+        lambda t: probe_host(t, timeout=timeout, docker_host=by_name[t.name].docker_host),
         pool=pool,
         concurrency=concurrency,
         deadline_s=timeout + max((h.connect_timeout for h in hosts), default=0) + 5,

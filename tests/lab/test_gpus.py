@@ -253,3 +253,25 @@ def test_watch_redraws_until_interrupted(lab: Any) -> None:
     assert frames >= 3
     # every frame drawn before the interrupt shows the host's first GPU
     assert seen.count(f"{lab.hosts[0]}    0") >= frames - 1 >= 2
+
+
+def test_the_hosts_docker_host_is_asked_for_container_labels(lab: Any, scripted: dict[str, Any], tmp_path: Any) -> None:
+    """The probe asks the daemon named by the host's docker_host (not docker's default)."""
+    g1 = scripted["hosts"][0]
+    socket = f"unix://{lab.root}/hosts/{g1}/docker.sock"
+    for docker_host, env in ((socket, "dev"), ("unix:///nonexistent/docker.sock", None)):
+        text = lab.inventory_path.read_text().replace(
+            f'name = "{g1}"\n', f'name = "{g1}"\ndocker_host = "{docker_host}"\n', 1
+        )
+        inv = tmp_path / "hosts.toml"
+        inv.write_text(text)
+        r = subprocess.run(
+            [sys.executable, "-m", "forge", "-i", str(inv), "gpus", "--json", g1],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        (host,) = json.loads(r.stdout)["hosts"]
+        (proc,) = host["gpus"][1]["processes"]
+        assert proc["pid"] == scripted["cpid"] and proc["env"] == env
