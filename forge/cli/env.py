@@ -168,14 +168,15 @@ def ssh(state: State, env: str | None, command: tuple[str, ...]) -> None:
         raise EnvError(f"environment {name!r} runs on no reachable host")
     host = inv.host(found.host)
     keys = wait_ready(host, state.pool.get(host), found.container.id, found.ssh_port, timeout_s=10)
-    _, known = sshconfig.default_paths()
     user = found.user or host.user or os.environ.get("USER", "")
-    sshconfig.update(name, address=host.address, port=found.ssh_port, user=user, keys=keys,
-                     identity_file=host.identity_file)
+    known = sshconfig.pin_keys(name, keys)
     argv = ["ssh", "-X", "-o", f"HostKeyAlias={sshconfig.alias(name)}", "-o", f"UserKnownHostsFile={known}",
             "-o", "StrictHostKeyChecking=yes", "-p", str(found.ssh_port)]
     if host.identity_file:
         argv += ["-i", host.identity_file]
-    argv += [f"{user}@{host.address}", *command]
+    argv.append(f"{user}@{host.address}")
+    if command:
+        # ssh joins its arguments with spaces for the remote shell: send one string, quoted here.
+        argv += ["--", shell.render(list(command))]
     state.pool.close()
     os.execvp("ssh", argv)

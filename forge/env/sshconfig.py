@@ -134,14 +134,21 @@ def update(
     known_hosts: Path | None = None,
 ) -> Path:
     """Write the block and the keys; returns the config file's path."""
-    d_config, d_known = default_paths()
-    config, known_hosts = config or d_config, known_hosts or d_known
-    _write(known_hosts, replace_known_hosts(_read(known_hosts), env, keys))
+    config = config or default_paths()[0]
+    known_hosts = pin_keys(env, keys, known_hosts=known_hosts)
     block = render_block(
         env, address=address, port=port, user=user, known_hosts=str(known_hosts), identity_file=identity_file
     )
     _write(config, replace_block(_read(config), env, block))
     return config
+
+
+def pin_keys(env: str, keys: Sequence[tuple[str, str]], *, known_hosts: Path | None = None) -> Path:
+    """Record the environment's host keys in forge's known_hosts file (under ``forge-ENV``);
+    returns its path. Touches nothing else: ``~/.ssh/config`` is only written by :func:`update`."""
+    known_hosts = known_hosts or default_paths()[1]
+    _write(known_hosts, replace_known_hosts(_read(known_hosts), env, keys))
+    return known_hosts
 
 
 def remove(env: str, *, config: Path | None = None, known_hosts: Path | None = None) -> None:
