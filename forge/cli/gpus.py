@@ -211,7 +211,8 @@ def gpus(
     }
 
     def once() -> ExitCode:
-        reports = survey(inv, hosts, pool=state.pool, overrides=overrides, timeout=timeout)
+        with output.HostCounter("probed", len(hosts)) as counter:
+            reports = survey(inv, hosts, pool=state.pool, overrides=overrides, timeout=timeout, on_done=counter)
         cands: list[Candidate] | None = None
         if want is not None:
             snapshots = [r.gpus for r in reports if r.gpus is not None]

@@ -58,13 +58,14 @@ def hosts(
         return
 
     by_name = {h.name: h for h in selected}
-    results = fleet.run(
-        selected,
-        lambda t: check_host(by_name[t.name], t, timeout=timeout),
-        pool=state.pool,
-        deadline_s=timeout + max(h.connect_timeout for h in selected) if selected else None,
-        on_done=lambda r: output.progress(f"{r.host.name}: {'ok' if r.ok else r.reason}"),
-    )
+    with output.HostCounter("checked", len(selected)) as counter:
+        results = fleet.run(
+            selected,
+            lambda t: check_host(by_name[t.name], t, timeout=timeout),
+            pool=state.pool,
+            deadline_s=timeout + max(h.connect_timeout for h in selected) if selected else None,
+            on_done=counter,
+        )
     rows: list[dict[str, Any]] = []
     for r in results:
         c: HostCheck | None = r.value

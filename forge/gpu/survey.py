@@ -8,7 +8,7 @@ host is the built-in default, then the inventory's ``[gpu_policy]``, then the ho
 from __future__ import annotations
 
 import getpass
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from forge import fleet
@@ -51,6 +51,7 @@ def survey(
     overrides: Mapping[str, int] | None = None,
     timeout: float = 20.0,
     concurrency: int = fleet.DEFAULT_CONCURRENCY,
+    on_done: Callable[[fleet.HostResult[HostGpus]], None] | None = None,
 ) -> list[HostReport]:
     """Probe ``hosts`` (one round trip each, in parallel) and assess every GPU."""
     by_name = {h.name: h for h in hosts}
@@ -60,6 +61,7 @@ def survey(
         pool=pool,
         concurrency=concurrency,
         deadline_s=timeout + max((h.connect_timeout for h in hosts), default=0) + 5,
+        on_done=on_done,
     )
     reports = []
     for r in results:

@@ -40,6 +40,7 @@ def test_local_host_check_runs_without_ssh(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     (row,) = json.loads(r.stdout)["hosts"]
     assert row["reachable"] is True and row["latency_ms"] >= 0
+    assert r.stderr == ""  # progress is drawn only on a terminal
 
 
 def test_broken_inventory_is_one_line_and_exit_3(tmp_path: Path) -> None:
