@@ -242,7 +242,7 @@ def classify_failure(exit_status: int, output: str) -> Failure | None:
     # dash: "forge: 1: nvidia-smi: not found"; bash: "bash: line 1: nvidia-smi: command not
     # found"; both exit 127 (captured on Debian 12, edge-cases/not_found_*.txt).
     if exit_status == SHELL_NOT_FOUND or ("nvidia-smi" in first and ("not found" in first or "No such file" in first)):
-        return Failure(ProbeStatus.NOT_INSTALLED, "nvidia-smi is not installed (not on the remote PATH)")
+        return Failure(ProbeStatus.NOT_INSTALLED, "nvidia-smi is not installed (not on the PATH of the host's shell)")
     if exit_status == SHELL_NOT_EXECUTABLE:
         return Failure(ProbeStatus.ERROR, f"nvidia-smi could not be executed: {first}")
     # Text quoted in beasteers/singuconda#6, NVIDIA/open-gpu-kernel-modules#862; exit 6 per man page.

@@ -131,7 +131,7 @@ def test_table(lab: Any, scripted: dict[str, Any]) -> None:
         (g2, "2", "NVIDIA H200", "20000 / 143771 MiB", "0 %", "-", "busy: 20000 MiB used (> 1024)"),
         (g2, "3", "NVIDIA H200", "0 / 143771 MiB", "0 %", "-", "free"),
         (g3, "-", "", "", "", "", f"unreachable: connection refused by {addr3}:22 (is sshd running?)"),
-        (g4, "-", "", "", "", "", "no GPUs: nvidia-smi is not installed (not on the remote PATH)"),
+        (g4, "-", "", "", "", "", "no GPUs: nvidia-smi is not installed (not on the PATH of the host's shell)"),
     ]
     from forge.cli.output import table
 
