@@ -152,17 +152,26 @@ def stop(state: State, env: str | None, ssh_config: bool) -> None:
     click.echo(f"stopped {name} on {gone.host} ({gone.container.name})")
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
+# Options end at ENV: in `forge ssh dev ls --help` the --help is ls's, not forge's.
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("env", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_state
 def ssh(state: State, env: str | None, command: tuple[str, ...]) -> None:
-    """Log in to the environment ENV (default: [environment].name) with X forwarding.
+    """Log in to the environment ENV (default: [environment].name) with X forwarding, or run
+    COMMAND there.
+
+    COMMAND is a program and its arguments, passed as they are (each argument arrives as one
+    word, like `docker exec`): for shell syntax, give it to a shell, e.g.
+    `forge ssh dev sh -c 'cd /data && ls'`.
 
     Its host keys are read on its GPU host over forge's verified connection and pinned in
     ~/.ssh/forge_known_hosts first, so the login checks the container's key."""
     inv = state.inventory
     name = env or inv.environment.name
+    sshconfig.check_name(name)
+    if command[:1] == ("--",):  # `forge ssh dev -- ls -l`: options ended at ENV already
+        command = command[1:]
     found = mig.locate(inv, name, state.pool)
     if found is None or found.ssh_port is None:
         raise EnvError(f"environment {name!r} runs on no reachable host")

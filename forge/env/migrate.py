@@ -30,6 +30,7 @@ from forge.dockercli import docker_argv
 from forge.env import claims, launch, volume
 from forge.env.errors import ClaimConflict, EnvError, MigrateFailed
 from forge.env.listing import Environment, HostListing, list_host
+from forge.env.sshconfig import check_name
 from forge.errors import ForgeError, HostError
 from forge.fleet import FleetResult, Pool
 from forge.gpu.model import HostGpus
@@ -71,6 +72,10 @@ class Request:
     with_volume: bool = True
     ready_timeout_s: float = 120.0
     claim_grace_s: float = claims.DEFAULT_GRACE_S
+
+    def __post_init__(self) -> None:
+        # Before anything is created: the name becomes a label, a hostname, a ~/.ssh/config Host.
+        check_name(self.env)
 
 
 def request_from(inv: Inventory, **overrides: object) -> Request:

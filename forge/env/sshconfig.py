@@ -10,17 +10,25 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from forge.env.errors import EnvError
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def _check(env: str) -> None:
-    if not _NAME.match(env):
-        raise EnvError(f"environment name {env!r} may only hold letters, digits, '_', '.' and '-'")
+def valid_name(env: str) -> bool:
+    """An environment name is one word in ~/.ssh/config, known_hosts and container labels."""
+    return bool(_NAME.match(env))
+
+
+def check_name(env: str) -> None:
+    if not valid_name(env):
+        raise EnvError(
+            f"environment name {env!r} may only hold letters, digits, '_', '.' and '-', "
+            "and starts with a letter or digit"
+        )
 
 
 def begin_marker(env: str) -> str:
@@ -38,7 +46,7 @@ def alias(env: str) -> str:
 def render_block(
     env: str, *, address: str, port: int, user: str, known_hosts: str, identity_file: str | None = None
 ) -> str:
-    _check(env)
+    check_name(env)
     lines = [
         begin_marker(env),
         f"Host {env}",
@@ -61,7 +69,7 @@ def replace_block(text: str, env: str, block: str | None) -> str:
 
     A new block goes first in the file: ssh uses the first value it finds for each option, and
     a ``Host *`` section further up would otherwise win."""
-    _check(env)
+    check_name(env)
     begin, end = begin_marker(env), end_marker(env)
     lines = text.splitlines(keepends=True)
     out: list[str] = []
@@ -93,6 +101,7 @@ def replace_block(text: str, env: str, block: str | None) -> str:
 
 def replace_known_hosts(text: str, env: str, keys: Sequence[tuple[str, str]]) -> str:
     """forge_known_hosts with the lines of ``forge-ENV`` replaced by ``keys``."""
+    check_name(env)
     name = alias(env)
     kept = [line for line in text.splitlines() if line.split(" ", 1)[0] != name]
     kept += [f"{name} {kind} {key}" for kind, key in keys]
@@ -100,6 +109,8 @@ def replace_known_hosts(text: str, env: str, keys: Sequence[tuple[str, str]]) ->
 
 
 def _write(path: Path, text: str) -> None:
+    """Replace the file atomically; a symlink (dotfiles) is kept and its target replaced."""
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".forge-tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -139,7 +150,7 @@ def update(
     block = render_block(
         env, address=address, port=port, user=user, known_hosts=str(known_hosts), identity_file=identity_file
     )
-    _write(config, replace_block(_read(config), env, block))
+    _replace(config, lambda text: replace_block(text, env, block))
     return config
 
 
@@ -147,17 +158,28 @@ def pin_keys(env: str, keys: Sequence[tuple[str, str]], *, known_hosts: Path | N
     """Record the environment's host keys in forge's known_hosts file (under ``forge-ENV``);
     returns its path. Touches nothing else: ``~/.ssh/config`` is only written by :func:`update`."""
     known_hosts = known_hosts or default_paths()[1]
-    _write(known_hosts, replace_known_hosts(_read(known_hosts), env, keys))
+    _replace(known_hosts, lambda text: replace_known_hosts(text, env, keys))
     return known_hosts
 
 
+def _replace(path: Path, edit: Callable[[str], str]) -> None:
+    """Write ``edit(old text)`` to ``path`` only when it differs: an unchanged file is not touched."""
+    old = _read(path)
+    new = edit(old)
+    if new != old or not path.exists():
+        _write(path, new)
+
+
 def remove(env: str, *, config: Path | None = None, known_hosts: Path | None = None) -> None:
+    """Remove the env's block and pinned keys; files without them are left untouched."""
+    if not valid_name(env):
+        return  # forge never wrote a block or keys for such a name
     d_config, d_known = default_paths()
     config, known_hosts = config or d_config, known_hosts or d_known
     if config.exists():
-        _write(config, replace_block(_read(config), env, None))
+        _replace(config, lambda text: replace_block(text, env, None))
     if known_hosts.exists():
-        _write(known_hosts, replace_known_hosts(_read(known_hosts), env, []))
+        _replace(known_hosts, lambda text: replace_known_hosts(text, env, []))
 
 
 def local_public_keys(identity_file: str | None) -> str:

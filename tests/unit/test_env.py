@@ -4,6 +4,7 @@ ports, keyscan, the launch argv and the ~/.ssh/config block."""
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +187,83 @@ def test_known_hosts_lines_for_the_alias_are_replaced() -> None:
     text = "forge-dev ssh-ed25519 OLD\nforge-other ssh-ed25519 KEEP\n"
     out = sshconfig.replace_known_hosts(text, "dev", [("ssh-ed25519", "NEW")])
     assert out == "forge-other ssh-ed25519 KEEP\nforge-dev ssh-ed25519 NEW\n"
+
+
+# --------------------------------------------------------------------------- names, ~/.ssh files, forge ssh
+
+
+@pytest.mark.parametrize("name", ["bad name;x", "Bad/Name", "-oProxyCommand=x", "", "a\nb"])
+def test_an_odd_environment_name_is_refused_before_anything_runs(name: str) -> None:
+    from forge.env.migrate import Request
+
+    with pytest.raises(EnvError, match="may only hold"):
+        Request(env=name)
+    with pytest.raises(EnvError, match="may only hold"):
+        sshconfig.pin_keys(name, [("ssh-ed25519", "AAAA")], known_hosts=Path("/nonexistent/never-written"))
+
+
+def test_stop_of_an_odd_name_leaves_the_ssh_files_alone(tmp_path: Path) -> None:
+    config, known = tmp_path / "config", tmp_path / "known"
+    config.write_text("Host x\n")
+    known.write_text("forge-bad name;x ssh-ed25519 AAAA\n")
+    sshconfig.remove("bad name;x", config=config, known_hosts=known)  # no error: nothing forge wrote
+    assert known.read_text() == "forge-bad name;x ssh-ed25519 AAAA\n"
+
+
+def test_removing_a_block_that_is_not_there_does_not_touch_the_file(tmp_path: Path) -> None:
+    dotfiles = tmp_path / "dotfiles" / "ssh_config"
+    dotfiles.parent.mkdir()
+    dotfiles.write_text("Host example\n  User me\n")
+    dotfiles.chmod(0o644)
+    config = tmp_path / "config"
+    config.symlink_to(dotfiles)
+    before = dotfiles.stat()
+    sshconfig.remove("dev", config=config, known_hosts=tmp_path / "known")
+    assert config.is_symlink() and dotfiles.stat().st_ino == before.st_ino
+    assert dotfiles.stat().st_mtime_ns == before.st_mtime_ns
+
+
+def test_a_symlinked_ssh_config_stays_a_symlink(tmp_path: Path) -> None:
+    dotfiles = tmp_path / "dotfiles" / "ssh_config"
+    dotfiles.parent.mkdir()
+    dotfiles.write_text("Host example\n")
+    config = tmp_path / "config"
+    config.symlink_to(dotfiles)
+    sshconfig.update("dev", address="10.0.0.2", port=2201, user="alice", keys=[("ssh-ed25519", "AAAA")],
+                     config=config, known_hosts=tmp_path / "known")
+    assert config.is_symlink() and "Host dev" in dotfiles.read_text()
+    sshconfig.remove("dev", config=config, known_hosts=tmp_path / "known")
+    assert config.is_symlink() and dotfiles.read_text() == "Host example\n"
+
+
+def _forge_ssh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> list[str]:
+    """Run `forge ssh ARGS` up to the exec of ssh (no host is reached); returns ssh's argv."""
+    from click.testing import CliRunner
+
+    from forge.cli import env as cli_env
+    from forge.cli.main import State
+    from forge.env.listing import Container, Environment
+    from forge.inventory import Inventory
+
+    inv = Inventory(path=None, hosts=(HOST,))
+    found = Environment("gpu1", Container("c1", "forge-alice-dev-1", "img", "running", "Up", 0,
+                                          {"forge.env": "dev", "forge.ssh_port": "2201", "forge.user": "alice"}))
+    monkeypatch.setattr(cli_env.mig, "locate", lambda *a, **k: found)
+    monkeypatch.setattr(cli_env, "wait_ready", lambda *a, **k: [("ssh-ed25519", "AAAA")])
+    monkeypatch.setattr(cli_env.sshconfig, "default_paths", lambda: (tmp_path / "config", tmp_path / "known"))
+    execs: list[list[str]] = []
+    monkeypatch.setattr(cli_env.os, "execvp", lambda prog, argv: execs.append(argv))
+    state = State()
+    state._inventory = inv
+    r = CliRunner().invoke(cli_env.ssh, list(args), obj=state)
+    assert r.exit_code == 0, r.output
+    (argv,) = execs
+    return argv
+
+
+def test_forge_ssh_passes_options_after_env_to_the_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    argv = _forge_ssh(monkeypatch, tmp_path, "dev", "ls", "--help")
+    assert argv[-2:] == ["--", "ls --help"]  # ls's --help, not forge's
+    assert _forge_ssh(monkeypatch, tmp_path, "dev", "--", "ls", "-l")[-2:] == ["--", "ls -l"]
+    assert _forge_ssh(monkeypatch, tmp_path, "dev", "printf", "%s", "a b")[-1] == "printf %s 'a b'"
+    assert "--" not in _forge_ssh(monkeypatch, tmp_path, "dev")
