@@ -260,10 +260,13 @@ def _inspect_options(host: Host, t: Transport, name: str) -> dict[str, str] | No
 
 
 def _fail(host: Host, what: str, e: CommandFailed) -> VolumeError:
+    """What failed and why (stderr's last lines), without the command: the mount script
+    alone is 20 lines, and the user can do nothing with it."""
     hint = None
     if DEAD_MOUNT in e.stderr:
         hint = "the sshfs mount is dead; run again to remount it"
-    return VolumeError(host.name, f"{what}: {e.reason}", hint=hint)
+    tail = "; ".join(line.strip() for line in e.stderr.strip().splitlines()[-3:] if line.strip())
+    return VolumeError(host.name, f"{what} (exit status {e.exit_status}): {tail or 'no error output'}", hint=hint)
 
 
 def mount(host: Host, t: Transport, spec: VolumeSpec, *, timeout: float = 60.0) -> str:

@@ -12,6 +12,7 @@ from forge import shell
 from forge.env import claims, launch, sshconfig, volume
 from forge.env.errors import EnvError, LaunchError, VolumeError
 from forge.env.listing import PS_FORMAT, parse_created, parse_listing
+from forge.errors import CommandFailed
 from forge.inventory import DataSettings, Host
 
 HOST = Host(name="gpu1", address="10.0.0.1")
@@ -267,3 +268,15 @@ def test_forge_ssh_passes_options_after_env_to_the_command(monkeypatch: pytest.M
     assert _forge_ssh(monkeypatch, tmp_path, "dev", "--", "ls", "-l")[-2:] == ["--", "ls -l"]
     assert _forge_ssh(monkeypatch, tmp_path, "dev", "printf", "%s", "a b")[-1] == "printf %s 'a b'"
     assert "--" not in _forge_ssh(monkeypatch, tmp_path, "dev")
+
+
+def test_a_failed_mount_says_why_without_the_mount_script() -> None:
+    class Refused:
+        def run(self, command: object, **kw: object) -> object:
+            raise CommandFailed("gpu1", str(command), 1, "read: Connection reset by peer\n")
+
+    with pytest.raises(VolumeError) as e:
+        volume.mount(HOST, Refused(), spec())  # type: ignore[arg-type]
+    assert str(e.value) == (
+        "gpu1: mounting alice@data.lab:/srv/data with sshfs failed (exit status 1): read: Connection reset by peer"
+    )
