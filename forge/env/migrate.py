@@ -192,10 +192,17 @@ def candidates(
         exclude_gpus=excluded,
     )
     if not found:
-        where = "any host" if req.to == "idle" else req.to
-        unreachable = [r.host.name for r in listings.failed] + [r.host.name for r in snapshots.failed]
-        hint = f"unreachable: {', '.join(unreachable)}" if unreachable else "see `forge gpus --free`"
-        raise EnvError(f"{where} has no {req.gpus} free GPU(s) right now", hint=hint)
+        failed: dict[str, ForgeError] = {r.host.name: r.error for r in listings.failed if r.error is not None}
+        failed.update({r.host.name: r.error for r in snapshots.failed if r.error is not None})
+        if req.to in failed:  # a named host that did not answer: say so, not "no free GPUs"
+            raise failed[req.to]
+        what = f"no host has {req.gpus}" if req.to == "idle" else f"{req.to} has no {req.gpus}"
+        hints = ["see `forge gpus --free`"]
+        if excluded:
+            hints.append(f"{len(excluded)} GPU(s) are held by forge environments, idle or not (`forge ps`)")
+        if failed:
+            hints.append(f"unreachable: {', '.join(failed)}")
+        raise EnvError(f"{what} free GPU(s) right now", hint="; ".join(hints))
     return found
 
 

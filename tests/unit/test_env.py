@@ -280,3 +280,22 @@ def test_a_failed_mount_says_why_without_the_mount_script() -> None:
     assert str(e.value) == (
         "gpu1: mounting alice@data.lab:/srv/data with sshfs failed (exit status 1): read: Connection reset by peer"
     )
+
+
+def test_a_named_target_that_is_down_is_reported_as_down_not_as_full() -> None:
+    from forge import fleet
+    from forge.env import migrate as mig
+    from forge.errors import ConnectError
+    from forge.inventory import Inventory
+
+    def refuse(host: Host) -> launch.Transport:
+        raise ConnectError(host.name, f"connection refused by {host.address}:22 (is sshd running?)")
+
+    inv = Inventory(path=None, hosts=(HOST, Host(name="gpu2", address="10.0.0.2")))
+    with fleet.Pool(refuse) as pool:
+        with pytest.raises(ConnectError, match=r"^gpu1: connection refused by 10\.0\.0\.1:22"):
+            mig.candidates(inv, mig.Request(env="dev", to="gpu1"), pool, current=None)
+        with pytest.raises(EnvError) as e:
+            mig.candidates(inv, mig.Request(env="dev", to="idle", gpus=3), pool, current=None)
+    assert str(e.value).startswith("no host has 3 free GPU(s) right now (")
+    assert "unreachable: gpu1, gpu2" in str(e.value)
