@@ -92,10 +92,22 @@ class _Group:
 
 
 def wanted_tags(ref: str, image: ImageInfo) -> tuple[str, ...]:
-    """The tags to give the image on the targets: the name asked for, else the source's tags."""
-    if is_image_id(ref) or "@" in ref:
+    """The tags to give the image on the targets: the name asked for, else the source's tags.
+
+    ``ref`` is an ID when docker resolved it as one: any prefix of the image's ID (docker takes
+    unique prefixes of any length, with or without ``sha256:``) that is not one of its names.
+    """
+    if "@" in ref or _is_id_of(ref, image):
         return image.repo_tags
     return (normalize_ref(ref),)
+
+
+def _is_id_of(ref: str, image: ImageInfo) -> bool:
+    if normalize_ref(ref) in image.repo_tags:  # docker looks a reference up by name first
+        return False
+    hexpart = ref.removeprefix("sha256:")
+    full = image.id.removeprefix("sha256:")
+    return bool(hexpart) and is_image_id(hexpart.ljust(64, "0")) and full.startswith(hexpart)
 
 
 def plan_host(host: Host, have: HostImages, image: ImageInfo, tags: Sequence[str], compress: str) -> HostPlan:

@@ -100,9 +100,9 @@ def test_codec_choice() -> None:
 
 
 def test_wanted_tags() -> None:
-    img = _img(["sha256:l"], tags=("a:1", "b:2"))
+    img = _img(["sha256:l"], "sha256:" + "f" * 64, tags=("a:1", "b:2"))
     assert wanted_tags("a", img) == ("a:latest",)
-    assert wanted_tags("sha256:" + "a" * 64, img) == ("a:1", "b:2")
+    assert wanted_tags("sha256:" + "f" * 64, img) == ("a:1", "b:2")
 
 
 def test_a_second_lock_holder_is_refused_with_the_holder_named(tmp_path: Path) -> None:
@@ -122,3 +122,15 @@ def test_a_waiting_lock_gets_it_when_released(tmp_path: Path) -> None:
     second = FileLock("sync", tmp_path).acquire(wait_s=10, poll_s=0.05)
     second.release()
     assert not first._fd and time.monotonic() - started < 10
+
+
+def test_any_id_prefix_docker_accepts_is_an_id_not_a_name() -> None:
+    # `forge sync b22a3ab2` (8 hex digits: docker resolves any unique prefix of the ID) used to
+    # tag the image `b22a3ab2:latest` on every target.
+    img = ImageInfo("sha256:b22a3ab250bb" + "0" * 52, 100, ("a:1", "b:2"), ("sha256:l",))
+    for ref in ("b22a3ab2", "sha256:b22a3ab2", "b22a3ab250bb", img.id, img.id.removeprefix("sha256:")):
+        assert wanted_tags(ref, img) == ("a:1", "b:2"), ref
+    # A name docker resolved as a name stays a name, even when it looks like hex.
+    named = ImageInfo("sha256:b22a3ab250bb" + "0" * 52, 100, ("b22a3ab2:latest",), ("sha256:l",))
+    assert wanted_tags("b22a3ab2", named) == ("b22a3ab2:latest",)
+    assert wanted_tags("cafe", img) == ("cafe:latest",)  # not this image's ID: a name
