@@ -42,6 +42,14 @@ _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _MIRROR = re.compile(r"^[A-Za-z0-9._:/-]+$")
 
 
+_NO_DAEMON = "Cannot connect to the Docker daemon"
+_ELSEWHERE = "build on a host that runs Docker: forge build --host HOST"
+
+
+def _last_line(text: str, containing: str) -> str:
+    return next(line.strip() for line in reversed(text.splitlines()) if containing in line)
+
+
 class BuildError(ForgeError):
     """The build could not start (bad settings, no keys) or docker build failed."""
 
@@ -226,6 +234,12 @@ def build(
     result = transport.stream(argv, source=io.BytesIO(context), sink=tail, timeout=timeout_s)
     if not result.ok:
         output = tail.data.decode("utf-8", "replace") + result.stderr
+        where = "this machine" if host.local else host.name
+        if result.exit_status == 127:
+            raise BuildError(f"{where} has no docker command", hint=_ELSEWHERE)
+        if _NO_DAEMON in output:
+            raise BuildError(f"no Docker daemon answers on {where}: {_last_line(output, _NO_DAEMON)}",
+                             hint=_ELSEWHERE)
         raise CommandFailed(host.name, result.command, result.exit_status, output)
     inspect = transport.run(docker_argv(host, "image", "inspect", "-f", "{{.Id}}", spec.tag), check=True)
     image_id = inspect.stdout.strip()

@@ -174,3 +174,34 @@ def test_a_failed_build_shows_the_last_output() -> None:
 def test_no_image_id_after_build_is_an_error() -> None:
     with pytest.raises(HostError, match="no image ID"):
         build(FakeTransport(image_id=""), HOST, spec())
+
+
+class NoDaemon(FakeTransport):
+    """docker build where no daemon runs (this machine in the lab), or no docker at all."""
+
+    def __init__(self, status: int, stderr: str) -> None:
+        super().__init__()
+        self.status, self.stderr = status, stderr
+
+    def stream(self, command: Command, *, source: IO[bytes] | None = None, sink: IO[bytes] | None = None,
+               timeout: float | None = None) -> CommandResult:
+        return CommandResult("local", to_script(command), self.status, "", self.stderr, 0.0)
+
+
+def test_no_docker_daemon_here_says_so_and_where_to_build() -> None:
+    stderr = (
+        "DEPRECATED: The legacy builder is deprecated and will be removed in a future release.\n"
+        "            Install the buildx component to build images with BuildKit:\n"
+        "            https://docs.docker.com/go/buildx/\n\n"
+        "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?\n"
+    )
+    local = Host(name="local", address="localhost", local=True)
+    with pytest.raises(BuildError) as e:
+        build(NoDaemon(1, stderr), local, spec())
+    assert str(e.value) == (
+        "no Docker daemon answers on this machine: Cannot connect to the Docker daemon at "
+        "unix:///var/run/docker.sock. Is the docker daemon running? "
+        "(build on a host that runs Docker: forge build --host HOST)"
+    )
+    with pytest.raises(BuildError, match="^gpu1 has no docker command"):
+        build(NoDaemon(127, "sh: 1: docker: not found\n"), HOST, spec())
