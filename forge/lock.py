@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from forge.errors import LockHeld
+from forge.errors import ForgeError, LockHeld
 
 
 def lock_dir() -> Path:
@@ -35,8 +35,14 @@ class FileLock:
 
     def acquire(self, wait_s: float = 0.0, poll_s: float = 0.2) -> FileLock:
         """Take the lock, waiting up to ``wait_s`` seconds; raise :class:`LockHeld` otherwise."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ForgeError(
+                f"cannot create the lock file {self.path}: {e.strerror or e}",
+                hint="set FORGE_LOCK_DIR to a directory this user can write",
+            ) from e
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -49,7 +55,7 @@ class FileLock:
                     waited = f" after waiting {wait_s:g} s" if wait_s else ""
                     raise LockHeld(
                         f"another forge run holds the lock {self.path}{waited}{holder}",
-                        hint="it is still running; use --wait SECONDS to wait for it",
+                        hint=None if wait_s else "it is still running; use --wait SECONDS to wait for it",
                     ) from None
                 time.sleep(poll_s)
         os.ftruncate(fd, 0)

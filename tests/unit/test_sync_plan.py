@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from forge.errors import LockHeld
+from forge.errors import ForgeError, LockHeld
 from forge.images import codec as codecs
 from forge.images.inspect import ImageInfo, is_image_id, normalize_ref, parse_image_line, parse_survey
 from forge.images.layers import chain_ids
@@ -134,3 +134,22 @@ def test_any_id_prefix_docker_accepts_is_an_id_not_a_name() -> None:
     named = ImageInfo("sha256:b22a3ab250bb" + "0" * 52, 100, ("b22a3ab2:latest",), ("sha256:l",))
     assert wanted_tags("b22a3ab2", named) == ("b22a3ab2:latest",)
     assert wanted_tags("cafe", img) == ("cafe:latest",)  # not this image's ID: a name
+
+
+def test_an_unusable_lock_directory_is_a_forge_error_naming_it(tmp_path: Path) -> None:
+    # It used to surface as "internal error: NotADirectoryError" (exit 1, no hint).
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ForgeError, match=r"cannot create the lock file .*file/sub/sync\.lock.*FORGE_LOCK_DIR"):
+        FileLock("sync", tmp_path / "file" / "sub").acquire()
+
+
+def test_the_lock_hint_does_not_suggest_wait_to_a_run_that_waited(tmp_path: Path) -> None:
+    first = FileLock("sync", tmp_path).acquire()
+    try:
+        with pytest.raises(LockHeld) as waited:
+            FileLock("sync", tmp_path).acquire(wait_s=0.1, poll_s=0.05)
+        assert "after waiting 0.1 s" in str(waited.value) and "use --wait" not in str(waited.value)
+        with pytest.raises(LockHeld, match="use --wait SECONDS"):
+            FileLock("sync", tmp_path).acquire()
+    finally:
+        first.release()
