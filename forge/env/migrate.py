@@ -267,8 +267,11 @@ def claim_gpus(
 # --------------------------------------------------------------------------- migrate
 
 
+KEEP_REPO = "forge-keep"
+
+
 def keep_tag(env: str, owner: str) -> str:
-    repo = _REPO_UNSAFE.sub("-", f"forge-keep/{owner}-{env}".lower())
+    repo = _REPO_UNSAFE.sub("-", f"{KEEP_REPO}/{owner}-{env}".lower())
     return f"{repo}:{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -438,15 +441,24 @@ def _retire(host: Host, pool: Pool, env: Environment, *, keep_image: str | None)
         if not launch.remove(host, t, env.container.id):
             warnings.append(f"could not remove the old container {env.container.name} on {host.name}")
         claims.release(host, t, claims.claims_for(list_host(host, t), env.container.name))
-        if keep_image:
-            t.run(docker_argv(host, "rmi", keep_image), timeout=120)
+        images = [i for i in (keep_image, _kept_image(env)) if i]
+        if images:
+            t.run(docker_argv(host, "rmi", *dict.fromkeys(images)), timeout=120)
     except ForgeError as e:
         warnings.append(f"{host.name}: cleaning up the old environment: {e}")
     return warnings
 
 
+def _kept_image(env: Environment) -> str | None:
+    """The ``--keep-changes`` commit the container runs, which forge made and nothing else uses
+    (``docker rmi`` without -f still refuses if something does)."""
+    image = env.container.image
+    return image if image.startswith(KEEP_REPO + "/") else None
+
+
 def stop(inv: Inventory, env: str, pool: Pool, *, hosts: Sequence[Host] | None = None) -> Environment | None:
-    """Stop and remove ``env``'s container and release its claims; None when it runs nowhere."""
+    """Stop and remove ``env``'s container, release its claims, and remove the ``--keep-changes``
+    image it ran; None when it runs nowhere."""
     current = locate(inv, env, pool, hosts=hosts)
     if current is None:
         return None
@@ -454,4 +466,7 @@ def stop(inv: Inventory, env: str, pool: Pool, *, hosts: Sequence[Host] | None =
     t = pool.get(host)
     launch.remove(host, t, current.container.id)
     claims.release(host, t, claims.claims_for(list_host(host, t), current.container.name))
+    kept = _kept_image(current)
+    if kept:
+        t.run(docker_argv(host, "rmi", kept), timeout=120)
     return current

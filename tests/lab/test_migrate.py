@@ -223,6 +223,25 @@ def test_keep_changes_brings_what_was_installed_by_hand(
     assert forge(inv, "stop", env, "--keep-ssh-config").returncode == 0
 
 
+def test_keep_changes_twice_leaves_no_committed_image_behind(lab: LabHandle, env_lab: dict[str, Any]) -> None:
+    """Each --keep-changes hop retires the commit the old container ran; stop removes the last."""
+    inv, env = env_lab["inventory"], new_env(env_lab)
+
+    def kept(host: str) -> list[str]:
+        fmt = "{{.Repository}}:{{.Tag}}"
+        out = lab.docker(host, "images", "--format", fmt, "--filter", "reference=forge-keep/*").stdout.split()
+        return [i for i in out if i.endswith(f"-{env}:" + i.rsplit(":", 1)[-1])]
+
+    migrate(inv, env, "--to", "gpu1")
+    first = migrate(inv, env, "--to", "gpu2", "--keep-changes")
+    assert kept("gpu1") == [] and kept("gpu2") == [first["image"]]
+    second = migrate(inv, env, "--to", "gpu1", "--keep-changes")
+    assert kept("gpu2") == []  # the first commit: its container is gone
+    assert kept("gpu1") == [second["image"]]
+    assert forge(inv, "stop", env, "--keep-ssh-config").returncode == 0
+    assert kept("gpu1") == []
+
+
 def test_a_dead_mount_is_seen_and_remounted(lab: LabHandle, env_lab: dict[str, Any]) -> None:
     inv = inventory.load_file(env_lab["inventory"])
     host = inv.host("gpu3")
