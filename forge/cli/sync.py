@@ -138,9 +138,14 @@ def sync(
             except ForgeError as e:  # the source itself failed: every target misses this image
                 if len(refs) == 1:
                     raise
-                click.echo(f"{_stamp()} forge sync {ref}: FAILED: {e}", err=not quiet)
-                total += len(targets)
-                failed.extend(HostResult(h, error=e) for h in targets)
+                if not quiet:
+                    click.echo(f"forge: error: {ref}: {e}", err=True)
+                for r in _source_failed(e, source, targets):
+                    total += 1
+                    failed.append(r)
+                    rows.append(_row(ref, r))
+                    if quiet:
+                        click.echo(_log_line(ref, r))
                 continue
             finally:
                 if bar is not None:
@@ -163,6 +168,12 @@ def sync(
         if as_json:
             output.emit_json({"results": rows})
     _exit(ctx, failed, total)
+
+
+def _source_failed(e: ForgeError, source: Host, targets: list[Host]) -> list[HostResult[Any]]:
+    """One failed result per target when the image could not be read from the source."""
+    err = ForgeError(f"not sent, the source failed: {e}")
+    return [HostResult(h, error=err) for h in targets if h.name != source.name]
 
 
 def _row(ref: str, r: HostResult[HostSync]) -> dict[str, Any]:
@@ -227,18 +238,39 @@ def _check(
     bad: list[HostResult[Any]] = []
     total = 0
     for ref in refs:
-        image, tags, plans = plan(
-            ref,
-            source=source,
-            targets=[t for t in targets if t.name != source.name],
-            pool=state.pool,
-            compress=compress,
-            concurrency=fleet.DEFAULT_CONCURRENCY,
-        )
+        try:
+            image, tags, plans = plan(
+                ref,
+                source=source,
+                targets=[t for t in targets if t.name != source.name],
+                pool=state.pool,
+                compress=compress,
+                concurrency=fleet.DEFAULT_CONCURRENCY,
+            )
+        except ForgeError as e:  # the source failed: nothing to compare this image's hosts with
+            if len(refs) == 1:
+                raise
+            for r in _source_failed(e, source, targets):
+                total += 1
+                bad.append(r)
+                rows.append(
+                    {
+                        "image": ref,
+                        "host": r.host.name,
+                        "status": "error",
+                        "source_id": None,
+                        "host_id": None,
+                        "error": r.reason,
+                    }
+                )
+            continue
         for r in plans:
             total += 1
             p: HostPlan | None = r.value
-            status = "unreachable" if p is None else _status(p)
+            if p is None:
+                status = "unreachable" if isinstance(r.error, ConnectError) else "error"
+            else:
+                status = _status(p)
             if status != "current":
                 bad.append(r)
             rows.append(

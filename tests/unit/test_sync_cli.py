@@ -1,0 +1,104 @@
+"""`forge sync` and `forge sync --check` output when some images or hosts fail (no SSH: the
+library calls are replaced; what is tested is what the CLI reports and its exit code)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import forge.cli.sync as sync_cli
+from forge.cli.main import cli
+from forge.errors import ConnectError, HostError
+from forge.fleet import FleetResult, HostResult
+from forge.images.inspect import HostImages, ImageInfo, ImageNotFound
+from forge.images.sync import HostPlan, HostSync, SyncReport
+from forge.inventory import Host
+
+IMAGE = ImageInfo("sha256:" + "1" * 64, 100, ("ok:1",), ("sha256:l",))
+INVENTORY = "".join(f'[[hosts]]\nname = "{n}"\naddress = "192.0.2.{i}"\n' for i, n in enumerate(["src", "h1", "h2"], 1))
+
+
+@pytest.fixture()
+def inv(tmp_path: Path) -> str:
+    p = tmp_path / "hosts.toml"
+    p.write_text(INVENTORY)
+    return str(p)
+
+
+def _gone(ref: str, source: Host) -> None:
+    if ref == "gone:1":
+        raise ImageNotFound(source.name, f"has no image {ref!r}")
+
+
+def _fake_plan(ref: str, *, source: Host, targets: list[Host], **_: Any) -> Any:
+    _gone(ref, source)
+    results = [
+        HostResult(targets[0], value=HostPlan(targets[0], "current", HostImages())),
+        HostResult(targets[1], error=HostError("h2", "cannot list Docker images: Cannot connect to the daemon")),
+    ]
+    return IMAGE, ("ok:1",), FleetResult(tuple(results))
+
+
+def _fake_sync(ref: str, *, source: Host, targets: list[Host], **_: Any) -> SyncReport:
+    _gone(ref, source)
+    results = tuple(
+        HostResult(h, value=HostSync(h.name, "current", layers_total=1)) for h in targets if h is not source
+    )
+    return SyncReport(ref, IMAGE, ("ok:1",), FleetResult(results))
+
+
+def _run(inv: str, *args: str) -> Any:
+    return CliRunner().invoke(cli, ["-i", inv, "sync", "--from", "src", *args], catch_exceptions=False)
+
+
+def test_json_lists_every_host_of_an_image_the_source_lacks(inv: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The failed image's hosts used to be missing from --json (and from --quiet, one line per host).
+    monkeypatch.setattr(sync_cli, "sync_image", _fake_sync)
+    monkeypatch.setenv("FORGE_LOCK_DIR", str(Path(inv).parent))
+    r = _run(inv, "gone:1", "ok:1", "--json")
+    assert r.exit_code == 4
+    rows = json.loads(r.stdout)["results"]
+    assert [(x["image"], x["host"], x["ok"]) for x in rows] == [
+        ("gone:1", "h1", False),
+        ("gone:1", "h2", False),
+        ("ok:1", "h1", True),
+        ("ok:1", "h2", True),
+    ]
+    assert "src: has no image 'gone:1'" in rows[0]["error"]
+    quiet = _run(inv, "gone:1", "ok:1", "--quiet")
+    lines = quiet.stdout.splitlines()
+    assert quiet.exit_code == 4 and len(lines) == 4
+    assert " forge sync gone:1 h1 FAILED " in lines[0] and " forge sync ok:1 h2 ok current" in lines[3]
+
+
+def test_check_reports_the_other_images_when_the_source_lacks_one(inv: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It used to stop at the first image the source lacks: exit 1 and nothing about the others.
+    monkeypatch.setattr(sync_cli, "plan", _fake_plan)
+    r = _run(inv, "gone:1", "ok:1", "--check", "--json")
+    assert r.exit_code == 4
+    rows = json.loads(r.stdout)["results"]
+    assert [(x["image"], x["host"], x["status"]) for x in rows] == [
+        ("gone:1", "h1", "error"),
+        ("gone:1", "h2", "error"),
+        ("ok:1", "h1", "current"),
+        ("ok:1", "h2", "error"),  # reachable, but dockerd did not answer: not "unreachable"
+    ]
+    assert "Cannot connect to the daemon" in rows[3]["error"]
+
+
+def test_check_calls_only_connection_failures_unreachable(inv: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def down(ref: str, *, targets: list[Host], **_: Any) -> Any:
+        return (
+            IMAGE,
+            (),
+            FleetResult(tuple(HostResult(h, error=ConnectError(h.name, "connection refused")) for h in targets)),
+        )
+
+    monkeypatch.setattr(sync_cli, "plan", down)
+    r = _run(inv, "ok:1", "--check", "--quiet")
+    assert r.exit_code == 5
+    assert [line.split()[-3:] for line in r.stdout.splitlines()] == [["unreachable:", "connection", "refused"]] * 2
