@@ -172,7 +172,7 @@ def sync(
 
 def _source_failed(e: ForgeError, source: Host, targets: list[Host]) -> list[HostResult[Any]]:
     """One failed result per target when the image could not be read from the source."""
-    err = ForgeError(f"not sent, the source failed: {e}")
+    err = ForgeError(f"the source failed: {e}")
     return [HostResult(h, error=err) for h in targets if h.name != source.name]
 
 
