@@ -141,9 +141,16 @@ def find(listings: FleetResult[HostListing], env: str) -> list[Environment]:
     return found
 
 
-def locate(inv: Inventory, env: str, pool: Pool, *, hosts: Sequence[Host] | None = None) -> Environment | None:
+def locate(
+    inv: Inventory,
+    env: str,
+    pool: Pool,
+    *,
+    hosts: Sequence[Host] | None = None,
+    listings: FleetResult[HostListing] | None = None,
+) -> Environment | None:
     """Where ``env`` runs now (None: nowhere). Unreachable hosts are ignored."""
-    found = find(list_fleet(hosts or inv.hosts, pool), env)
+    found = find(listings if listings is not None else list_fleet(hosts or inv.hosts, pool), env)
     if len(found) > 1:
         where = ", ".join(f"{e.host}:{e.container.name}" for e in found)
         raise EnvError(f"environment {env!r} runs more than once ({where})", hint="stop the extra one: forge stop")
@@ -164,9 +171,15 @@ def _excluded_gpus(listings: FleetResult[HostListing], pool: Pool, grace_s: floa
 
 
 def candidates(
-    inv: Inventory, req: Request, pool: Pool, *, current: Environment | None
+    inv: Inventory,
+    req: Request,
+    pool: Pool,
+    *,
+    current: Environment | None,
+    listings: FleetResult[HostListing] | None = None,
 ) -> list[Candidate]:
-    """Target hosts, best first, with the GPUs to use on each."""
+    """Target hosts, best first, with the GPUs to use on each. ``listings``: the fleet as
+    :func:`locate` just listed it (not listed again)."""
     if req.to == "idle":
         hosts = inv.select(list(req.among)) if req.among else list(inv.hosts)
         exclude_hosts = {current.host} if current else set()
@@ -176,7 +189,11 @@ def candidates(
     hosts = [h for h in hosts if h.name not in exclude_hosts]
     if not hosts:
         raise EnvError("no host to migrate to", hint="name one with --to HOST")
-    listings = list_fleet(hosts, pool)
+    wanted = {h.name for h in hosts}
+    if listings is not None and wanted <= {r.host.name for r in listings}:
+        listings = FleetResult(tuple(r for r in listings if r.host.name in wanted))
+    else:
+        listings = list_fleet(hosts, pool)
     excluded = _excluded_gpus(listings, pool, req.claim_grace_s)
     reachable = [r.host for r in listings.succeeded]
     by_name = {h.name: h for h in reachable}
@@ -304,11 +321,12 @@ def migrate(inv: Inventory, req: Request, pool: Pool, *, progress: Progress = _q
     current: Environment | None = None
     try:
         progress(f"looking for environment {req.env!r} on {len(inv.hosts)} host(s)")
-        current = locate(inv, req.env, pool)
+        listings = list_fleet(inv.hosts, pool)  # one round trip per host, for locate and choose
+        current = locate(inv, req.env, pool, listings=listings)
         old_host = inv.host(current.host) if current else None
 
         step = "choose"
-        cands = candidates(inv, req, pool, current=current)
+        cands = candidates(inv, req, pool, current=current, listings=listings)
         progress(f"candidates: {', '.join(c.host for c in cands[:3])}")
 
         step = "image"

@@ -242,6 +242,43 @@ def test_keep_changes_twice_leaves_no_committed_image_behind(lab: LabHandle, env
     assert kept("gpu1") == []
 
 
+def test_migrate_lists_each_host_once_to_locate_and_choose(lab: LabHandle, env_lab: dict[str, Any]) -> None:
+    """The fleet is listed (date; docker ps) once for locate and choose together; only the
+    target is listed again (to claim, then to pick a port)."""
+    from forge.env import migrate as mig
+    from forge.env.listing import PS_FORMAT
+    from forge.transport import connect
+    from forge.transport.base import Transport, to_script
+
+    inv, env = inventory.load_file(env_lab["inventory"]), new_env(env_lab)
+    listed: list[str] = []
+
+    class Recording(Transport):
+        def __init__(self, inner: Transport) -> None:
+            self.inner, self.name = inner, inner.name
+
+        def run(self, command: Any, **kw: Any) -> Any:
+            if shell.quote(PS_FORMAT) in to_script(command):
+                listed.append(self.name)
+            return self.inner.run(command, **kw)
+
+        def stream(self, command: Any, **kw: Any) -> Any:
+            return self.inner.stream(command, **kw)
+
+        def close(self) -> None:
+            self.inner.close()
+
+    keys = (Path(str(lab.identity_file) + ".pub")).read_text()
+    req = mig.request_from(inv, env=env, to="idle", among=HOSTS, authorized_keys=keys)
+    with Pool(lambda h: Recording(connect(h))) as pool:
+        res = mig.migrate(inv, req, pool)
+        try:
+            others = [h.name for h in inv.hosts if h.name != res.host]
+            assert sorted(listed) == sorted([*others, *[res.host] * 3]), listed
+        finally:
+            mig.stop(inv, env, pool)
+
+
 def test_a_dead_mount_is_seen_and_remounted(lab: LabHandle, env_lab: dict[str, Any]) -> None:
     inv = inventory.load_file(env_lab["inventory"])
     host = inv.host("gpu3")
