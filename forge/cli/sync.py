@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from typing import Any
@@ -114,6 +116,32 @@ def sync(
         _check(ctx, state, refs, source, targets, compress, as_json, quiet)
         return
     lock = FileLock("sync").acquire(wait_s)
+    try:
+        _sync_all(ctx, state, refs, source, targets, compress, concurrency, quiet, timeout_s, as_json, lock)
+    except KeyboardInterrupt:
+        _exit_on_second_interrupt()
+        raise
+
+
+def _exit_on_second_interrupt() -> None:
+    """After a first Ctrl-C, the hosts' threads end their loads and clean up while forge exits;
+    a second Ctrl-C then exits at once (it used to print a traceback from Python's exit)."""
+    signal.signal(signal.SIGINT, lambda *_: os._exit(ExitCode.INTERRUPTED))
+
+
+def _sync_all(
+    ctx: click.Context,
+    state: State,
+    refs: list[str],
+    source: Host,
+    targets: list[Host],
+    compress: str,
+    concurrency: int,
+    quiet: bool,
+    timeout_s: float,
+    as_json: bool,
+    lock: FileLock,
+) -> None:
     with lock:
         failed: list[HostResult[HostSync]] = []
         total = 0

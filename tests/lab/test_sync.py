@@ -410,3 +410,41 @@ def test_overlapping_cron_runs_do_not_collide(lab: Any, images: Images, tmp_path
     out, _ = check.communicate(timeout=60)
     assert check.returncode == 4
     assert [line.split()[-1] for line in out.splitlines()] == ["current", "missing"]
+
+
+def test_ctrl_c_twice_mid_transfer_exits_130_without_a_traceback_and_leaves_nothing_tagged(
+    lab: Any, images: Images, tmp_path: Path
+) -> None:
+    """First Ctrl-C: the load is abandoned and cleaned up; a second one (an impatient user) used
+    to print a traceback from Python's exit while the hosts' threads finished."""
+    import signal
+
+    ref = images.on_top(images.base(), "v1", os.urandom(40 << 20))  # bzip2: seconds to send
+    env = {"FORGE_LOCK_DIR": str(tmp_path), "FORGE_INVENTORY": str(lab.inventory_path)}
+    args = ("sync", ref, "--from", SOURCE, "--to", "gpu4", "--compress", "bzip2", "--quiet")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "forge", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+        start_new_session=True,  # a process group of its own, as a terminal's Ctrl-C reaches
+    )
+    lock_file = tmp_path / "sync.lock"
+    while run.poll() is None and not (lock_file.exists() and lock_file.read_text().startswith(str(run.pid))):
+        time.sleep(0.05)
+    time.sleep(1.5)  # in the transfer
+    os.killpg(run.pid, signal.SIGINT)
+    time.sleep(0.2)
+    if run.poll() is None:
+        os.killpg(run.pid, signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert images.image_id("gpu4", ref) is None  # nothing tagged
+    env_run = _forge(*args, env=env)
+    out, err = env_run.communicate(timeout=300)
+    assert env_run.returncode == 0, err
+    assert " gpu4 ok send " in out
+    assert images.image_id("gpu4", ref) == images.image_id(SOURCE, ref)
+    assert images.leftovers("gpu4") == []
