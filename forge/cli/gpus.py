@@ -13,7 +13,7 @@ from forge.cli import output
 from forge.cli.main import State, pass_state
 from forge.errors import ExitCode
 from forge.gpu.model import Gpu, GpuProcess
-from forge.gpu.policy import Candidate, select
+from forge.gpu.policy import Candidate, GpuVerdict, select
 from forge.gpu.survey import HostReport, policies, survey
 
 HEADERS = ["HOST", "GPU", "MODEL", "MEMORY", "UTIL", "HOLDER", "STATE"]
@@ -25,6 +25,13 @@ def holder(p: GpuProcess) -> str:
     prog = os.path.basename(p.name) or p.name
     env = f" [{p.env_name}]" if p.env_name else ""
     return f"{who}{env} {prog}:{p.pid}"
+
+
+def held(v: GpuVerdict) -> str:
+    """The forge environment a GPU is given to, when no process of it runs yet."""
+    if v.hold is None:
+        return ""
+    return f"{v.hold.owner or '?'} [{v.hold.env or '?'}]"
 
 
 def _memory(g: Gpu) -> str:
@@ -58,14 +65,14 @@ def table_rows(reports: list[HostReport], *, free_only: bool) -> list[list[str]]
                     v.gpu.name or "?",
                     _memory(v.gpu),
                     _util(v.gpu),
-                    ", ".join(holder(p) for p in v.processes) or "-",
+                    ", ".join(holder(p) for p in v.processes) or held(v) or "-",
                     "free" if v.free else f"busy: {v.reason}",
                 ]
             )
     return rows
 
 
-def _gpu_json(v: Any) -> dict[str, Any]:
+def _gpu_json(v: GpuVerdict) -> dict[str, Any]:
     g: Gpu = v.gpu
     return {
         "index": g.index,
@@ -81,6 +88,7 @@ def _gpu_json(v: Any) -> dict[str, Any]:
         "mig_mode": g.mig_mode,
         "free": v.free,
         "reason": v.reason,
+        "held_by": None if v.hold is None else {"env": v.hold.env, "owner": v.hold.owner, "kind": v.hold.kind},
         "processes": [
             {
                 "pid": p.pid,

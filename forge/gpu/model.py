@@ -82,6 +82,18 @@ class GpuProcess:
 
 
 @dataclass(frozen=True)
+class GpuHold:
+    """A GPU given to a forge environment: by its container (label ``forge.gpus``) or by a
+    claim made for it (a ``forge-claim-<UUID>`` container, see forge.env.claims), whether or
+    not a process runs on it yet."""
+
+    gpu_uuid: str
+    env: str | None  # the environment's name
+    owner: str | None  # who owns it
+    kind: str  # "container" or "claim"
+
+
+@dataclass(frozen=True)
 class HostGpus:
     """Everything one probe learned about one host. ``reason`` says why when not ``ok``."""
 
@@ -90,6 +102,7 @@ class HostGpus:
     gpus: tuple[Gpu, ...] = ()
     processes: tuple[GpuProcess, ...] = ()
     reason: str | None = None
+    holds: tuple[GpuHold, ...] = ()  # GPUs forge environments hold (best effort: needs docker)
 
     @property
     def ok(self) -> bool:
@@ -99,6 +112,13 @@ class HostGpus:
         for gpu in self.gpus:
             if gpu.uuid == uuid:
                 return gpu
+        return None
+
+    def hold(self, uuid: str) -> GpuHold | None:
+        """The forge environment holding the GPU with this UUID, if any."""
+        for h in self.holds:
+            if h.gpu_uuid == uuid:
+                return h
         return None
 
     def processes_on(self, uuid: str) -> tuple[GpuProcess, ...]:

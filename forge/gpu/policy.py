@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from forge.gpu.model import Gpu, GpuProcess, HostGpus
+from forge.gpu.model import Gpu, GpuHold, GpuProcess, HostGpus
 
 _POLICY_KEYS = ("max_memory_used_mib", "max_utilization_pct", "max_foreign_processes")
 
@@ -61,11 +61,24 @@ def is_foreign(proc: GpuProcess, *, me: str | None) -> bool:
     return not (proc.user == me or proc.env_owner == me)
 
 
-def gpu_is_free(gpu: Gpu, processes: Sequence[GpuProcess], *, policy: FreePolicy, me: str | None) -> tuple[bool, str]:
+def gpu_is_free(
+    gpu: Gpu,
+    processes: Sequence[GpuProcess],
+    *,
+    policy: FreePolicy,
+    me: str | None,
+    hold: GpuHold | None = None,
+) -> tuple[bool, str]:
     """Whether ``gpu`` is free under ``policy``, and why (a short phrase for display).
 
-    ``processes`` may be the host's whole list: only those on ``gpu.uuid`` count.
+    ``processes`` may be the host's whole list: only those on ``gpu.uuid`` count. A GPU a forge
+    environment holds (``hold``, see :attr:`HostGpus.holds`) is never free, even while no
+    process runs on it, and even when the environment is ``me``'s: it is taken.
     """
+    if hold is not None:
+        whose = f"{hold.owner}'s" if hold.owner else "a"
+        claimed = " (claimed)" if hold.kind == "claim" else ""
+        return False, f"held by {whose} environment {hold.env or '?'}{claimed}"
     if gpu.mig_enabled:
         return False, "MIG mode is enabled"
     if gpu.memory_used_mib is None:
@@ -77,9 +90,9 @@ def gpu_is_free(gpu: Gpu, processes: Sequence[GpuProcess], *, policy: FreePolicy
     foreign = [p for p in processes if p.gpu_uuid == gpu.uuid and is_foreign(p, me=me)]
     if len(foreign) > policy.max_foreign_processes:
         # A forge container's processes belong to the environment's owner, whatever their uid.
-        who = sorted({p.env_owner or p.user or "an unknown user" for p in foreign})
+        owners = sorted({p.env_owner or p.user or "an unknown user" for p in foreign})
         noun = "process" if len(foreign) == 1 else "processes"
-        return False, f"{len(foreign)} {noun} of {', '.join(who)}"
+        return False, f"{len(foreign)} {noun} of {', '.join(owners)}"
     return True, "free"
 
 
@@ -91,14 +104,16 @@ class GpuVerdict:
     processes: tuple[GpuProcess, ...]
     free: bool
     reason: str
+    hold: GpuHold | None = None  # the forge environment the GPU is given to, if any
 
 
 def assess(host: HostGpus, *, policy: FreePolicy, me: str | None) -> tuple[GpuVerdict, ...]:
     """Every GPU of ``host`` with its verdict under ``policy``, in index order."""
     verdicts = []
     for gpu in sorted(host.gpus, key=lambda g: g.index):
-        free, reason = gpu_is_free(gpu, host.processes, policy=policy, me=me)
-        verdicts.append(GpuVerdict(gpu, host.processes_on(gpu.uuid), free, reason))
+        hold = host.hold(gpu.uuid)
+        free, reason = gpu_is_free(gpu, host.processes, policy=policy, me=me, hold=hold)
+        verdicts.append(GpuVerdict(gpu, host.processes_on(gpu.uuid), free, reason, hold))
     return tuple(verdicts)
 
 
@@ -176,7 +191,7 @@ def select(
         for gpu in host.gpus:
             if gpu.uuid in excluded_gpus:
                 continue
-            free, _ = gpu_is_free(gpu, host.processes, policy=host_policy, me=me)
+            free, _ = gpu_is_free(gpu, host.processes, policy=host_policy, me=me, hold=host.hold(gpu.uuid))
             if not free:
                 continue
             if min_free_memory_mib > 0:

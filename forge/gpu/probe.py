@@ -12,9 +12,13 @@ prints these sections, each opened by a marker line and closed by its exit statu
     @@forge-gpu-probe status N
     @@forge-gpu-probe cgroups       one line per pid: "PID <its /proc/PID/cgroup, one line>"
     @@forge-gpu-probe status 0
-    @@forge-gpu-probe containers    docker ps --no-trunc --filter label=forge.env (only when a
-    @@forge-gpu-probe status N      process runs in a Docker cgroup; 127 when docker is absent)
+    @@forge-gpu-probe containers    the host's clock, then docker ps -a --no-trunc: every
+    @@forge-gpu-probe status N      container's forge labels (127 when docker is absent)
     @@forge-gpu-probe end
+
+The containers section serves twice: it names the forge environment of a process running in
+a container, and it tells which GPUs forge environments hold (label ``forge.gpus`` of their
+containers, and claim containers, see forge.env.claims), busy or not.
 
 When the GPU query fails the script stops after its section. No line of nvidia-smi's CSV
 (which starts with a value), ps, the cgroup lines (which start with a pid) or the docker
@@ -28,9 +32,10 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from forge import shell
-from forge.gpu.model import GpuProcess, HostGpus, ProbeStatus
+from forge.gpu.model import Gpu, GpuHold, GpuProcess, HostGpus, ProbeStatus
 from forge.gpu.nvsmi import (
     APP_FIELDS,
     GPU_FIELDS,
@@ -44,8 +49,17 @@ from forge.transport.base import CommandResult, Transport
 MARKER = "@@forge-gpu-probe"
 ENV_LABEL = "forge.env"
 OWNER_LABEL = "forge.owner"
-# One line per forge container: "<64-hex id> <JSON string env> <JSON string owner>".
-DOCKER_FORMAT = '{{.ID}} {{json (.Label "' + ENV_LABEL + '")}} {{json (.Label "' + OWNER_LABEL + '")}}'
+GPUS_LABEL = "forge.gpus"  # the GPUs (UUIDs or indexes, comma-separated) an environment was given
+CLAIM_LABEL = "forge.claim"  # the GPU UUID a claim container holds
+CLAIM_ENV_LABEL = "forge.claim.env"
+CLAIM_OWNER_LABEL = "forge.claim.owner"
+CLAIM_GRACE_S = 300  # a claim without its container is stale after this (forge.env.claims)
+_FORMAT_FIELDS = ("{{.ID}}", "{{json .State}}", "{{json .CreatedAt}}") + tuple(
+    '{{json (.Label "' + label + '")}}'
+    for label in (ENV_LABEL, OWNER_LABEL, GPUS_LABEL, CLAIM_LABEL, CLAIM_ENV_LABEL, CLAIM_OWNER_LABEL)
+)
+# One line per container: "<64-hex id> <JSON state> <JSON created> <JSON label>..." ("" = no label).
+DOCKER_FORMAT = " ".join(_FORMAT_FIELDS)
 
 # $1: --query-gpu fields, $2: --query-compute-apps fields, $3: docker ps --format,
 # $4: the host's docker_host from the inventory (empty: docker's default).
@@ -86,21 +100,18 @@ else
   echo "$M status 0"
 fi
 echo "$M cgroups"
-docker_seen=
 for pid in $pids; do
   cg=$( { tr '\n' ' ' < "/proc/$pid/cgroup"; } 2>/dev/null ) || continue
   echo "$pid $cg"
-  case $cg in *docker*) docker_seen=1 ;; esac
 done
 echo "$M status 0"
-if [ -n "$docker_seen" ]; then
-  echo "$M containers"
-  if command -v docker >/dev/null 2>&1; then
-    docker ${4:+-H "$4"} ps --no-trunc --filter "label=forge.env" --format "$3" 2>&1
-    echo "$M status $?"
-  else
-    echo "$M status 127"
-  fi
+echo "$M containers"
+date +%s
+if command -v docker >/dev/null 2>&1; then
+  docker ${4:+-H "$4"} ps -a --no-trunc --format "$3" 2>&1
+  echo "$M status $?"
+else
+  echo "$M status 127"
 fi
 echo "$M end"
 """
@@ -179,33 +190,101 @@ def _label(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def parse_containers(text: str) -> dict[str, tuple[str | None, str | None]]:
-    """``docker ps --format DOCKER_FORMAT`` lines to ``{container id: (env, owner)}``."""
-    labels: dict[str, tuple[str | None, str | None]] = {}
-    for line in text.splitlines():
+@dataclass(frozen=True)
+class Container:
+    """One container of the host, with the forge labels it has (``None``: label absent)."""
+
+    id: str
+    state: str
+    created: float | None  # seconds since the epoch
+    env: str | None
+    owner: str | None
+    gpus: tuple[str, ...]  # label forge.gpus, split
+    claim: str | None  # the GPU UUID, for a claim container
+    claim_env: str | None
+    claim_owner: str | None
+
+
+def _created(value: object) -> float | None:
+    # docker's CreatedAt: "2026-11-28 19:23:55 +0000 UTC"
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.strptime(" ".join(value.split()[:3]), "%Y-%m-%d %H:%M:%S %z").timestamp()
+    except ValueError:
+        return None
+
+
+def parse_containers(text: str) -> tuple[float | None, dict[str, Container]]:
+    """The containers section: the host's clock (first line), then ``docker ps --format
+    DOCKER_FORMAT`` lines, to ``(now, {container id: Container})``. Pure; skips lines that
+    don't parse (e.g. "permission denied while trying to connect to the Docker daemon")."""
+    lines = text.splitlines()
+    now = float(lines[0]) if lines and lines[0].strip().isdigit() else None
+    found: dict[str, Container] = {}
+    decoder = json.JSONDecoder()
+    for line in lines[1:] if now is not None else lines:
         cid, _, rest = line.strip().partition(" ")
         if not re.fullmatch(r"[0-9a-f]{64}", cid):
-            continue  # e.g. "permission denied while trying to connect to the Docker daemon"
+            continue
+        values: list[object] = []
         try:
-            decoder = json.JSONDecoder()
-            env, end = decoder.raw_decode(rest)
-            owner, _ = decoder.raw_decode(rest[end:].lstrip())
+            while rest.strip():
+                value, end = decoder.raw_decode(rest.lstrip())
+                values.append(value)
+                rest = rest.lstrip()[end:]
         except ValueError:
             continue
-        labels[cid] = (_label(env), _label(owner))
-    return labels
+        if len(values) != len(_FORMAT_FIELDS) - 1:
+            continue
+        state, created, env, owner, gpus, claim, claim_env, claim_owner = values
+        found[cid] = Container(
+            id=cid,
+            state=state if isinstance(state, str) else "",
+            created=_created(created),
+            env=_label(env),
+            owner=_label(owner),
+            gpus=tuple(g for g in (_label(gpus) or "").split(",") if g),
+            claim=_label(claim),
+            claim_env=_label(claim_env),
+            claim_owner=_label(claim_owner),
+        )
+    return now, found
+
+
+def holds(gpus: tuple[Gpu, ...], containers: Mapping[str, Container], now: float | None) -> tuple[GpuHold, ...]:
+    """GPUs held by forge environments: by a running (or restarting) environment container,
+    or by a claim that is fresh or whose environment container exists. Pure."""
+    by_index = {str(g.index): g.uuid for g in gpus}
+    uuids = {g.uuid for g in gpus}
+    env_names = {c.env for c in containers.values() if c.env}
+    out: dict[str, GpuHold] = {}
+    for c in containers.values():
+        if c.env and c.state in ("running", "restarting", "created"):
+            for g in c.gpus:
+                uuid = by_index.get(g, g)
+                if uuid in uuids:
+                    out.setdefault(uuid, GpuHold(uuid, c.env, c.owner, "container"))
+    for c in containers.values():
+        if not c.claim or c.claim not in uuids or c.claim in out:
+            continue
+        fresh = now is None or c.created is None or now - c.created < CLAIM_GRACE_S
+        if fresh or c.claim_env in env_names:
+            out[c.claim] = GpuHold(c.claim, c.claim_env, c.claim_owner, "claim")
+    return tuple(out[u] for u in sorted(out))
 
 
 def _enrich(
     procs: tuple[GpuProcess, ...],
     owners: Mapping[int, str],
-    containers: Mapping[int, str],
-    labels: Mapping[str, tuple[str | None, str | None]],
+    cgroups: Mapping[int, str],
+    containers: Mapping[str, Container],
 ) -> tuple[GpuProcess, ...]:
     out = []
     for proc in procs:
-        cid = containers.get(proc.pid)
-        env, owner = labels.get(cid, (None, None)) if cid else (None, None)
+        cid = cgroups.get(proc.pid)
+        c = containers.get(cid) if cid else None
+        env, owner = (c.env, c.owner) if c else (None, None)
         out.append(replace(proc, user=owners.get(proc.pid), container_id=cid, env_name=env, env_owner=owner))
     return tuple(out)
 
@@ -258,13 +337,17 @@ def parse_probe(host: str, result: CommandResult) -> HostGpus:
     # Owners, cgroups and containers are best effort: a missing piece leaves fields None.
     owners = parse_owners(sections["owners"].text) if "owners" in sections else {}
     cgroups = parse_cgroups(sections["cgroups"].text) if "cgroups" in sections else {}
-    containers = sections.get("containers")
-    labels = parse_containers(containers.text) if containers is not None and containers.exit_status == 0 else {}
+    section = sections.get("containers")
+    now: float | None = None
+    containers: dict[str, Container] = {}
+    if section is not None and section.exit_status == 0:
+        now, containers = parse_containers(section.text)
     return HostGpus(
         host=host,
         status=ProbeStatus.OK,
         gpus=gpus,
-        processes=_enrich(procs, owners, cgroups, labels),
+        processes=_enrich(procs, owners, cgroups, containers),
+        holds=holds(gpus, containers, now),
     )
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from forge.lab.gpus import default_state as default_gpu_state
+
 pytestmark = pytest.mark.lab
 
 U = {
@@ -275,3 +277,65 @@ def test_the_hosts_docker_host_is_asked_for_container_labels(lab: Any, scripted:
         (host,) = json.loads(r.stdout)["hosts"]
         (proc,) = host["gpus"][1]["processes"]
         assert proc["pid"] == scripted["cpid"] and proc["env"] == env
+
+
+def test_gpus_given_to_forge_environments_are_not_free(lab: Any) -> None:
+    """A GPU given to a forge environment (its container's forge.gpus label) or claimed for
+    one (a claim container) is held, even while no process runs on it: `forge gpus` shows it
+    busy with its holder, and the ranking does not offer it."""
+    host = lab.hosts[1]
+    image = lab.load_base_image(host)
+    state = default_gpu_state(host)
+    u = [g["uuid"] for g in state["gpus"]]
+    env_c, claim_c = "forge-test-held-env", "forge-test-held-claim"
+    lab.docker(host, "rm", "-f", env_c, claim_c)
+    try:
+        r = lab.docker(
+            host,
+            "run",
+            "-d",
+            "--name",
+            env_c,
+            "--label",
+            "forge.env=dev",
+            "--label",
+            "forge.owner=alice",
+            "--label",
+            f"forge.gpus={u[1]}",
+            image,
+            "sleep",
+            "600",
+        )
+        assert r.returncode == 0, r.stderr
+        r = lab.docker(
+            host,
+            "create",
+            "--name",
+            claim_c,
+            "--label",
+            f"forge.claim={u[2]}",
+            "--label",
+            "forge.claim.env=train",
+            "--label",
+            "forge.claim.owner=bob",
+            image,
+            "true",
+        )
+        assert r.returncode == 0, r.stderr
+        out = forge_cli(lab, "--json", "--gpus", "2", host)
+        assert out.returncode == 0, out.stderr
+        data = json.loads(out.stdout)
+        gpus = data["hosts"][0]["gpus"]
+        assert [(g["free"], g["reason"]) for g in gpus] == [
+            (True, "free"),
+            (False, "held by alice's environment dev"),
+            (False, "held by bob's environment train (claimed)"),
+            (True, "free"),
+        ]
+        assert gpus[1]["held_by"] == {"env": "dev", "owner": "alice", "kind": "container"}
+        assert [(c["host"], c["gpu_indexes"]) for c in data["candidates"]] == [(host, [0, 3])]
+        table = forge_cli(lab, host).stdout.splitlines()
+        assert "alice [dev]" in table[3] and "held by alice's environment dev" in table[3]
+        assert "bob [train]" in table[4]
+    finally:
+        lab.docker(host, "rm", "-f", env_c, claim_c)

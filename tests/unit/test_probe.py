@@ -189,7 +189,7 @@ def test_parse_ok_with_container_labels() -> None:
         + section("apps", APPS)
         + section("owners", "  455 root\n")
         + section("cgroups", f"455 0::/system.slice/docker-{CID}.scope \n")
-        + section("containers", f'{CID} "alice-train" "alice"\n{CID2} "bob-dev" "bob"\n')
+        + section("containers", "1764358000\n" + ctr(CID, env="alice-train", owner="alice") + ctr(CID2, env="bob-dev"))
         + f"{M} end\n"
     )
     host = probe.parse_probe("gpu1", result(stdout))
@@ -250,9 +250,102 @@ def test_docker_unavailable_leaves_labels_unknown(text: str, status: int) -> Non
     assert (proc.user, proc.container_id, proc.env_name, proc.env_owner) == ("alice", CID, None, None)
 
 
+def ctr(
+    cid: str,
+    *,
+    state: str = "running",
+    created: str = "2025-11-28 19:00:00 +0000 UTC",
+    env: str = "",
+    owner: str = "",
+    gpus: str = "",
+    claim: str = "",
+    claim_env: str = "",
+    claim_owner: str = "",
+) -> str:
+    """One line of `docker ps --format DOCKER_FORMAT`, as docker prints it."""
+    values = (state, created, env, owner, gpus, claim, claim_env, claim_owner)
+    return cid + " " + " ".join(json.dumps(v) for v in values) + "\n"
+
+
+def test_docker_format_matches_the_parser() -> None:
+    assert probe.DOCKER_FORMAT.startswith("{{.ID}} {{json .State}} {{json .CreatedAt}}")
+    for label in ("forge.env", "forge.owner", "forge.gpus", "forge.claim", "forge.claim.env", "forge.claim.owner"):
+        assert f'{{{{json (.Label "{label}")}}}}' in probe.DOCKER_FORMAT
+
+
 def test_parse_containers_skips_garbage_and_empty_labels() -> None:
-    text = f'{CID} "env" ""\nnot a container line\n{CID2} "unterminated\n{"ab" * 32} "x" "y"\n'
-    assert probe.parse_containers(text) == {CID: ("env", None), "ab" * 32: ("x", "y")}
+    text = (
+        "1764358000\n"
+        + ctr(CID, env="env")
+        + "not a container line\n"
+        + f'{CID2} "running" "unterminated\n'
+        + ctr("ab" * 32, env="x", owner="y", gpus="GPU-1,GPU-2", created="garbage")
+    )
+    now, found = probe.parse_containers(text)
+    assert now == 1764358000
+    assert set(found) == {CID, "ab" * 32}
+    assert (found[CID].env, found[CID].owner, found[CID].gpus) == ("env", None, ())
+    c = found["ab" * 32]
+    assert (c.env, c.owner, c.gpus, c.created) == ("x", "y", ("GPU-1", "GPU-2"), None)
+    assert found[CID].created == 1764356400.0  # 2025-11-28 19:00:00 UTC
+
+
+G0, G1, G2 = "GPU-aaaaaaaa-0000-0000-0000-000000000000", "GPU-bbbbbbbb-0000-0000-0000-000000000000", "GPU-cc"
+
+
+def _gpus() -> tuple[Any, ...]:
+    from forge.gpu.nvsmi import parse_gpus
+
+    return parse_gpus(
+        "".join(
+            f"{i}, {u}, H200, 0, 100, 0, 100, 0, 0, 30, 70, 700, Default, Disabled\n"
+            for i, u in enumerate((G0, G1, G2))
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("lines", "held"),
+    [
+        # an environment's container holds its GPUs, by UUID or by index
+        ([ctr(CID, env="dev", owner="alice", gpus=f"{G0}")], {G0: ("dev", "alice", "container")}),
+        (
+            [ctr(CID, env="dev", owner="alice", gpus="1,2")],
+            {G1: ("dev", "alice", "container"), G2: ("dev", "alice", "container")},
+        ),
+        # a stopped one holds nothing; an unknown GPU is ignored
+        ([ctr(CID, state="exited", env="dev", gpus=G0)], {}),
+        ([ctr(CID, env="dev", gpus="GPU-elsewhere")], {}),
+        # a fresh claim holds its GPU before its container exists
+        (
+            [
+                ctr(
+                    CID,
+                    state="created",
+                    created="2025-11-28 19:00:00 +0000 UTC",
+                    claim=G1,
+                    claim_env="e",
+                    claim_owner="b",
+                )
+            ],
+            {G1: ("e", "b", "claim")},
+        ),
+        # an old claim without its environment is stale: nothing held
+        ([ctr(CID, state="created", created="2025-11-28 18:00:00 +0000 UTC", claim=G1, claim_env="e")], {}),
+        # an old claim whose environment exists still holds
+        (
+            [
+                ctr(CID, state="created", created="2025-11-28 18:00:00 +0000 UTC", claim=G1, claim_env="e"),
+                ctr(CID2, env="e", gpus=G1),
+            ],
+            {G1: ("e", None, "container")},
+        ),
+    ],
+)
+def test_holds(lines: list[str], held: dict[str, tuple[str, str | None, str]]) -> None:
+    now, containers = probe.parse_containers("1764356500\n" + "".join(lines))  # 19:01:40 UTC
+    got = {h.gpu_uuid: (h.env, h.owner, h.kind) for h in probe.holds(_gpus(), containers, now)}
+    assert got == held
 
 
 def test_parse_owners_long_names_and_noise() -> None:
