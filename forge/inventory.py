@@ -148,7 +148,10 @@ class Inventory:
         if isinstance(targets, str):
             targets = [targets]
         wanted: list[str] = [t.strip() for item in targets for t in item.split(",") if t.strip()]
-        if not wanted or "all" in wanted:
+        if not wanted:
+            # An empty --to (e.g. from an unset shell variable) must not mean "every host".
+            raise TargetError("no host named: give host names, tags or 'all'")
+        if "all" in wanted:
             return list(self.hosts)
         chosen: list[Host] = []
         for word in wanted:

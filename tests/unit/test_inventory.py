@@ -203,3 +203,7 @@ def test_select_targets(tmp_path: Path) -> None:
     assert [h.name for h in inv.select(["gpu1", "a100"])] == ["gpu1", "gpu2"]
     with pytest.raises(TargetError, match="did you mean 'gpu1'"):
         inv.select(["gpu01"])
+    assert [h.name for h in inv.select(None)] == inv.names
+    for empty in ("", [""], [" , "]):
+        with pytest.raises(TargetError, match="no host named"):
+            inv.select(empty)
