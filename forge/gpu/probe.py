@@ -65,21 +65,33 @@ DOCKER_FORMAT = " ".join(_FORMAT_FIELDS)
 # $4: the host's docker_host from the inventory (empty: docker's default).
 # A constant: nothing from the inventory or the command line is ever spliced into it.
 _SCRIPT = r"""M=@@forge-gpu-probe
-# The process query runs in the background while the GPU query runs: each nvidia-smi call
-# costs ~25 ms with persistence mode on and can take over a second without it.
-t=$(mktemp 2>/dev/null) || t=
-[ -n "$t" ] && { nvidia-smi --query-compute-apps="$2" --format=csv,noheader,nounits >"$t" 2>&1 & }
+# The process query and the container listing run in the background while the GPU query
+# runs: each nvidia-smi call costs ~25 ms with persistence mode on (over a second without),
+# and `docker ps` tens of milliseconds.
+containers() {
+  date +%s
+  if command -v docker >/dev/null 2>&1; then
+    docker ${4:+-H "$4"} ps -a --no-trunc --format "$3" 2>&1
+    echo "$M status $?"
+  else
+    echo "$M status 127"
+  fi
+}
+t=$(mktemp -d 2>/dev/null) || t=
+if [ -n "$t" ]; then
+  { nvidia-smi --query-compute-apps="$2" --format=csv,noheader,nounits >"$t/apps" 2>&1; echo $? >"$t/arc"; } &
+  containers "$@" >"$t/containers" &
+fi
 echo "$M gpus"
 nvidia-smi --query-gpu="$1" --format=csv,noheader,nounits 2>&1
 rc=$?
 echo "$M status $rc"
 if [ -n "$t" ]; then
-  wait $!
-  arc=$?
-  apps=$(cat "$t")
-  rm -f "$t"
+  wait
+  apps=$(cat "$t/apps")
+  read -r arc <"$t/arc" || arc=1
 fi
-if [ "$rc" -ne 0 ] && [ "$rc" -ne 14 ]; then echo "$M end"; exit 0; fi
+if [ "$rc" -ne 0 ] && [ "$rc" -ne 14 ]; then [ -n "$t" ] && rm -rf "$t"; echo "$M end"; exit 0; fi
 if [ -z "$t" ]; then
   apps=$(nvidia-smi --query-compute-apps="$2" --format=csv,noheader,nounits 2>&1)
   arc=$?
@@ -87,9 +99,8 @@ fi
 echo "$M apps"
 [ -n "$apps" ] && printf '%s\n' "$apps"
 echo "$M status $arc"
-rc=$arc
 pids=
-if [ "$rc" -eq 0 ]; then
+if [ "$arc" -eq 0 ]; then
   pids=$(printf '%s\n' "$apps" | sed -n 's/^\([0-9][0-9]*\),.*/\1/p' | sort -un | tr '\n' ' ')
 fi
 echo "$M owners"
@@ -106,12 +117,11 @@ for pid in $pids; do
 done
 echo "$M status 0"
 echo "$M containers"
-date +%s
-if command -v docker >/dev/null 2>&1; then
-  docker ${4:+-H "$4"} ps -a --no-trunc --format "$3" 2>&1
-  echo "$M status $?"
+if [ -n "$t" ]; then
+  cat "$t/containers"
+  rm -rf "$t"
 else
-  echo "$M status 127"
+  containers "$@"
 fi
 echo "$M end"
 """
