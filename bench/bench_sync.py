@@ -3,7 +3,8 @@
     python bench/bench_sync.py            (as root, with the lab up; a few minutes)
 
 Source: this machine, reading gpu1's daemon through its socket (a local inventory host).
-Targets: gpu2..gpu4 over SSH, each link shaped to 1 Gbit/s with tc (removed at the end).
+Targets: every other GPU host of the lab (gpu2..gpuN) over SSH, each link shaped to 1 Gbit/s
+with tc (removed at the end); `forge lab up --hosts 9` for the issue's 8 hosts at once.
 Image: ~1.2 GB of real libraries (/usr/lib/x86_64-linux-gnu, /usr/lib/jvm) in one base layer
 plus a ~50 MB top layer (/usr/lib/python3); a "nightly rebuild" changes only the top layer.
 Prints a Markdown table for docs/benchmarks.md.
@@ -32,7 +33,8 @@ BASE_DIRS = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/jvm"]
 TOP_DIR = "/usr/lib/python3"
 LINK_RATE = "1gbit"
 LINK_BYTES_S = 125e6
-TARGETS = ["gpu2", "gpu3", "gpu4"]
+# Targets: every GPU host of the lab but gpu1 (the source); `forge lab up --hosts 9` gives 8.
+TARGETS: list[str] = []
 
 
 def sock(host: str) -> str:
@@ -177,6 +179,7 @@ def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("run as root (tc, the lab's sockets)")
     inv = inventory.load_file(LAB / "hosts.toml")
+    TARGETS[:] = [h.name for h in inv.hosts if h.name != "gpu1"]
     v1, v2 = build_images()
     size = int(docker("gpu1", "image", "inspect", "-f", "{{.Size}}", v2))
     top = int(docker("gpu1", "history", "--format", "{{.Size}}", "--human=false", v2).split()[0])
