@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from forge import labels
 from forge.dockercli import docker_argv
 from forge.env.errors import ClaimConflict
 from forge.env.listing import CLAIM, CLAIM_CONTAINER, CLAIM_ENV, CLAIM_OWNER, HostListing
@@ -25,7 +26,7 @@ from forge.inventory import Host
 from forge.transport import Transport
 
 PREFIX = "forge-claim-"
-DEFAULT_GRACE_S = 300.0  # a claim is made seconds before its container; 5 minutes is plenty
+DEFAULT_GRACE_S = labels.CLAIM_GRACE_S
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
 _CONFLICT = ("Conflict", "is already in use")
 

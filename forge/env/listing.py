@@ -8,24 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from forge import shell
 from forge.inventory import Host
+from forge.labels import (  # the env modules name them from here
+    CLAIM,
+    CLAIM_CONTAINER,
+    CLAIM_ENV,
+    CLAIM_OWNER,
+    ENV,
+    GPUS,
+    OWNER,
+    SSH_PORT,
+    USER,
+    parse_created,
+)
 from forge.transport import Transport
-
-# Labels forge puts on the containers it starts (forge.env and forge.owner are also read by
-# the GPU probe, forge/gpu/probe.py, to name a GPU process's environment and owner).
-ENV = "forge.env"
-OWNER = "forge.owner"
-SSH_PORT = "forge.ssh_port"
-GPUS = "forge.gpus"  # comma-separated GPU UUIDs (or indexes) the container was given
-USER = "forge.user"  # the user name inside the container (the one `ssh` logs in as)
-# Labels of claim containers (never started; their name is the claim).
-CLAIM = "forge.claim"  # the GPU UUID claimed
-CLAIM_ENV = "forge.claim.env"
-CLAIM_OWNER = "forge.claim.owner"
-CLAIM_CONTAINER = "forge.claim.container"  # the environment container the claim is for
 
 LABELS = (ENV, OWNER, SSH_PORT, GPUS, USER, CLAIM, CLAIM_ENV, CLAIM_OWNER, CLAIM_CONTAINER)
 _FIXED = ("{{.ID}}", "{{.Names}}", "{{.Image}}", "{{.State}}", "{{.Status}}", "{{.CreatedAt}}")
@@ -124,17 +122,6 @@ class HostListing:
 
     def stale_claims(self, *, grace_s: float) -> list[Claim]:
         return [c for c in self.claims if self.is_stale(c, grace_s=grace_s)]
-
-
-def parse_created(text: str) -> int | None:
-    """docker's CreatedAt, e.g. ``2026-11-28 10:00:00 +0000 UTC``, as Unix time."""
-    parts = text.split()
-    if len(parts) < 3:
-        return None
-    try:
-        return int(datetime.strptime(" ".join(parts[:3]), "%Y-%m-%d %H:%M:%S %z").timestamp())
-    except ValueError:
-        return None
 
 
 def parse_listing(host: str, stdout: str) -> HostListing:

@@ -32,9 +32,8 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
 
-from forge import shell
+from forge import labels, shell
 from forge.gpu.model import Gpu, GpuHold, GpuProcess, HostGpus, ProbeStatus
 from forge.gpu.nvsmi import (
     APP_FIELDS,
@@ -47,16 +46,9 @@ from forge.gpu.nvsmi import (
 from forge.transport.base import CommandResult, Transport
 
 MARKER = "@@forge-gpu-probe"
-ENV_LABEL = "forge.env"
-OWNER_LABEL = "forge.owner"
-GPUS_LABEL = "forge.gpus"  # the GPUs (UUIDs or indexes, comma-separated) an environment was given
-CLAIM_LABEL = "forge.claim"  # the GPU UUID a claim container holds
-CLAIM_ENV_LABEL = "forge.claim.env"
-CLAIM_OWNER_LABEL = "forge.claim.owner"
-CLAIM_GRACE_S = 300  # a claim without its container is stale after this (forge.env.claims)
 _FORMAT_FIELDS = ("{{.ID}}", "{{json .State}}", "{{json .CreatedAt}}") + tuple(
     '{{json (.Label "' + label + '")}}'
-    for label in (ENV_LABEL, OWNER_LABEL, GPUS_LABEL, CLAIM_LABEL, CLAIM_ENV_LABEL, CLAIM_OWNER_LABEL)
+    for label in (labels.ENV, labels.OWNER, labels.GPUS, labels.CLAIM, labels.CLAIM_ENV, labels.CLAIM_OWNER)
 )
 # One line per container: "<64-hex id> <JSON state> <JSON created> <JSON label>..." ("" = no label).
 DOCKER_FORMAT = " ".join(_FORMAT_FIELDS)
@@ -206,23 +198,13 @@ class Container:
 
     id: str
     state: str
-    created: float | None  # seconds since the epoch
+    created: int | None  # seconds since the epoch
     env: str | None
     owner: str | None
     gpus: tuple[str, ...]  # label forge.gpus, split
     claim: str | None  # the GPU UUID, for a claim container
     claim_env: str | None
     claim_owner: str | None
-
-
-def _created(value: object) -> float | None:
-    # docker's CreatedAt: "2026-11-28 19:23:55 +0000 UTC"
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.strptime(" ".join(value.split()[:3]), "%Y-%m-%d %H:%M:%S %z").timestamp()
-    except ValueError:
-        return None
 
 
 def parse_containers(text: str) -> tuple[float | None, dict[str, Container]]:
@@ -251,7 +233,7 @@ def parse_containers(text: str) -> tuple[float | None, dict[str, Container]]:
         found[cid] = Container(
             id=cid,
             state=state if isinstance(state, str) else "",
-            created=_created(created),
+            created=labels.parse_created(created) if isinstance(created, str) else None,
             env=_label(env),
             owner=_label(owner),
             gpus=tuple(g for g in (_label(gpus) or "").split(",") if g),
@@ -278,7 +260,7 @@ def holds(gpus: tuple[Gpu, ...], containers: Mapping[str, Container], now: float
     for c in containers.values():
         if not c.claim or c.claim not in uuids or c.claim in out:
             continue
-        fresh = now is None or c.created is None or now - c.created < CLAIM_GRACE_S
+        fresh = now is None or c.created is None or now - c.created < labels.CLAIM_GRACE_S
         if fresh or c.claim_env in env_names:
             out[c.claim] = GpuHold(c.claim, c.claim_env, c.claim_owner, "claim")
     return tuple(out[u] for u in sorted(out))

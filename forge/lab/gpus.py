@@ -12,7 +12,6 @@ the lab's fake rather than forge.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -39,38 +38,22 @@ if [ -f "$c.out" ] && read rc delay < "$c.rc"; then
 fi
 exec %(renderer)s "$@"
 """
-FALLBACK_STATE: dict[str, Any] = {"gpus": [], "processes": [], "mode": "ok"}
 
-PLACEHOLDER = f"""{SHEBANG}
-import sys
-sys.stderr.write("forge lab: forge/lab/fake_gpu.py was missing when this lab was built\\n")
-sys.exit(9)
-"""
 
 
 def renderer_source(source: Path = FAKE_GPU) -> str:
-    """The nvidia-smi script: fake_gpu.py with its first line replaced by the shebang."""
-    if not source.exists():
-        return PLACEHOLDER
+    """The nvidia-smi renderer: fake_gpu.py with its first line replaced by the shebang."""
     lines = source.read_text().splitlines(keepends=True)
     if lines and lines[0].startswith("#!"):
         lines = lines[1:]
     return SHEBANG + "\n" + "".join(lines)
 
 
-def default_state(host: str = "", source: Path = FAKE_GPU) -> dict[str, Any]:
-    """fake_gpu.default_state(host) when the script defines it, else an empty machine."""
-    if source.exists():
-        spec = importlib.util.spec_from_file_location("forge_lab_fake_gpu", source)
-        if spec is not None and spec.loader is not None:
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            fn = getattr(module, "default_state", None)
-            if callable(fn):
-                state = fn(host)
-                if isinstance(state, dict):
-                    return state
-    return dict(FALLBACK_STATE)
+def default_state(host: str = "") -> dict[str, Any]:
+    """Four idle H200s with UUIDs of the host's own (fake_gpu.default_state)."""
+    from forge.lab import fake_gpu
+
+    return fake_gpu.default_state(host)
 
 
 def nvidia_smi(cfg: LabConfig, name: str) -> Path:

@@ -9,6 +9,9 @@ on an open connection), and binary-safe streaming over a raw channel instead of
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import os
 import socket
 import threading
 import time
@@ -52,7 +55,7 @@ class SSHTransport(Transport):
             "auth_timeout": h.connect_timeout,
         }
         if h.identity_file:
-            connect_kwargs["key_filename"] = [str(_expand(h.identity_file))]
+            connect_kwargs["key_filename"] = [os.path.expanduser(h.identity_file)]
         conn = Connection(
             h.ssh_target,
             user=h.user,
@@ -126,19 +129,10 @@ class SSHTransport(Transport):
         stdin: bytes | None = None,
         check: bool = False,
     ) -> CommandResult:
-        import io
-
         source = io.BytesIO(stdin) if stdin is not None else None
         sink = io.BytesIO()
         result = self._exec(command, source=source, sink=sink, timeout=timeout)
-        result = CommandResult(
-            host=result.host,
-            command=result.command,
-            exit_status=result.exit_status,
-            stdout=sink.getvalue().decode("utf-8", "replace"),
-            stderr=result.stderr,
-            duration_s=result.duration_s,
-        )
+        result = dataclasses.replace(result, stdout=sink.getvalue().decode("utf-8", "replace"))
         return result.check() if check else result
 
     def stream(
@@ -247,9 +241,3 @@ def _nodelay_socket(host: str, port: int, timeout: float) -> socket.socket:
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
-
-
-def _expand(path: str) -> str:
-    import os.path
-
-    return os.path.expanduser(path)
