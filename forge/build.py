@@ -82,8 +82,10 @@ class BuildSpec:
                 hint="run as the user who will log in, or give --uid and --gid",
             )
         if not self.public_keys:
-            raise BuildError("no public keys: the image's sshd lets you in by key only",
-                             hint="give --public-key FILE, or create a key with ssh-keygen")
+            raise BuildError(
+                "no public keys: the image's sshd lets you in by key only",
+                hint="give --public-key FILE, or create a key with ssh-keygen",
+            )
         if self.apt_mirror is not None and not _MIRROR.match(self.apt_mirror):
             raise BuildError(f"apt mirror {self.apt_mirror!r} has characters a host name does not")
         if self.extra_packages and not self.install_packages:
@@ -164,8 +166,9 @@ def context_tar(spec: BuildSpec) -> bytes:
     builder's cache is reused).
     """
     if not (spec.context_dir / "Dockerfile").is_file():
-        raise BuildError(f"no Dockerfile in {spec.context_dir}",
-                         hint="give --context DIR (the forge repo's docker/dev)")
+        raise BuildError(
+            f"no Dockerfile in {spec.context_dir}", hint="give --context DIR (the forge repo's docker/dev)"
+        )
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(spec.context_dir.iterdir()):
@@ -238,8 +241,7 @@ def build(
         if result.exit_status == 127:
             raise BuildError(f"{where} has no docker command", hint=_ELSEWHERE)
         if _NO_DAEMON in output:
-            raise BuildError(f"no Docker daemon answers on {where}: {_last_line(output, _NO_DAEMON)}",
-                             hint=_ELSEWHERE)
+            raise BuildError(f"no Docker daemon answers on {where}: {_last_line(output, _NO_DAEMON)}", hint=_ELSEWHERE)
         raise CommandFailed(host.name, result.command, result.exit_status, output)
     inspect = transport.run(docker_argv(host, "image", "inspect", "-f", "{{.Id}}", spec.tag), check=True)
     image_id = inspect.stdout.strip()

@@ -88,8 +88,10 @@ def build_cmd(
     host = inv.host(host_name) if host_name else _local(inv.hosts)
     key_files = list(public_keys) or _default_keys(host)
     if not key_files:
-        raise BuildError("no public key given and none in ~/.ssh/id_*.pub",
-                         hint="give --public-key FILE, or create a key with ssh-keygen")
+        raise BuildError(
+            "no public key given and none in ~/.ssh/id_*.pub",
+            hint="give --public-key FILE, or create a key with ssh-keygen",
+        )
     transport = state.pool.get(host)
     if user_name is None or uid is None or gid is None:
         facts = host_facts(host, transport)
@@ -113,8 +115,10 @@ def build_cmd(
     )
     log = None if quiet else sys.stderr.buffer
     result = build(transport, host, spec, log=log, timeout_s=timeout_s)
-    click.echo(f"{result.host}: built {result.tag} ({result.image_id}) for {spec.user} "
-               f"{spec.uid}:{spec.gid} in {result.duration_s:.1f} s")
+    click.echo(
+        f"{result.host}: built {result.tag} ({result.image_id}) for {spec.user} "
+        f"{spec.uid}:{spec.gid} in {result.duration_s:.1f} s"
+    )
 
 
 def _default_keys(host: Host) -> list[Path]:

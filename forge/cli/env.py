@@ -30,26 +30,50 @@ def _age(seconds: int | None) -> str:
 
 
 @click.command()
-@click.option("--to", "to", default="idle", show_default=True, metavar="idle|HOST",
-              help="'idle': the best host for the GPUs asked (not the current one); or a host name.")
+@click.option(
+    "--to",
+    "to",
+    default="idle",
+    show_default=True,
+    metavar="idle|HOST",
+    help="'idle': the best host for the GPUs asked (not the current one); or a host name.",
+)
 @click.option("--env", "env", metavar="NAME", help="Environment name. Default: [environment].name.")
 @click.option("--gpus", type=click.IntRange(min=1), metavar="N", help="GPUs to give it. Default: [environment].gpus.")
 @click.option("--min-free-memory", type=click.IntRange(min=0), metavar="MIB", help="Free memory each GPU needs.")
 @click.option("--image", metavar="REF", help="Image to run. Default: [environment].image.")
 @click.option("--image-from", metavar="HOST", help="Ship the image from HOST (default: the environment's host).")
-@click.option("--keep-changes", is_flag=True,
-              help="Commit the running container and ship that (only its new top layer travels).")
+@click.option(
+    "--keep-changes", is_flag=True, help="Commit the running container and ship that (only its new top layer travels)."
+)
 @click.option("--among", metavar="HOSTS", help="With --to idle: hosts or tags to choose from (comma list).")
-@click.option("--ssh-config/--no-ssh-config", default=False,
-              help="Keep a managed block in ~/.ssh/config so that `ssh ENV` works.")
-@click.option("--authorized-keys", type=click.Path(dir_okay=False, exists=True), metavar="FILE",
-              help="Public keys the container's sshd accepts. Default: the inventory key's .pub or ~/.ssh/id_*.pub.")
+@click.option(
+    "--ssh-config/--no-ssh-config", default=False, help="Keep a managed block in ~/.ssh/config so that `ssh ENV` works."
+)
+@click.option(
+    "--authorized-keys",
+    type=click.Path(dir_okay=False, exists=True),
+    metavar="FILE",
+    help="Public keys the container's sshd accepts. Default: the inventory key's .pub or ~/.ssh/id_*.pub.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
 @click.pass_context
-def migrate(ctx: click.Context, state: State, to: str, env: str | None, gpus: int | None,
-            min_free_memory: int | None, image: str | None, image_from: str | None, keep_changes: bool,
-            among: str | None, ssh_config: bool, authorized_keys: str | None, as_json: bool) -> None:
+def migrate(
+    ctx: click.Context,
+    state: State,
+    to: str,
+    env: str | None,
+    gpus: int | None,
+    min_free_memory: int | None,
+    image: str | None,
+    image_from: str | None,
+    keep_changes: bool,
+    among: str | None,
+    ssh_config: bool,
+    authorized_keys: str | None,
+    as_json: bool,
+) -> None:
     """Move the dev environment to another host, or start it where it does not run yet.
 
     \b
@@ -66,31 +90,63 @@ def migrate(ctx: click.Context, state: State, to: str, env: str | None, gpus: in
     name = env or inv.environment.name
     target = inv.host(to) if to != "idle" else None
     key_host = target or inv.hosts[0]
-    keys = Path(authorized_keys).read_text().strip() if authorized_keys else sshconfig.local_public_keys(
-        key_host.identity_file)
+    keys = (
+        Path(authorized_keys).read_text().strip()
+        if authorized_keys
+        else sshconfig.local_public_keys(key_host.identity_file)
+    )
     req = mig.request_from(
-        inv, env=name, to=to, gpus=gpus, min_free_memory_mib=min_free_memory, image=image, image_from=image_from,
-        keep_changes=keep_changes, among=tuple(among.split(",")) if among else None, authorized_keys=keys)
+        inv,
+        env=name,
+        to=to,
+        gpus=gpus,
+        min_free_memory_mib=min_free_memory,
+        image=image,
+        image_from=image_from,
+        keep_changes=keep_changes,
+        among=tuple(among.split(",")) if among else None,
+        authorized_keys=keys,
+    )
     result = mig.migrate(inv, req, state.pool, progress=output.progress)
     config_path = None
     if ssh_config:
-        config_path = sshconfig.update(name, address=result.address, port=result.port, user=result.user,
-                                       keys=result.host_keys, identity_file=inv.host(result.host).identity_file)
+        config_path = sshconfig.update(
+            name,
+            address=result.address,
+            port=result.port,
+            user=result.user,
+            keys=result.host_keys,
+            identity_file=inv.host(result.host).identity_file,
+        )
     for w in result.warnings:
         click.echo(f"forge: warning: {w}", err=True)
     if as_json:
-        output.emit_json({
-            "env": result.env, "owner": result.owner, "host": result.host, "address": result.address,
-            "container": result.container, "port": result.port, "gpus": list(result.gpus),
-            "gpu_indexes": list(result.gpu_indexes), "image": result.image, "user": result.user,
-            "volume": result.volume.name if result.volume else None, "old_host": result.old_host,
-            "old_container": result.old_container, "ssh": shell.display(result.ssh_command),
-            "host_keys": [f"{k} {v}" for k, v in result.host_keys], "warnings": result.warnings,
-        })
+        output.emit_json(
+            {
+                "env": result.env,
+                "owner": result.owner,
+                "host": result.host,
+                "address": result.address,
+                "container": result.container,
+                "port": result.port,
+                "gpus": list(result.gpus),
+                "gpu_indexes": list(result.gpu_indexes),
+                "image": result.image,
+                "user": result.user,
+                "volume": result.volume.name if result.volume else None,
+                "old_host": result.old_host,
+                "old_container": result.old_container,
+                "ssh": shell.display(result.ssh_command),
+                "host_keys": [f"{k} {v}" for k, v in result.host_keys],
+                "warnings": result.warnings,
+            }
+        )
     else:
         moved = f" (from {result.old_host})" if result.old_host else ""
-        click.echo(f"{result.env} runs on {result.host}{moved}, GPU(s) "
-                   f"{','.join(map(str, result.gpu_indexes))}, port {result.port}")
+        click.echo(
+            f"{result.env} runs on {result.host}{moved}, GPU(s) "
+            f"{','.join(map(str, result.gpu_indexes))}, port {result.port}"
+        )
         click.echo(shell.display(result.ssh_command))
         if config_path:
             click.echo(f"ssh {result.env}   (block in {config_path})")
@@ -99,8 +155,16 @@ def migrate(ctx: click.Context, state: State, to: str, env: str | None, gpus: in
 
 def _row(e: Environment, now: int) -> list[str]:
     created = e.container.created_s
-    return [e.host, e.name, e.owner or "?", ",".join(e.gpus) or "-", str(e.ssh_port or "-"), e.container.image,
-            _age(now - created if created else None), e.container.status]
+    return [
+        e.host,
+        e.name,
+        e.owner or "?",
+        ",".join(e.gpus) or "-",
+        str(e.ssh_port or "-"),
+        e.container.image,
+        _age(now - created if created else None),
+        e.container.status,
+    ]
 
 
 @click.command()
@@ -122,18 +186,27 @@ def ps(ctx: click.Context, state: State, targets: tuple[str, ...], as_json: bool
             continue
         for e in r.value.environments:
             rows.append(_row(e, r.value.now_s))
-            items.append({"host": e.host, "env": e.name, "owner": e.owner, "container": e.container.name,
-                          "gpus": list(e.gpus), "port": e.ssh_port, "user": e.user, "image": e.container.image,
-                          "created_s": e.container.created_s, "state": e.container.state,
-                          "status": e.container.status})
+            items.append(
+                {
+                    "host": e.host,
+                    "env": e.name,
+                    "owner": e.owner,
+                    "container": e.container.name,
+                    "gpus": list(e.gpus),
+                    "port": e.ssh_port,
+                    "user": e.user,
+                    "image": e.container.image,
+                    "created_s": e.container.created_s,
+                    "state": e.container.state,
+                    "status": e.container.status,
+                }
+            )
     if as_json:
-        output.emit_json({"environments": items,
-                          "unreachable": {r.host.name: r.reason for r in listings.failed}})
+        output.emit_json({"environments": items, "unreachable": {r.host.name: r.reason for r in listings.failed}})
     else:
         click.echo(output.table(rows, PS_HEADERS))
     answered = len(listings.succeeded)
-    ctx.exit(ExitCode.OK if answered == len(listings) else ExitCode.UNREACHABLE if answered == 0
-             else ExitCode.PARTIAL)
+    ctx.exit(ExitCode.OK if answered == len(listings) else ExitCode.UNREACHABLE if answered == 0 else ExitCode.PARTIAL)
 
 
 @click.command()
@@ -179,8 +252,18 @@ def ssh(state: State, env: str | None, command: tuple[str, ...]) -> None:
     keys = wait_ready(host, state.pool.get(host), found.container.id, found.ssh_port, timeout_s=10)
     user = found.user or host.user or os.environ.get("USER", "")
     known = sshconfig.pin_keys(name, keys)
-    argv = ["ssh", "-X", "-o", f"HostKeyAlias={sshconfig.alias(name)}", "-o", f"UserKnownHostsFile={known}",
-            "-o", "StrictHostKeyChecking=yes", "-p", str(found.ssh_port)]
+    argv = [
+        "ssh",
+        "-X",
+        "-o",
+        f"HostKeyAlias={sshconfig.alias(name)}",
+        "-o",
+        f"UserKnownHostsFile={known}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-p",
+        str(found.ssh_port),
+    ]
     if host.identity_file:
         argv += ["-i", host.identity_file]
     argv.append(f"{user}@{host.address}")

@@ -38,8 +38,11 @@ def _errors(fn: F) -> F:
 
 
 root_option = click.option(
-    "--root", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help=f"Lab directory (default ${ROOT_ENV} or /var/lib/forge-lab).")
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Lab directory (default ${ROOT_ENV} or /var/lib/forge-lab).",
+)
 
 
 @click.group()
@@ -49,8 +52,14 @@ def lab() -> None:
 
 @lab.command()
 @root_option
-@click.option("--hosts", "n_hosts", type=click.IntRange(1, 200), default=4, show_default=True,
-              help="Number of GPU hosts (gpu1..gpuN), besides the data host.")
+@click.option(
+    "--hosts",
+    "n_hosts",
+    type=click.IntRange(1, 200),
+    default=4,
+    show_default=True,
+    help="Number of GPU hosts (gpu1..gpuN), besides the data host.",
+)
 @_errors
 def up(root: Path | None, n_hosts: int) -> None:
     """Bring the lab up (idempotent) and write its hosts.toml."""
@@ -92,14 +101,14 @@ def status(root: Path | None, as_json: bool) -> None:
 
     click.echo(f"{'HOST':6} {'ADDRESS':12} {'NETNS':6} {'SSHD':6} DOCKERD")
     for h in st.hosts:
-        click.echo(f"{h.name:6} {h.address:12} {word(h.netns):6} {word(h.sshd):6} "
-                   f"{word(h.dockerd)}")
+        click.echo(f"{h.name:6} {h.address:12} {word(h.netns):6} {word(h.sshd):6} {word(h.dockerd)}")
 
 
 @lab.command()
 @root_option
-@click.option("--load", "load_on", multiple=True, metavar="HOST",
-              help="Also import it into this GPU host's daemon (repeatable).")
+@click.option(
+    "--load", "load_on", multiple=True, metavar="HOST", help="Also import it into this GPU host's daemon (repeatable)."
+)
 @_errors
 def image(root: Path | None, load_on: tuple[str, ...]) -> None:
     """Build (once) the base image forge-lab/debian:bookworm and optionally load it."""

@@ -67,8 +67,7 @@ class LazyGroup(click.Group):
         return command
 
 
-@click.group(
-    cls=LazyGroup,context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "-i",
     "--inventory",
@@ -94,7 +93,6 @@ def cli(ctx: click.Context, inventory_path: str | None, debug: bool) -> None:
     state = State(inventory_path=inventory_path, debug=debug)
     ctx.obj = state
     ctx.call_on_close(state.pool.close)
-
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,5 +5,13 @@ from forge.lab.config import BASE_IMAGE, DATA_MARKER, DATA_MARKER_CONTENT, LabCo
 from forge.lab.core import HostStatus, Lab, LabStatus
 from forge.lab.errors import LabError
 
-__all__ = ["BASE_IMAGE", "DATA_MARKER", "DATA_MARKER_CONTENT", "HostStatus", "Lab", "LabConfig",
-           "LabError", "LabStatus"]
+__all__ = [
+    "BASE_IMAGE",
+    "DATA_MARKER",
+    "DATA_MARKER_CONTENT",
+    "HostStatus",
+    "Lab",
+    "LabConfig",
+    "LabError",
+    "LabStatus",
+]

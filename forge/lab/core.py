@@ -26,12 +26,32 @@ from forge.lab.proc import (
     with_descendants,
 )
 
-TOOLS = ["ip", "nsenter", "iptables", "useradd", "userdel", "usermod", "ssh-keygen",
-         "sshd", "dockerd", "docker", "containerd", "runc"]
+TOOLS = [
+    "ip",
+    "nsenter",
+    "iptables",
+    "useradd",
+    "userdel",
+    "usermod",
+    "ssh-keygen",
+    "sshd",
+    "dockerd",
+    "docker",
+    "containerd",
+    "runc",
+]
 # Programs of a lab that may outlive their parents outside its namespaces (containerd's shims
 # re-parent to init); found by the lab root in their command line.
-DETACHED = {"containerd-shim-runc-v2", "containerd-shim-runc-v1", "containerd-shim",
-            "containerd", "dockerd", "sshd", "sshfs", "docker-proxy"}
+DETACHED = {
+    "containerd-shim-runc-v2",
+    "containerd-shim-runc-v1",
+    "containerd-shim",
+    "containerd",
+    "dockerd",
+    "sshd",
+    "sshfs",
+    "docker-proxy",
+}
 
 T = TypeVar("T")
 
@@ -77,7 +97,8 @@ def _check_root_path(root: Path) -> None:
                 raise LabError(
                     f"the lab root {root} is below {parent}, which is writable by others or "
                     "not owned by root; sshd would refuse the lab's keys",
-                    hint="choose a root such as /var/lib/forge-lab")
+                    hint="choose a root such as /var/lib/forge-lab",
+                )
 
 
 class Lab:
@@ -120,23 +141,23 @@ class Lab:
         try:
             return self.config.host(host).address
         except KeyError:
-            raise LabError(f"the lab has no host {host!r}",
-                           hint="hosts are data, " + ", ".join(self.gpu_hosts)) from None
+            raise LabError(
+                f"the lab has no host {host!r}", hint="hosts are data, " + ", ".join(self.gpu_hosts)
+            ) from None
 
     # Up ----------------------------------------------------------------------------------
     def up(self) -> None:
         """Bring the lab up, or finish bringing it up; a no-op on a running lab."""
         cfg = self.config
         if os.geteuid() != 0:
-            raise LabError("the lab needs root (network namespaces, sshd, dockerd)",
-                           hint="run as root, e.g. with sudo")
+            raise LabError("the lab needs root (network namespaces, sshd, dockerd)", hint="run as root, e.g. with sudo")
         require(*TOOLS)
         old = state.load(cfg.root)
         if old and old.get("hosts") != cfg.hosts:
             raise LabError(
                 f"the lab at {cfg.root} has {old.get('hosts')} GPU hosts, not {cfg.hosts}",
-                hint=f"run `forge lab down --root {cfg.root}` first, or pass --hosts "
-                f"{old.get('hosts')}")
+                hint=f"run `forge lab down --root {cfg.root}` first, or pass --hosts {old.get('hosts')}",
+            )
         _check_root_path(cfg.root)
         state.claim_network(cfg)
         state.save(cfg)
@@ -201,15 +222,18 @@ class Lab:
             return LabStatus(root=str(cfg.root), exists=False, bridge=False, hosts=[])
         hosts = []
         for host in cfg.all_hosts():
-            hosts.append(HostStatus(
-                name=host.name,
-                address=host.address,
-                netns=netns.netns_exists(host.netns),
-                sshd=sshd.pid(cfg, host.name) is not None,
-                dockerd=(dockerd.ping(cfg.docker_socket(host.name)) if host.gpu else None),
-            ))
-        return LabStatus(root=str(cfg.root), exists=cfg.state_file.exists(),
-                         bridge=netns.link_exists(cfg.bridge), hosts=hosts)
+            hosts.append(
+                HostStatus(
+                    name=host.name,
+                    address=host.address,
+                    netns=netns.netns_exists(host.netns),
+                    sshd=sshd.pid(cfg, host.name) is not None,
+                    dockerd=(dockerd.ping(cfg.docker_socket(host.name)) if host.gpu else None),
+                )
+            )
+        return LabStatus(
+            root=str(cfg.root), exists=cfg.state_file.exists(), bridge=netns.link_exists(cfg.bridge), hosts=hosts
+        )
 
     # Down --------------------------------------------------------------------------------
     def down(self, *, purge_cache: bool = False) -> None:
@@ -224,9 +248,11 @@ class Lab:
             self.progress(f"no lab recorded at {cfg.state_file}; nothing to take down")
             return
         names = {h.netns for h in cfg.all_hosts()}
-        stray = [n for n in netns.list_netns(cfg.netns_prefix)
-                 if n[len(cfg.netns_prefix):] == "data"
-                 or n[len(cfg.netns_prefix):].removeprefix("gpu").isdigit()]
+        stray = [
+            n
+            for n in netns.list_netns(cfg.netns_prefix)
+            if n[len(cfg.netns_prefix) :] == "data" or n[len(cfg.netns_prefix) :].removeprefix("gpu").isdigit()
+        ]
         self.progress("stopping dockerd (and its containers)")
         self._each(lambda h: dockerd.stop(cfg, h), self.gpu_hosts)
 
@@ -244,8 +270,10 @@ class Lab:
 
         left = mounts.unmount_all(cfg.root)
         if left:
-            raise LabError(f"could not unmount {', '.join(left)}",
-                           hint="find the user with `fuser -vm MOUNTPOINT`, then run down again")
+            raise LabError(
+                f"could not unmount {', '.join(left)}",
+                hint="find the user with `fuser -vm MOUNTPOINT`, then run down again",
+            )
         self.progress("removing namespaces, bridge and firewall rules")
         for host in cfg.all_hosts():
             netns.remove_host_network(host)
@@ -302,8 +330,9 @@ class Lab:
         finally:
             self.start_sshd(host)
 
-    def docker(self, host: str, *args: str, check: bool = False,
-               timeout: float | None = 300) -> subprocess.CompletedProcess[str]:
+    def docker(
+        self, host: str, *args: str, check: bool = False, timeout: float | None = 300
+    ) -> subprocess.CompletedProcess[str]:
         """Run the docker CLI against a GPU host's daemon, from this machine."""
         self._gpu_host(host)
         return dockerd.docker(self.config, host, *args, check=check, timeout=timeout)
@@ -322,5 +351,4 @@ class Lab:
 
     def _gpu_host(self, host: str) -> None:
         if host not in self.gpu_hosts:
-            raise LabError(f"{host!r} is not a GPU host of the lab",
-                           hint="GPU hosts are " + ", ".join(self.gpu_hosts))
+            raise LabError(f"{host!r} is not a GPU host of the lab", hint="GPU hosts are " + ", ".join(self.gpu_hosts))

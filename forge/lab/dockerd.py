@@ -90,15 +90,24 @@ def argv(cfg: LabConfig, name: str) -> list[str]:
     config_file.write_text(json.dumps({"deprecated-key-path": str(key_path(cfg, name))}) + "\n")
     return [
         which("dockerd"),
-        "--host", cfg.docker_host(name),
-        "--data-root", str(_dir(cfg, name)),
-        "--exec-root", str(exec_root(cfg, name)),
-        "--pidfile", str(pidfile(cfg, name)),
-        "--config-file", str(config_file),
-        "--bip", cfg.docker_bip(spec),
-        "--group", cfg.user,
-        "--containerd-namespace", f"forgelab-{name}",
-        "--containerd-plugins-namespace", f"forgelab-{name}-plugins",
+        "--host",
+        cfg.docker_host(name),
+        "--data-root",
+        str(_dir(cfg, name)),
+        "--exec-root",
+        str(exec_root(cfg, name)),
+        "--pidfile",
+        str(pidfile(cfg, name)),
+        "--config-file",
+        str(config_file),
+        "--bip",
+        cfg.docker_bip(spec),
+        "--group",
+        cfg.user,
+        "--containerd-namespace",
+        f"forgelab-{name}",
+        "--containerd-plugins-namespace",
+        f"forgelab-{name}-plugins",
     ]
 
 
@@ -126,8 +135,7 @@ def start(cfg: LabConfig, name: str) -> None:
     spec = cfg.host(name)
     install_hook(cfg, name)
     env = dict(os.environ)
-    env["PATH"] = f"{hook_dir(cfg, name)}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:" \
-        "/sbin:/bin"
+    env["PATH"] = f"{hook_dir(cfg, name)}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     env.pop("DOCKER_HOST", None)
     with open(log_path(cfg, name), "ab") as log:
         subprocess.Popen(
@@ -141,14 +149,14 @@ def start(cfg: LabConfig, name: str) -> None:
     if not wait_until(lambda: ping(cfg.docker_socket(name)), 60, 0.25):
         tail = log_path(cfg, name).read_text(errors="replace").strip().splitlines()[-5:]
         raise LabError(
-            f"{name}: dockerd did not answer on {cfg.docker_socket(name)} within 60 s: "
-            + "\n".join(tail),
+            f"{name}: dockerd did not answer on {cfg.docker_socket(name)} within 60 s: " + "\n".join(tail),
             hint=f"see {log_path(cfg, name)}",
         )
 
 
-def docker(cfg: LabConfig, name: str, *args: str, check: bool = True,
-           timeout: float | None = 120) -> subprocess.CompletedProcess[str]:
+def docker(
+    cfg: LabConfig, name: str, *args: str, check: bool = True, timeout: float | None = 120
+) -> subprocess.CompletedProcess[str]:
     """Run the docker CLI against this host's daemon."""
     return run(["docker", "-H", cfg.docker_host(name), *args], check=check, timeout=timeout)
 

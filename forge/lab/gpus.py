@@ -40,7 +40,6 @@ exec %(renderer)s "$@"
 """
 
 
-
 def renderer_source(source: Path = FAKE_GPU) -> str:
     """The nvidia-smi renderer: fake_gpu.py with its first line replaced by the shebang."""
     lines = source.read_text().splitlines(keepends=True)

@@ -36,8 +36,10 @@ def debian_mirror() -> str:
             parts = line.split()
             if len(parts) >= 3 and parts[0] == "deb" and parts[2] == SUITE:
                 return parts[1]
-    raise LabError(f"no apt source for Debian {SUITE} found in {SOURCES} or {SOURCES_LIST}",
-                   hint="the base image is built from the mirror apt uses")
+    raise LabError(
+        f"no apt source for Debian {SUITE} found in {SOURCES} or {SOURCES_LIST}",
+        hint="the base image is built from the mirror apt uses",
+    )
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,18 @@ def ensure_tar(cfg: LabConfig, image: RootImage, progress: Progress = no_progres
         mirror = debian_mirror()
         progress(f"building {image.name} with debootstrap from {mirror} (about a minute)")
         try:
-            run(["debootstrap", "--variant=minbase", "--include=" + ",".join(image.packages),
-                 SUITE, str(rootfs), mirror], timeout=900,
-                hint=f"see {rootfs}/debootstrap/debootstrap.log")
+            run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    "--include=" + ",".join(image.packages),
+                    SUITE,
+                    str(rootfs),
+                    mirror,
+                ],
+                timeout=900,
+                hint=f"see {rootfs}/debootstrap/debootstrap.log",
+            )
             for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
                 for item in (rootfs / sub).glob("*"):
                     if item.is_file():
@@ -116,8 +127,7 @@ def import_rootfs(cfg: LabConfig, host: str, rootfs: Path, image: str = BASE_IMA
     tar = subprocess.Popen(tar_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if tar.stdout is None:  # pragma: no cover - stdout=PIPE always gives one
         raise LabError("tar gave no output pipe")
-    imp = subprocess.Popen(imp_argv, stdin=tar.stdout, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    imp = subprocess.Popen(imp_argv, stdin=tar.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     tar.stdout.close()
     _, imp_err = imp.communicate(timeout=600)
     tar_err = tar.stderr.read().decode(errors="replace") if tar.stderr else ""
@@ -138,8 +148,9 @@ def load_image(cfg: LabConfig, host: str, image: RootImage, progress: Progress =
     with open(tar, "rb") as f:
         proc = subprocess.run(argv, stdin=f, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0:
-        raise LabCommandFailed(shell.display(argv), proc.returncode, proc.stderr,
-                               hint=f"is {host}'s dockerd up? try `forge lab status`")
+        raise LabCommandFailed(
+            shell.display(argv), proc.returncode, proc.stderr, hint=f"is {host}'s dockerd up? try `forge lab status`"
+        )
     return image.name
 
 

@@ -41,9 +41,7 @@ def run(
             env=env,
         )
     except FileNotFoundError as e:
-        raise LabError(
-            f"`{argv[0]}` is not installed", hint=hint or "install the lab's Debian packages"
-        ) from e
+        raise LabError(f"`{argv[0]}` is not installed", hint=hint or "install the lab's Debian packages") from e
     except subprocess.TimeoutExpired as e:
         raise LabError(f"`{shell.display(argv)}` ran past {timeout} s", hint=hint) from e
     if check and proc.returncode != 0:
@@ -58,8 +56,7 @@ def require(*tools: str) -> None:
     if missing:
         raise LabError(
             "missing tools: " + ", ".join(missing),
-            hint="install docker.io openssh-server openssh-client sshfs iproute2 iptables "
-            "debootstrap util-linux",
+            hint="install docker.io openssh-server openssh-client sshfs iproute2 iptables debootstrap util-linux",
         )
 
 

@@ -33,8 +33,7 @@ def host_env(cfg: LabConfig, name: str) -> dict[str, str]:
     """What every SSH session on this host gets (through ``SetEnv``)."""
     return {
         "DOCKER_HOST": cfg.docker_host(name),
-        "PATH": f"{cfg.bin_dir(name)}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
-        "/sbin:/bin",
+        "PATH": f"{cfg.bin_dir(name)}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "FORGE_LAB_HOST": name,
         "FORGE_LAB_GPU_STATE": str(cfg.gpu_state(name)),
     }
@@ -43,26 +42,28 @@ def host_env(cfg: LabConfig, name: str) -> dict[str, str]:
 def render_config(cfg: LabConfig, name: str) -> str:
     address = cfg.host(name).address
     setenv = " ".join(f"{k}={v}" for k, v in host_env(cfg, name).items())
-    return "\n".join([
-        "# sshd of a forge lab host (written by `forge lab up`)",
-        f"ListenAddress {address}",
-        "Port 22",
-        f"HostKey {host_key(cfg, name)}",
-        f"PidFile {pidfile(cfg, name)}",
-        f"AuthorizedKeysFile {cfg.authorized_keys}",
-        f"AllowUsers {cfg.user}",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        "PubkeyAuthentication yes",
-        "PermitRootLogin no",
-        "UsePAM no",
-        "X11Forwarding yes",
-        "AllowTcpForwarding yes",
-        "MaxStartups 100:30:200",
-        "Subsystem sftp internal-sftp",
-        f"SetEnv {setenv}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# sshd of a forge lab host (written by `forge lab up`)",
+            f"ListenAddress {address}",
+            "Port 22",
+            f"HostKey {host_key(cfg, name)}",
+            f"PidFile {pidfile(cfg, name)}",
+            f"AuthorizedKeysFile {cfg.authorized_keys}",
+            f"AllowUsers {cfg.user}",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PubkeyAuthentication yes",
+            "PermitRootLogin no",
+            "UsePAM no",
+            "X11Forwarding yes",
+            "AllowTcpForwarding yes",
+            "MaxStartups 100:30:200",
+            "Subsystem sftp internal-sftp",
+            f"SetEnv {setenv}",
+            "",
+        ]
+    )
 
 
 def ensure_config(cfg: LabConfig, name: str) -> str:
@@ -71,12 +72,10 @@ def ensure_config(cfg: LabConfig, name: str) -> str:
     d.mkdir(parents=True, exist_ok=True)
     key = host_key(cfg, name)
     if not key.exists():
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@forge-lab",
-             "-f", str(key)])
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@forge-lab", "-f", str(key)])
     config_path(cfg, name).write_text(render_config(cfg, name))
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    run([which("sshd"), "-t", "-f", str(config_path(cfg, name))],
-        hint="the generated sshd_config is invalid")
+    run([which("sshd"), "-t", "-f", str(config_path(cfg, name))], hint="the generated sshd_config is invalid")
     return key.with_suffix(".pub").read_text().strip()
 
 
@@ -98,8 +97,10 @@ def start(cfg: LabConfig, name: str) -> None:
         return
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     spec = cfg.host(name)
-    run([*nsenter(spec.netns), which("sshd"), "-f", str(config_path(cfg, name))],
-        hint=f"try `sshd -d -f {config_path(cfg, name)}` in netns {spec.netns}")
+    run(
+        [*nsenter(spec.netns), which("sshd"), "-f", str(config_path(cfg, name))],
+        hint=f"try `sshd -d -f {config_path(cfg, name)}` in netns {spec.netns}",
+    )
     if not wait_until(lambda: port_open(spec.address), 10):
         raise LabError(f"{name}: sshd started but {spec.address}:22 does not answer")
 

@@ -62,9 +62,9 @@ def claim_network(cfg: LabConfig) -> None:
         holder = ""
     if holder and holder != str(cfg.root) and (Path(holder) / "lab.json").exists():
         raise LabError(
-            f"bridge {cfg.bridge} (and its addresses and namespaces) belongs to the lab at "
-            f"{holder}",
-            hint=f"take that one down first (`forge lab down --root {holder}`), or use it")
+            f"bridge {cfg.bridge} (and its addresses and namespaces) belongs to the lab at {holder}",
+            hint=f"take that one down first (`forge lab down --root {holder}`), or use it",
+        )
     path.write_text(f"{cfg.root}\n")
 
 

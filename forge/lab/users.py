@@ -24,8 +24,7 @@ def ensure_user(cfg: LabConfig) -> bool:
     created = False
     if not user_exists(cfg.user):
         cfg.home.parent.mkdir(parents=True, exist_ok=True)
-        run(["useradd", "--create-home", "--home-dir", str(cfg.home),
-             "--shell", "/bin/bash", "--user-group", cfg.user])
+        run(["useradd", "--create-home", "--home-dir", str(cfg.home), "--shell", "/bin/bash", "--user-group", cfg.user])
         created = True
     # A locked password ("!") makes sshd (UsePAM no) refuse even key logins; "*" allows keys.
     run(["usermod", "-p", "*", cfg.user])
@@ -40,8 +39,9 @@ def remove_user(name: str) -> None:
 def ensure_keypair(cfg: LabConfig) -> None:
     cfg.ssh_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.identity_file.exists():
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{cfg.user}@forge-lab",
-             "-f", str(cfg.identity_file)])
+        run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{cfg.user}@forge-lab", "-f", str(cfg.identity_file)]
+        )
     pub = cfg.identity_file.with_suffix(".pub").read_text()
     cfg.authorized_keys.write_text(pub)
     cfg.authorized_keys.chmod(0o644)
