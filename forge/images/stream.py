@@ -41,6 +41,8 @@ class HostFeed(io.RawIOBase):
     # producer side
     def put(self, chunk: bytes) -> bool:
         """Queue a chunk; False once the host stopped reading (it is then skipped)."""
+        if not chunk:  # the reader takes an empty read for the end of the stream
+            return not self.consumer_gone.is_set()
         while not self.consumer_gone.is_set():
             try:
                 self._q.put(chunk, timeout=0.2)

@@ -10,6 +10,12 @@ docker load`` over its own SSH channel. The image is saved by ID, so ``docker lo
 nothing; forge checks the loaded ID against the source's and only then tags it. After a failed
 load forge removes what it left behind (untagged images it created); a rerun completes the
 job, shipping only what is still missing.
+
+Where forge can read the source daemon's layer store here (a local daemon, overlay2, readable:
+as root), it writes each group's load archive itself from the store
+(:mod:`forge.images.layerstore`) instead of reading ``docker save``, which writes the whole
+image to a temporary directory before its first byte and always every layer. ``read="save"``
+forces ``docker save``; ``read="store"`` fails when the store cannot be read.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Literal, cast
 
@@ -36,6 +42,7 @@ from forge.images.inspect import (
     parse_image_line,
     survey,
 )
+from forge.images.layerstore import Archive, LayerStore, LayerStoreError, open_store, plan_archive
 from forge.images.savetar import LayerFilter
 from forge.images.stream import Compressor, Direct, Fanout, HostFeed, StreamError, Tee
 from forge.inventory import Host
@@ -43,6 +50,7 @@ from forge.progress import NoProgress, Progress
 from forge.transport import Transport
 
 Action = Literal["current", "tag", "send"]
+READS = ("auto", "store", "save")
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 3600.0
 
@@ -82,6 +90,8 @@ class SyncReport:
     image: ImageInfo
     tags: tuple[str, ...]
     results: FleetResult[HostSync]
+    read: str = ""  # how the source was read: "store", "save", or "" (nothing was sent)
+    read_note: str = ""  # why not from the layer store, when it could not be
 
 
 @dataclass
@@ -89,6 +99,7 @@ class _Group:
     skip: frozenset[str]
     codec: codecs.Codec
     plans: list[HostPlan] = field(default_factory=list)
+    archive: Archive | None = None  # from the layer store; None: filtered docker save
 
 
 def wanted_tags(ref: str, image: ImageInfo) -> tuple[str, ...]:
@@ -156,8 +167,15 @@ def sync_image(
     concurrency: int = DEFAULT_CONCURRENCY,
     progress: Progress | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    read: str = "auto",
 ) -> SyncReport:
-    """Make ``ref`` (a name or an image ID on ``source``) present and tagged on every target."""
+    """Make ``ref`` (a name or an image ID on ``source``) present and tagged on every target.
+
+    ``read``: ``auto`` (the layer store where readable, else ``docker save``), ``store`` or
+    ``save``.
+    """
+    if read not in READS:
+        raise ForgeError(f"unknown way to read the image {read!r}", hint="one of " + ", ".join(READS))
     progress = progress or NoProgress()
     targets = [t for t in targets if t.name != source.name]
     image, tags, plans = plan(ref, source=source, targets=targets, pool=pool, compress=compress)
@@ -177,11 +195,46 @@ def sync_image(
         results[r.host.name] = r
 
     to_send = [r.value for r in plans.succeeded if r.value is not None and r.value.action == "send"]
+    store: LayerStore | None = None
+    note = ""
+    if to_send and read != "save":
+        store, note = open_store(source, pool.get(source))
+        if store is None and read == "store":
+            raise LayerStoreError(f"{source.name}: cannot read the layer store: {note}", hint="use --read save")
+    used = ""
     for i in range(0, len(to_send), max(1, concurrency)):
         wave = to_send[i : i + max(1, concurrency)]
-        for r in _send_wave(image, tags, source, wave, pool, progress, timeout_s):
+        groups, why = _groups(image, wave, store, strict=read == "store")
+        note = note or why
+        used = "store" if all(g.archive is not None for g in groups) else "save"
+        for r in _send_wave(image, tags, source, groups, pool, progress, timeout_s):
             results[r.host.name] = r
-    return SyncReport(ref, image, tags, FleetResult(tuple(results[h.name] for h in targets)))
+    return SyncReport(ref, image, tags, FleetResult(tuple(results[h.name] for h in targets)), read=used, read_note=note)
+
+
+def _groups(
+    image: ImageInfo, wave: list[HostPlan], store: LayerStore | None, *, strict: bool
+) -> tuple[list[_Group], str]:
+    """Hosts that lack the same layers and use the same codec share one archive stream.
+
+    With a store, every group's archive is planned (and its files checked) before any byte
+    is sent; if one cannot be, the whole wave reads ``docker save`` (unless ``strict``).
+    """
+    groups: dict[tuple[frozenset[str], str], _Group] = {}
+    for p in wave:
+        groups.setdefault((p.skip, p.codec.name), _Group(p.skip, p.codec)).plans.append(p)
+    if store is None:
+        return list(groups.values()), ""
+    try:
+        for g in groups.values():
+            g.archive = plan_archive(store, image, g.skip)
+    except LayerStoreError as e:
+        if strict:
+            raise
+        for g in groups.values():
+            g.archive = None
+        return list(groups.values()), str(e)
+    return list(groups.values()), ""
 
 
 # --------------------------------------------------------------------------- one wave
@@ -191,28 +244,27 @@ def _send_wave(
     image: ImageInfo,
     tags: tuple[str, ...],
     source: Host,
-    wave: list[HostPlan],
+    groups: list[_Group],
     pool: Pool,
     progress: Progress,
     timeout_s: float,
 ) -> FleetResult[HostSync]:
-    groups: dict[tuple[frozenset[str], str], _Group] = {}
-    for p in wave:
-        groups.setdefault((p.skip, p.codec.name), _Group(p.skip, p.codec)).plans.append(p)
+    wave = [p for g in groups for p in g.plans]
     feeds = {p.host.name: HostFeed(p.host.name) for p in wave}
     plans = {p.host.name: p for p in wave}
-    filters: dict[str, LayerFilter] = {}
+    writers: dict[str, _LiveWriter] = {}
     sinks: list[Compressor | Direct] = []
-    writers: list[_LiveWriter] = []
+    group_writers: list[tuple[_Group, _LiveWriter]] = []
     try:
-        for g in groups.values():
+        for g in groups:
             fan = Fanout([feeds[p.host.name] for p in g.plans])
             sink: Compressor | Direct = Compressor(g.codec.compress, fan) if g.codec.compress else Direct(fan)
             sinks.append(sink)
-            filt = LayerFilter(image.layers, g.skip, sink.write)
-            writers.append(_LiveWriter(filt, fan))
+            filt = LayerFilter(image.layers, g.skip, sink.write) if g.archive is None else None
+            writer = _LiveWriter(fan, sink.write, filt)
+            group_writers.append((g, writer))
             for p in g.plans:
-                filters[p.host.name] = filt
+                writers[p.host.name] = writer
     except OSError as e:
         for s in sinks:
             s.abort()
@@ -220,25 +272,63 @@ def _send_wave(
 
     source_error: list[BaseException] = []
 
-    def advance(n: int) -> None:
-        for name, feed in feeds.items():
-            if not feed.consumer_gone.is_set():
-                progress.advance(name, n)
+    def advancer(names: Sequence[str]) -> Callable[[int], None]:
+        def advance(n: int) -> None:
+            for name in names:
+                if not feeds[name].consumer_gone.is_set():
+                    progress.advance(name, n)
+
+        return advance
+
+    def read_save() -> None:
+        result = pool.get(source).stream(
+            docker_argv(source, "save", image.id),
+            sink=cast(IO[bytes], Tee([w.write for _, w in group_writers], advancer(list(feeds)))),
+            timeout=timeout_s,
+        )
+        if not result.ok:
+            tail = "\n".join(result.stderr.strip().splitlines()[-2:])
+            raise HostError(source.name, f"docker save failed with status {result.exit_status}: {tail}")
+        for _, w in group_writers:
+            w.finish()
+
+    def read_store() -> None:
+        errors: list[BaseException] = []
+
+        def one(g: _Group, w: _LiveWriter) -> None:
+            advance = advancer([p.host.name for p in g.plans])
+
+            def out(data: bytes) -> None:
+                w.write(data)
+                advance(len(data))
+
+            try:
+                assert g.archive is not None
+                g.archive.write(out)
+            except _GroupGone:
+                pass
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [
+            threading.Thread(target=one, args=gw, name="forge-sync-store", daemon=True) for gw in group_writers[1:]
+        ]
+        for th in threads:
+            th.start()
+        one(*group_writers[0])
+        for th in threads:
+            th.join()
+        if errors:
+            raise errors[0]
 
     def read_source() -> None:
         try:
-            if not any(f.alive for f in (w.fan for w in writers)):
+            if not any(w.fan.alive for _, w in group_writers):
                 raise StreamError("no target is left to send to")
-            result = pool.get(source).stream(
-                docker_argv(source, "save", image.id),
-                sink=cast(IO[bytes], Tee([w.write for w in writers], advance)),
-                timeout=timeout_s,
-            )
-            if not result.ok:
-                tail = "\n".join(result.stderr.strip().splitlines()[-2:])
-                raise HostError(source.name, f"docker save failed with status {result.exit_status}: {tail}")
-            for w in writers:
-                w.filt.finish()
+            if all(g.archive is not None for g in groups):
+                read_store()
+            else:
+                read_save()
             for s in sinks:
                 s.close()
         except BaseException as e:
@@ -248,8 +338,9 @@ def _send_wave(
             for feed in feeds.values():  # the hosts' loads see a truncated stream and fail
                 feed.end()
 
-    for p in wave:
-        progress.start(p.host.name, image.size_bytes)
+    for g in groups:
+        for p in g.plans:
+            progress.start(p.host.name, g.archive.size if g.archive is not None else image.size_bytes)
     reader = threading.Thread(target=read_source, name="forge-sync-source", daemon=True)
     reader.start()
 
@@ -257,7 +348,7 @@ def _send_wave(
         p = plans[t.name]
         ok = False
         try:
-            value = _load_one(p, t, feeds[t.name], filters[t.name], image, tags, source_error, reader, timeout_s)
+            value = _load_one(p, t, feeds[t.name], writers[t.name], image, tags, source_error, reader, timeout_s)
             ok = True
             return value
         finally:
@@ -269,21 +360,42 @@ def _send_wave(
     return results
 
 
-@dataclass
+class _GroupGone(Exception):
+    """Every host of a group stopped reading its stream (they failed, and say why)."""
+
+
 class _LiveWriter:
-    filt: LayerFilter
-    fan: Fanout
+    """One group's way into its sink: through the save-archive filter, or straight."""
+
+    def __init__(self, fan: Fanout, sink: Callable[[bytes], None], filt: LayerFilter | None) -> None:
+        self.fan = fan
+        self.filt = filt
+        self._out = filt.write if filt is not None else sink
+        self.bytes = 0
 
     def write(self, data: bytes) -> None:
-        if self.fan.alive:  # every host of this group failed: stop filtering for them
-            self.filt.write(data)
+        if not self.fan.alive:  # every host of this group failed: stop writing for them
+            if self.filt is None:
+                raise _GroupGone  # the group's own archive: stop reading it
+            return
+        self._out(data)
+        if self.filt is None:
+            self.bytes += len(data)
+
+    def finish(self) -> None:
+        if self.filt is not None:
+            self.filt.finish()
+
+    @property
+    def tar_bytes(self) -> int:
+        return self.filt.stats.bytes_out if self.filt is not None else self.bytes
 
 
 def _load_one(
     p: HostPlan,
     t: Transport,
     feed: HostFeed,
-    filt: LayerFilter,
+    writer: _LiveWriter,
     image: ImageInfo,
     tags: tuple[str, ...],
     source_error: list[BaseException],
@@ -322,14 +434,13 @@ def _load_one(
             raise SyncFailed(host.name, _reason(failure) + note) from failure
     _verify(host, t, image)
     _tag(host, t, image, tags)
-    stats = filt.stats
     return HostSync(
         host.name,
         "send",
         codec=p.codec.name,
         layers_total=len(image.layers),
         layers_sent=len(image.layers) - len(p.skip),
-        tar_bytes=stats.bytes_out,
+        tar_bytes=writer.tar_bytes,
         wire_bytes=feed.bytes_read,
         seconds=time.monotonic() - started,
     )

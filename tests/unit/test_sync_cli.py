@@ -102,3 +102,33 @@ def test_check_calls_only_connection_failures_unreachable(inv: str, monkeypatch:
     r = _run(inv, "ok:1", "--check", "--quiet")
     assert r.exit_code == 5
     assert [line.split()[-3:] for line in r.stdout.splitlines()] == [["unreachable:", "connection", "refused"]] * 2
+
+
+def test_read_is_passed_through_and_reported(inv: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    def fake(ref: str, *, source: Host, targets: list[Host], read: str = "auto", **_: Any) -> SyncReport:
+        seen.append(read)
+        results = tuple(
+            HostResult(h, value=HostSync(h.name, "send", layers_total=1, layers_sent=1, tar_bytes=10, wire_bytes=5))
+            for h in targets
+            if h is not source
+        )
+        how = "save" if read == "save" else "store"
+        note = "the source is another machine" if how == "save" else ""
+        return SyncReport(ref, IMAGE, ("ok:1",), FleetResult(results), read=how, read_note=note)
+
+    monkeypatch.setattr(sync_cli, "sync_image", fake)
+    out = _run(inv, "--json", "--read", "save", "ok:1")
+    assert out.exit_code == 0 and seen == ["save"]
+    assert {r["read"] for r in json.loads(out.output)["results"]} == {"save"}
+    table = _run(inv, "ok:1")
+    assert seen == ["save", "auto"]
+    assert "read from the daemon's layer store" in table.output.splitlines()[0]
+    assert (
+        _run(inv, "--read", "save", "ok:1")
+        .output.splitlines()[0]
+        .endswith("read with docker save (the source is another machine)")
+    )
+    bad = CliRunner().invoke(cli, ["-i", inv, "sync", "--read", "tape", "ok:1"])
+    assert bad.exit_code == 2 and "'tape' is not one of" in bad.output

@@ -32,6 +32,18 @@ def test_every_feed_gets_every_byte_in_order() -> None:
     assert feeds[0].bytes_read == len(payload)
 
 
+def test_an_empty_chunk_is_not_the_end_of_the_stream() -> None:
+    feed = HostFeed("a")
+    out: list[bytes] = []
+    reader = _drain(feed, out)
+    fan = Fanout([feed])
+    for chunk in (b"header", b"", b"rest"):
+        fan.write(chunk)
+    fan.close()
+    reader.join(10)
+    assert b"".join(out) == b"headerrest"
+
+
 def test_a_host_that_stopped_reading_does_not_block_the_others() -> None:
     dead, live = HostFeed("dead"), HostFeed("live")
     out: list[bytes] = []
