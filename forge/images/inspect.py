@@ -70,10 +70,17 @@ class HostImages:
 
 
 def normalize_ref(ref: str) -> str:
-    """``name`` -> ``name:latest``, as docker lists tags; digests and tagged names unchanged."""
-    if "@" in ref or ref.startswith("sha256:"):
+    """A name as docker lists it in RepoTags: ``name`` -> ``name:latest``, Docker Hub's
+    ``docker.io/library/name`` -> ``name``; digests and image IDs unchanged."""
+    if ref.startswith("sha256:"):
         return ref
-    if ":" in ref.rsplit("/", 1)[-1]:
+    for registry in ("docker.io/", "index.docker.io/"):  # Docker Hub names are listed short
+        if ref.startswith(registry):
+            ref = ref[len(registry) :]
+            break
+    if ref.startswith("library/") and ref.count("/") == 1:
+        ref = ref[len("library/") :]
+    if "@" in ref or ":" in ref.rsplit("/", 1)[-1]:
         return ref
     return ref + ":latest"
 

@@ -51,6 +51,12 @@ def test_broken_lines_are_ignored() -> None:
         ("reg:5000/a/b", "reg:5000/a/b:latest"),
         ("a/b:1", "a/b:1"),
         ("a@sha256:x", "a@sha256:x"),
+        # Docker Hub names as `docker image inspect` lists them (checked on Engine 20.10)
+        ("docker.io/library/forgetest:1", "forgetest:1"),
+        ("library/forgetest:2", "forgetest:2"),
+        ("index.docker.io/someone/forgetest:3", "someone/forgetest:3"),
+        ("docker.io/ubuntu", "ubuntu:latest"),
+        ("registry.lab/library/x:1", "registry.lab/library/x:1"),
     ],
 )
 def test_normalize_ref(ref: str, want: str) -> None:
