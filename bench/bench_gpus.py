@@ -8,6 +8,9 @@ what ``forge gpus --watch`` does after its first frame.
 
 Goals: forge at least 8x faster than the loop, and 16 hosts in under 1.5x the time of one.
 
+Also prints where the CPU went: the whole machine's against forge's own during one parallel
+probe, and per probe of one host (50 in a row on an open connection), what the host spends.
+
 Runs against a separate lab of 16 hosts (root /var/lib/forge-lab-bench, bridge forgebench0,
 10.78.0.0/24), brought up here and taken down at the end unless --keep. Needs root.
 
@@ -43,6 +46,17 @@ def cpu_split(fn: Callable[[], object]) -> tuple[float, float, float]:
     machine, own, wall = busy_cpu_s(), time.process_time(), time.perf_counter()
     fn()
     return time.perf_counter() - wall, busy_cpu_s() - machine, time.process_time() - own
+
+
+def per_call_cpu(fn: Callable[[], object], n: int) -> tuple[float, float, float]:
+    """(machine CPU s, this process's CPU s, the idle machine's CPU s over the same time) per
+    call, over ``n`` calls in a row. The idle figure is measured just before, while sleeping:
+    dockerd and containerd of every lab host tick along even when nobody asks them anything."""
+    idle_cpu, idle_wall = busy_cpu_s(), time.perf_counter()
+    time.sleep(2)
+    idle_rate = (busy_cpu_s() - idle_cpu) / (time.perf_counter() - idle_wall)
+    wall, machine, own = cpu_split(lambda: [fn() for _ in range(n)])
+    return machine / n, own / n, idle_rate * wall / n
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:
@@ -146,6 +160,8 @@ def run(lab: Lab, repeat: int) -> int:
         "forge probe in-process, cold": cpu_split(lambda: forge_cold_inprocess(hosts)),
         "forge probe in-process, warm": cpu_split(lambda: survey(inv, hosts, pool=warm_pool)),
     }
+    probes = 50
+    one_host = per_call_cpu(lambda: survey(inv, hosts[:1], pool=warm_pool), probes)
     warm_pool.close()
     subprocess.run(["rm", "-rf", control_dir], check=False)
 
@@ -171,6 +187,14 @@ def run(lab: Lab, repeat: int) -> int:
     print("| --- | --- | --- | --- |")
     for name, (wall, machine, own) in splits.items():
         print(f"| {name} | {wall:.3f} | {machine:.3f} of {wall * cores:.3f} | {own:.3f} |")
+    print()
+    machine, own, idle = one_host
+    print(f"| one host, {probes} warm probes in a row: CPU per probe (ms) | value |")
+    print("| --- | --- |")
+    print(f"| machine | {machine * 1000:.1f} |")
+    print(f"| forge | {own * 1000:.1f} |")
+    print(f"| idle machine over the same time | {idle * 1000:.1f} |")
+    print(f"| the host (machine - forge - idle) | {(machine - own - idle) * 1000:.1f} |")
     return 0
 
 

@@ -56,66 +56,88 @@ DOCKER_FORMAT = " ".join(_FORMAT_FIELDS)
 # $1: --query-gpu fields, $2: --query-compute-apps fields, $3: docker ps --format,
 # $4: the host's docker_host from the inventory (empty: docker's default).
 # A constant: nothing from the inventory or the command line is ever spliced into it.
+#
+# The three slow calls run at once: each nvidia-smi call costs ~25 ms with persistence mode on
+# (over a second without), `docker ps` tens of milliseconds. Without temporary files, and with
+# shell builtins wherever POSIX sh has one, because every fork and exec is CPU the host pays
+# on each probe (measured in docs/benchmarks.md):
+# - the container listing is the first stage of a pipeline; the second stage prints the other
+#   sections, then passes the listing through (`exec cat`);
+# - in that second stage, a command substitution captures the process query while the GPU
+#   query, started in the background inside it, prints its section straight to fd 3 (the
+#   script's stdout); the substitution's exit status is the GPU query's;
+# - pids, the ps list and the cgroup lines are built with parameter expansion and `read`.
+# GOMAXPROCS=1: the docker CLI is a Go program whose start-up is most of what `docker ps`
+# costs; one scheduler thread is enough for one request and spares ~2 ms of CPU per call.
 _SCRIPT = r"""M=@@forge-gpu-probe
-# The process query and the container listing run in the background while the GPU query
-# runs: each nvidia-smi call costs ~25 ms with persistence mode on (over a second without),
-# and `docker ps` tens of milliseconds.
 containers() {
   date +%s
   if command -v docker >/dev/null 2>&1; then
-    docker ${4:+-H "$4"} ps -a --no-trunc --format "$3" 2>&1
+    GOMAXPROCS=1 docker ${4:+-H "$4"} ps -a --no-trunc --format "$3" 2>&1
     echo "$M status $?"
   else
     echo "$M status 127"
   fi
+  echo "$M end"
 }
-t=$(mktemp -d 2>/dev/null) || t=
-if [ -n "$t" ]; then
-  { nvidia-smi --query-compute-apps="$2" --format=csv,noheader,nounits >"$t/apps" 2>&1; echo $? >"$t/arc"; } &
-  containers "$@" >"$t/containers" &
-fi
-echo "$M gpus"
-nvidia-smi --query-gpu="$1" --format=csv,noheader,nounits 2>&1
-rc=$?
-echo "$M status $rc"
-if [ -n "$t" ]; then
-  wait
-  apps=$(cat "$t/apps")
-  read -r arc <"$t/arc" || arc=1
-fi
-if [ "$rc" -ne 0 ] && [ "$rc" -ne 14 ]; then [ -n "$t" ] && rm -rf "$t"; echo "$M end"; exit 0; fi
-if [ -z "$t" ]; then
-  apps=$(nvidia-smi --query-compute-apps="$2" --format=csv,noheader,nounits 2>&1)
-  arc=$?
-fi
-echo "$M apps"
-[ -n "$apps" ] && printf '%s\n' "$apps"
-echo "$M status $arc"
-pids=
-if [ "$arc" -eq 0 ]; then
-  pids=$(printf '%s\n' "$apps" | sed -n 's/^\([0-9][0-9]*\),.*/\1/p' | sort -un | tr '\n' ' ')
-fi
-echo "$M owners"
-if [ -n "$pids" ]; then
-  ps -o pid=,user:64= -p "$(echo $pids | tr ' ' ',')" 2>&1
-  echo "$M status $?"
-else
+containers "$@" | {
+  exec 3>&1
+  out=$(
+    {
+      echo "$M gpus"
+      nvidia-smi --query-gpu="$1" --format=csv,noheader,nounits 2>&1
+      rc=$?
+      echo "$M status $rc"
+      exit "$rc"
+    } >&3 &
+    nvidia-smi --query-compute-apps="$2" --format=csv,noheader,nounits 2>&1
+    arc=$?
+    echo
+    echo "$M status $arc"
+    wait "$!"
+  )
+  rc=$?
+  exec 3>&-
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 14 ]; then echo "$M end"; exit 0; fi
+  arc=${out##*"$M status "}
+  apps=${out%"$M status "*}
+  while :; do
+    case $apps in *"
+") apps=${apps%?} ;; *) break ;; esac
+  done
+  echo "$M apps"
+  [ -n "$apps" ] && printf '%s\n' "$apps"
+  echo "$M status $arc"
+  pids= plist=
+  if [ "$arc" = 0 ]; then
+    set -f
+    IFS='
+'
+    for line in $apps; do
+      p=${line%%,*}
+      case $p in '' | *[!0-9]* | "$line") continue ;; esac
+      case " $pids " in *" $p "*) continue ;; esac
+      pids="$pids $p" plist="${plist:+$plist,}$p"
+    done
+    unset IFS
+  fi
+  echo "$M owners"
+  if [ -n "$plist" ]; then
+    ps -o pid=,user:64= -p "$plist" 2>&1
+    echo "$M status $?"
+  else
+    echo "$M status 0"
+  fi
+  echo "$M cgroups"
+  for pid in $pids; do
+    cg=
+    { while IFS= read -r l; do cg="$cg$l "; done; } 2>/dev/null <"/proc/$pid/cgroup" || continue
+    echo "$pid $cg"
+  done
   echo "$M status 0"
-fi
-echo "$M cgroups"
-for pid in $pids; do
-  cg=$( { tr '\n' ' ' < "/proc/$pid/cgroup"; } 2>/dev/null ) || continue
-  echo "$pid $cg"
-done
-echo "$M status 0"
-echo "$M containers"
-if [ -n "$t" ]; then
-  cat "$t/containers"
-  rm -rf "$t"
-else
-  containers "$@"
-fi
-echo "$M end"
+  echo "$M containers"
+  exec cat
+}
 """
 
 # Docker's cgroup paths: v2 + systemd ("/system.slice/docker-<id>.scope"), v2 + cgroupfs and

@@ -180,6 +180,84 @@ def test_real_script_without_nvidia_smi(tmp_path: Path) -> None:
     assert "not installed" in (host.reason or "")
 
 
+SHELLS = [s for s in ("dash", "busybox") if shutil.which(s)]
+# The only programs the script may start besides nvidia-smi and docker: every other step is a
+# shell builtin (each fork and exec is CPU the host pays on every probe).
+HELPERS = ("date", "ps", "cat")
+
+
+def _bare_host(tmp_path: Path, shell_name: str, docker_lines: str, apps_stub: str | None = None) -> dict[str, str]:
+    """A PATH holding only `sh` (dash or busybox), the helpers, the replayed nvidia-smi (or a
+    stub whose process query prints ``apps_stub``) and a docker stub that prints
+    ``docker_lines``."""
+    bin_dir = tmp_path / "bare"
+    bin_dir.mkdir()
+    sh = shutil.which(shell_name)
+    assert sh is not None
+    (bin_dir / "sh").symlink_to(sh)
+    for name in HELPERS:  # procps ps even with busybox: its ps has no `-o user:64`
+        found = shutil.which(name)
+        assert found is not None
+        (bin_dir / name).symlink_to(found)
+    (tmp_path / "docker.out").write_text(docker_lines)
+    (bin_dir / "docker").write_text(f'#!/bin/sh\nwhile IFS= read -r l; do echo "$l"; done <{tmp_path}/docker.out\n')
+    (bin_dir / "docker").chmod(0o755)
+    if apps_stub is None:
+        shutil.copy(FAKE, bin_dir / "nvidia-smi")
+    else:
+        (tmp_path / "gpus.csv").write_text(GPUS)
+        (tmp_path / "apps.out").write_text(apps_stub)
+        (bin_dir / "nvidia-smi").write_text(
+            "#!/bin/sh\n"
+            f'case "$1" in --query-gpu=*) exec cat {tmp_path}/gpus.csv ;; esac\n'
+            f"cat {tmp_path}/apps.out; exit 3\n"
+        )
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    state = _state([])
+    (tmp_path / "gpus.json").write_text(json.dumps(state))
+    return {"PATH": str(bin_dir), "LANG": "C.UTF-8", "FORGE_LAB_GPU_STATE": str(tmp_path / "gpus.json")}
+
+
+@needs_tools
+@pytest.mark.parametrize("shell_name", SHELLS)
+def test_real_script_needs_only_builtins_and_three_helpers(tmp_path: Path, shell_name: str) -> None:
+    me = pwd.getpwuid(os.getuid()).pw_name
+    env = _bare_host(tmp_path, shell_name, ctr(CID, env="dev", owner="alice", gpus="1") + ctr(CID2, state="exited"))
+    state = json.loads((tmp_path / "gpus.json").read_text())
+    uuids = [g["uuid"] for g in state["gpus"]]
+    # one process on two GPUs: listed twice by nvidia-smi, asked about once
+    state["processes"] = [
+        {"pid": os.getpid(), "name": "/usr/bin/python3", "used_memory_mib": 10, "gpu_uuid": uuids[0]},
+        {"pid": os.getpid(), "name": "/usr/bin/python3", "used_memory_mib": 10, "gpu_uuid": uuids[2]},
+    ]
+    (tmp_path / "gpus.json").write_text(json.dumps(state))
+    raw = LocalShell(env).run(probe.probe_command(), timeout=30)
+    assert raw.stderr == "" and raw.exit_status == 0
+    sections = probe.split_sections(raw.stdout)
+    assert list(sections) == ["gpus", "apps", "owners", "cgroups", "containers"]
+    assert all(s.exit_status == 0 for s in sections.values())
+    cgroup = " ".join(Path("/proc/self/cgroup").read_text().splitlines()) + " "
+    assert sections["cgroups"].text == f"{os.getpid()} {cgroup}\n"  # the pid once
+    assert probe.parse_owners(sections["owners"].text) == {os.getpid(): me}
+    host = probe.parse_probe("gpu1", raw)
+    assert host.status is ProbeStatus.OK, host.reason
+    assert [p.user for p in host.processes] == [me, me]
+    assert [(h.gpu_uuid, h.env, h.owner) for h in host.holds] == [(uuids[1], "dev", "alice")]
+    assert raw.stdout.endswith(f"{M} end\n")
+
+
+@needs_tools
+@pytest.mark.parametrize("shell_name", SHELLS)
+def test_real_script_process_query_failing_without_newline(tmp_path: Path, shell_name: str) -> None:
+    env = _bare_host(tmp_path, shell_name, "", apps_stub="Unable to query processes")
+    raw = LocalShell(env).run(probe.probe_command(), timeout=30)
+    sections = probe.split_sections(raw.stdout)
+    assert sections["apps"] == probe.Section("Unable to query processes\n", 3)
+    assert sections["owners"] == probe.Section("", 0) and sections["cgroups"] == probe.Section("", 0)
+    host = probe.parse_probe("gpu1", raw)
+    assert host.status is ProbeStatus.ERROR and "Unable to query processes" in (host.reason or "")
+
+
 # ---------------------------------------------------------------------- the parser, on its own
 
 
