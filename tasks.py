@@ -94,8 +94,9 @@ def test(c: Context, unit: bool = False, k: str | None = None) -> None:
 
 @task
 def lint(c: Context) -> None:
-    """Check style and types: ruff, then mypy."""
+    """Check style and types: ruff (lint and format), then mypy."""
     _run(c, PY, "-m", "ruff", "check", ".")
+    _run(c, PY, "-m", "ruff", "format", "--check", ".")
     _run(c, PY, "-m", "mypy")
 
 

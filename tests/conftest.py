@@ -30,7 +30,6 @@ from forge.lab.config import default_root
 LAB_HOSTS = 4
 
 
-
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -85,15 +84,30 @@ class LabHandle:
 
         ``command`` is an argv list, quoted for the remote shell by :mod:`forge.shell`."""
         return [
-            "ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "IdentitiesOnly=yes",
-            "-o", "ConnectTimeout=10", "-F", "none", "-i", str(self.identity_file),
-            f"{self.user}@{self.address(name)}", "--", shell.render(command),
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-F",
+            "none",
+            "-i",
+            str(self.identity_file),
+            f"{self.user}@{self.address(name)}",
+            "--",
+            shell.render(command),
         ]
 
     def ssh(self, name: str, *command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.ssh_argv(name, *command), capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        return subprocess.run(
+            self.ssh_argv(name, *command), capture_output=True, text=True, timeout=timeout, check=False
+        )
 
 
 def _lock_path(the_lab: Lab) -> Path:

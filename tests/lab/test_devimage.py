@@ -58,8 +58,13 @@ class Dev:
 
 
 def _forge(lab: LabHandle, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "forge", "-i", str(lab.inventory_path), *args],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "forge", "-i", str(lab.inventory_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,24 +75,46 @@ def dev(lab: LabHandle) -> Iterator[Dev]:
     user = pwd.getpwnam(lab.user)
     tag = f"forge-lab-test/dev:{uuid.uuid4().hex[:8]}"
     # Defaults: the SSH user on the host, its uid and gid there, the inventory key's .pub.
-    r = _forge(lab, "build", "--host", host, "--tag", tag, "--base", base, "--toolchain", toolchain,
-               "--no-packages", "--quiet")
+    r = _forge(
+        lab, "build", "--host", host, "--tag", tag, "--base", base, "--toolchain", toolchain, "--no-packages", "--quiet"
+    )
     assert r.returncode == 0, r.stdout + r.stderr
-    assert re.fullmatch(rf"{host}: built {re.escape(tag)} \(sha256:[0-9a-f]{{64}}\) for {lab.user} "
-                        rf"{user.pw_uid}:{user.pw_gid} in [0-9.]+ s\n", r.stdout), r.stdout
+    assert re.fullmatch(
+        rf"{host}: built {re.escape(tag)} \(sha256:[0-9a-f]{{64}}\) for {lab.user} "
+        rf"{user.pw_uid}:{user.pw_gid} in [0-9.]+ s\n",
+        r.stdout,
+    ), r.stdout
 
     # The data volume, the lab's way: sshfs to the data host, mounted by the user on the host.
     vid = uuid.uuid4().hex[:8]
     mnt, vol = f"mnt/dev-{vid}", f"forge-lab-dev-{vid}"
     home, data = lab.lab.config.home, lab.lab.config.data_dir
-    sshfs = ["sshfs", f"{lab.user}@{lab.data_address}:{data}", mnt, "-o",
-             "allow_other,BatchMode=yes,StrictHostKeyChecking=yes,"
-             f"UserKnownHostsFile={home}/.ssh/known_hosts,IdentityFile={home}/.ssh/id_ed25519"]
+    sshfs = [
+        "sshfs",
+        f"{lab.user}@{lab.data_address}:{data}",
+        mnt,
+        "-o",
+        "allow_other,BatchMode=yes,StrictHostKeyChecking=yes,"
+        f"UserKnownHostsFile={home}/.ssh/known_hosts,IdentityFile={home}/.ssh/id_ed25519",
+    ]
     r = lab.ssh(host, "sh", "-c", 'm=$1; shift; mkdir -p "$m" && "$@" && readlink -f "$m"', "sh", mnt, *sshfs)
     assert r.returncode == 0, r.stderr
     mountpoint = r.stdout.strip().splitlines()[-1]
-    r = lab.ssh(host, "docker", "volume", "create", "--driver", "local", "-o", "type=none", "-o", "o=bind",
-                "-o", f"device={mountpoint}", vol)
+    r = lab.ssh(
+        host,
+        "docker",
+        "volume",
+        "create",
+        "--driver",
+        "local",
+        "-o",
+        "type=none",
+        "-o",
+        "o=bind",
+        "-o",
+        f"device={mountpoint}",
+        vol,
+    )
     assert r.returncode == 0, r.stderr
     try:
         yield Dev(lab, host, tag, base, user.pw_uid, user.pw_gid, vol)
@@ -110,9 +137,29 @@ def _start(dev: Dev, tmp_path: Path, *, uid: int, gid: int) -> Container:
     env = [a for k, v in SESSION_ENV.items() for a in ("-e", f"{k}={v}")]
     for _ in range(5):
         port = 23000 + secrets.randbelow(1000)
-        r = dev.lab.ssh(dev.host, "docker", "run", "-d", "--name", name, "-u", f"{uid}:{gid}", "--ipc=host",
-                        "--gpus", '"device=0"', "-p", f"{port}:22", "-v", f"{dev.volume}:/data",
-                        "--label", "forge.env=dev", "--label", f"forge.owner={dev.lab.user}", *env, dev.image)
+        r = dev.lab.ssh(
+            dev.host,
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-u",
+            f"{uid}:{gid}",
+            "--ipc=host",
+            "--gpus",
+            '"device=0"',
+            "-p",
+            f"{port}:22",
+            "-v",
+            f"{dev.volume}:/data",
+            "--label",
+            "forge.env=dev",
+            "--label",
+            f"forge.owner={dev.lab.user}",
+            *env,
+            dev.image,
+        )
         if r.returncode == 0:
             break
         dev.lab.docker(dev.host, "rm", "-f", name)
@@ -122,8 +169,13 @@ def _start(dev: Dev, tmp_path: Path, *, uid: int, gid: int) -> Container:
     known_hosts = tmp_path / f"known_hosts-{name}"
     # Record the container's host key as it comes up; later logins must match it exactly.
     for _ in range(300):
-        scan = subprocess.run(["ssh-keyscan", "-T", "2", "-p", str(port), dev.address],
-                              capture_output=True, text=True, timeout=30, check=False)
+        scan = subprocess.run(
+            ["ssh-keyscan", "-T", "2", "-p", str(port), dev.address],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         if scan.stdout.strip():
             break
         state = dev.lab.docker(dev.host, "inspect", "-f", "{{.State.Running}}", name).stdout.strip()
@@ -144,16 +196,48 @@ def container(dev: Dev, tmp_path: Path) -> Iterator[Container]:
 
 
 def _ssh_argv(dev: Dev, c: Container, *command: str, options: tuple[str, ...] = ()) -> list[str]:
-    return ["ssh", "-F", "none", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={c.known_hosts}", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10",
-            "-i", str(dev.lab.identity_file), "-p", str(c.port), *options, f"{dev.lab.user}@{dev.address}",
-            "--", shell.render(command)]
+    return [
+        "ssh",
+        "-F",
+        "none",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={c.known_hosts}",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-i",
+        str(dev.lab.identity_file),
+        "-p",
+        str(c.port),
+        *options,
+        f"{dev.lab.user}@{dev.address}",
+        "--",
+        shell.render(command),
+    ]
 
 
-def _ssh(dev: Dev, c: Container, *command: str, options: tuple[str, ...] = (),
-         env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_ssh_argv(dev, c, *command, options=options), capture_output=True, text=True,
-                          timeout=120, check=False, env=env, input=stdin)
+def _ssh(
+    dev: Dev,
+    c: Container,
+    *command: str,
+    options: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _ssh_argv(dev, c, *command, options=options),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+        input=stdin,
+    )
 
 
 def test_session_runs_as_the_requested_user_with_the_containers_environment(dev: Dev, container: Container) -> None:
@@ -173,9 +257,15 @@ def test_session_runs_as_the_requested_user_with_the_containers_environment(dev:
 
 
 def test_sshd_runs_as_the_user_and_sudo_needs_no_password(dev: Dev, container: Container) -> None:
-    r = _ssh(dev, container, "sh", "-c",
-             'stat -c %u "/proc/$(cat /var/lib/forge-dev/sshd/sshd.pid)"; sudo -n id -u; cat /data/"$1"',
-             "sh", DATA_MARKER)
+    r = _ssh(
+        dev,
+        container,
+        "sh",
+        "-c",
+        'stat -c %u "/proc/$(cat /var/lib/forge-dev/sshd/sshd.pid)"; sudo -n id -u; cat /data/"$1"',
+        "sh",
+        DATA_MARKER,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[:2] == [str(dev.uid), "0"]
     # The data volume, through sshfs from the data host.
@@ -212,8 +302,16 @@ def test_a_container_started_with_another_uid_gets_that_uid(dev: Dev, tmp_path: 
     uid, gid = dev.uid + 3320, dev.gid + 3321
     c = _start(dev, tmp_path, uid=uid, gid=gid)
     try:
-        r = _ssh(dev, c, "sh", "-c", 'id -u; id -g; id -un; stat -c "%u:%g" ~/.ssh/authorized_keys; '
-                 'sudo -n id -u; cat /data/"$1" >/dev/null && echo data-ok', "sh", DATA_MARKER)
+        r = _ssh(
+            dev,
+            c,
+            "sh",
+            "-c",
+            'id -u; id -g; id -un; stat -c "%u:%g" ~/.ssh/authorized_keys; '
+            'sudo -n id -u; cat /data/"$1" >/dev/null && echo data-ok',
+            "sh",
+            DATA_MARKER,
+        )
         assert r.returncode == 0, r.stderr
         assert r.stdout.splitlines() == [str(uid), str(gid), dev.lab.user, f"{uid}:{gid}", "0", "data-ok"]
         # Once per container: another uid cannot take the user over afterwards.
@@ -234,24 +332,40 @@ def xvfb(tmp_path: Path) -> Iterator[dict[str, str]]:
     server_auth, client_auth = tmp_path / "server.xauth", tmp_path / "client.xauth"
     subprocess.run(["xauth", "-f", str(server_auth), "add", ":0", ".", cookie], check=True, capture_output=True)
     read, write = os.pipe()
-    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-auth", str(server_auth), "-nolisten", "tcp",
-                             "-screen", "0", "1234x567x24"], pass_fds=(write,), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "Xvfb",
+            "-displayfd",
+            str(write),
+            "-auth",
+            str(server_auth),
+            "-nolisten",
+            "tcp",
+            "-screen",
+            "0",
+            "1234x567x24",
+        ],
+        pass_fds=(write,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(write)
     try:
         with os.fdopen(read) as f:
             number = f.readline().strip()
         assert number.isdigit(), "Xvfb did not start"
-        subprocess.run(["xauth", "-f", str(client_auth), "add", f":{number}", ".", cookie], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["xauth", "-f", str(client_auth), "add", f":{number}", ".", cookie], check=True, capture_output=True
+        )
         yield {**os.environ, "DISPLAY": f":{number}", "XAUTHORITY": str(client_auth)}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def test_x11_forwarding_reaches_the_x_server_on_the_client(dev: Dev, container: Container,
-                                                            xvfb: dict[str, str]) -> None:
+def test_x11_forwarding_reaches_the_x_server_on_the_client(
+    dev: Dev, container: Container, xvfb: dict[str, str]
+) -> None:
     r = _ssh(dev, container, "python3", "-", options=("-X",), env=xvfb, stdin=X_CLIENT.read_text())
     assert r.returncode == 0, r.stdout + r.stderr
     assert "fake authentication" not in r.stderr
@@ -274,8 +388,16 @@ def test_forge_migrate_runs_the_image_and_ssh_gets_in(dev: Dev, tmp_path: Path) 
         known_hosts = tmp_path / "known_hosts"
         known_hosts.write_text("".join(f"[{dev.address}]:{result['port']} {k}\n" for k in result["host_keys"]))
         c = Container(result["container"], int(result["port"]), known_hosts)
-        r = _ssh(dev, c, "sh", "-c", 'id -u; printf "%s\\n" "$NVIDIA_VISIBLE_DEVICES"; cat "$1"/"$2"',
-                 "sh", "/data", DATA_MARKER)
+        r = _ssh(
+            dev,
+            c,
+            "sh",
+            "-c",
+            'id -u; printf "%s\\n" "$NVIDIA_VISIBLE_DEVICES"; cat "$1"/"$2"',
+            "sh",
+            "/data",
+            DATA_MARKER,
+        )
         assert r.returncode == 0, r.stderr
         uid, gpus, data = r.stdout.split("\n", 2)
         assert uid == str(dev.uid)

@@ -56,10 +56,16 @@ def test_paramiko_with_reject_policy_and_the_lab_known_hosts(lab: LabHandle) -> 
         client = paramiko.SSHClient()
         client.load_host_keys(str(lab.known_hosts))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect(lab.address(name), username=lab.user, key_filename=str(lab.identity_file),
-                       look_for_keys=False, allow_agent=False, timeout=10)
+        client.connect(
+            lab.address(name),
+            username=lab.user,
+            key_filename=str(lab.identity_file),
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=10,
+        )
         try:
-            _, out, _ = client.exec_command("printf %s \"$FORGE_LAB_HOST\"")
+            _, out, _ = client.exec_command('printf %s "$FORGE_LAB_HOST"')
             assert out.read().decode() == name
         finally:
             client.close()
@@ -67,9 +73,14 @@ def test_paramiko_with_reject_policy_and_the_lab_known_hosts(lab: LabHandle) -> 
     stranger = paramiko.SSHClient()
     stranger.set_missing_host_key_policy(paramiko.RejectPolicy())
     with pytest.raises(paramiko.SSHException):
-        stranger.connect(lab.address(lab.hosts[0]), username=lab.user,
-                         key_filename=str(lab.identity_file), look_for_keys=False,
-                         allow_agent=False, timeout=10)
+        stranger.connect(
+            lab.address(lab.hosts[0]),
+            username=lab.user,
+            key_filename=str(lab.identity_file),
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=10,
+        )
     stranger.close()
 
 
@@ -116,10 +127,7 @@ def test_gpu_request_reaches_container_and_hook(lab: LabHandle, base_image: str)
     finally:
         lab.docker(host, "rm", "-f", name)
     # The request is visible only on the host that served it.
-    assert all(
-        not any(rec.get("id") == name for rec in lab.lab.gpu_hook_records(h))
-        for h in lab.hosts[1:]
-    )
+    assert all(not any(rec.get("id") == name for rec in lab.lab.gpu_hook_records(h)) for h in lab.hosts[1:])
 
 
 def test_set_gpus_writes_state_or_removes_nvidia_smi(lab: LabHandle) -> None:
@@ -156,22 +164,36 @@ def test_container_reads_data_host_through_sshfs_volume(lab: LabHandle, base_ima
     data = lab.lab.config.data_dir
     home = lab.lab.config.home
     sshfs = [
-        "sshfs", f"{lab.user}@{lab.data_address}:{data}", mnt,
-        "-o", "allow_other,BatchMode=yes,StrictHostKeyChecking=yes,"
+        "sshfs",
+        f"{lab.user}@{lab.data_address}:{data}",
+        mnt,
+        "-o",
+        "allow_other,BatchMode=yes,StrictHostKeyChecking=yes,"
         f"UserKnownHostsFile={home}/.ssh/known_hosts,IdentityFile={home}/.ssh/id_ed25519",
     ]
     # Mount as the lab user, in the GPU host's own session (its netns), like forge will.
-    r = lab.ssh(host, "sh", "-c", 'm=$1; shift; mkdir -p "$m" && "$@" && readlink -f "$m"',
-               "sh", mnt, *sshfs)
+    r = lab.ssh(host, "sh", "-c", 'm=$1; shift; mkdir -p "$m" && "$@" && readlink -f "$m"', "sh", mnt, *sshfs)
     assert r.returncode == 0, r.stderr
     mountpoint = r.stdout.strip().splitlines()[-1]
     try:
         assert (mountpoint, "fuse.sshfs") in mounts.mounts_under(lab.root)
-        r = lab.ssh(host, "docker", "volume", "create", "--driver", "local", "-o", "type=none",
-                    "-o", "o=bind", "-o", f"device={mountpoint}", vol)
+        r = lab.ssh(
+            host,
+            "docker",
+            "volume",
+            "create",
+            "--driver",
+            "local",
+            "-o",
+            "type=none",
+            "-o",
+            "o=bind",
+            "-o",
+            f"device={mountpoint}",
+            vol,
+        )
         assert r.returncode == 0, r.stderr
-        r = lab.ssh(host, "docker", "run", "--rm", "-v", f"{vol}:/data", base_image,
-                    "cat", f"/data/{DATA_MARKER}")
+        r = lab.ssh(host, "docker", "run", "--rm", "-v", f"{vol}:/data", base_image, "cat", f"/data/{DATA_MARKER}")
         assert r.returncode == 0, r.stderr
         assert r.stdout == DATA_MARKER_CONTENT
     finally:
@@ -195,8 +217,15 @@ def small_lab(lab: LabHandle) -> Iterator[Lab]:
 def _small_lab(lab: LabHandle) -> Iterator[Lab]:
     # Not under /tmp: sshd refuses keys below a world-writable directory. Short: socket paths.
     root = Path(tempfile.mkdtemp(prefix="forge-lab-t", dir="/var/lib"))
-    cfg = LabConfig(root=root, hosts=1, bridge="forgelabt0", network="10.77.0.128/26",
-                    netns_prefix="forgelabt-", docker_subnet_base=100, user="forgelabt")
+    cfg = LabConfig(
+        root=root,
+        hosts=1,
+        bridge="forgelabt0",
+        network="10.77.0.128/26",
+        netns_prefix="forgelabt-",
+        docker_subnet_base=100,
+        user="forgelabt",
+    )
     # Reuse the session lab's cached base image instead of running debootstrap again.
     cached = lab.lab.ensure_base_image()
     cfg.cache_dir.mkdir(parents=True)
@@ -217,8 +246,7 @@ def _leftovers(cfg: LabConfig) -> dict[str, object]:
 
     rules = netns.tagged_rules(cfg)
     users = [u.pw_name for u in pwd.getpwall() if u.pw_name == cfg.user]
-    procs = pids_mentioning(str(cfg.root) + "/", {
-        "containerd-shim-runc-v2", "containerd", "dockerd", "sshd", "sshfs"})
+    procs = pids_mentioning(str(cfg.root) + "/", {"containerd-shim-runc-v2", "containerd", "dockerd", "sshd", "sshfs"})
     return {
         "netns": netns.list_netns(cfg.netns_prefix),
         "bridge": netns.link_exists(cfg.bridge),
@@ -231,8 +259,7 @@ def _leftovers(cfg: LabConfig) -> dict[str, object]:
     }
 
 
-CLEAN = {"netns": [], "bridge": False, "veths": [], "mounts": [], "rules": [], "user": [],
-         "processes": [], "files": []}
+CLEAN = {"netns": [], "bridge": False, "veths": [], "mounts": [], "rules": [], "user": [], "processes": [], "files": []}
 
 
 def test_down_leaves_nothing_behind(lab: LabHandle, small_lab: Lab) -> None:
@@ -243,17 +270,29 @@ def test_down_leaves_nothing_behind(lab: LabHandle, small_lab: Lab) -> None:
     host = small_lab.gpu_hosts[0]
     small_lab.load_base_image(host)
     # Something of everything: a running container, an sshfs (FUSE) mount made by the user.
-    r = small_lab.docker(host, "run", "-d", "--gpus", "all", "-p", "2222:22",
-                         "forge-lab/debian:bookworm", "sleep", "infinity")
+    r = small_lab.docker(
+        host, "run", "-d", "--gpus", "all", "-p", "2222:22", "forge-lab/debian:bookworm", "sleep", "infinity"
+    )
     assert r.returncode == 0, r.stderr
     home = Path(f"{cfg.root}/home/{cfg.user}")
-    ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-           "-o", f"UserKnownHostsFile={cfg.known_hosts}", "-i", str(cfg.identity_file),
-           f"{cfg.user}@{small_lab.address(host)}", "--"]
-    mount = "mkdir -p m && sshfs -o BatchMode=yes,StrictHostKeyChecking=yes \"$1\" m"
+    ssh = [
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={cfg.known_hosts}",
+        "-i",
+        str(cfg.identity_file),
+        f"{cfg.user}@{small_lab.address(host)}",
+        "--",
+    ]
+    mount = 'mkdir -p m && sshfs -o BatchMode=yes,StrictHostKeyChecking=yes "$1" m'
     source = f"{small_lab.address('data')}:{cfg.data_dir}"
-    r = subprocess.run([*ssh, shell.render(["sh", "-c", mount, "sh", source])],
-                       capture_output=True, text=True, timeout=60, check=False)
+    r = subprocess.run(
+        [*ssh, shell.render(["sh", "-c", mount, "sh", source])], capture_output=True, text=True, timeout=60, check=False
+    )
     assert r.returncode == 0, r.stderr
     assert (str(home / "m"), "fuse.sshfs") in mounts.mounts_under(cfg.root)
     assert _leftovers(cfg)["processes"]

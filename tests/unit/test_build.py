@@ -79,12 +79,24 @@ def test_spec_refuses_bad_settings(kw: dict[str, object], match: str) -> None:
 
 def test_build_args_carry_only_what_is_set() -> None:
     assert spec().build_args() == {"DEV_USER": "alice", "DEV_UID": "1000", "DEV_GID": "100", "INSTALL_PACKAGES": "1"}
-    full = spec(base="forge-lab/debian:bookworm", toolchain="forge-lab/debian-gcc:bookworm", install_packages=True,
-                extra_packages=("vim", "git"), apt_mirror="mirrors.example.edu", pip_index_url="https://p/simple")
+    full = spec(
+        base="forge-lab/debian:bookworm",
+        toolchain="forge-lab/debian-gcc:bookworm",
+        install_packages=True,
+        extra_packages=("vim", "git"),
+        apt_mirror="mirrors.example.edu",
+        pip_index_url="https://p/simple",
+    )
     assert full.build_args() == {
-        "DEV_USER": "alice", "DEV_UID": "1000", "DEV_GID": "100", "INSTALL_PACKAGES": "1",
-        "BASE_IMAGE": "forge-lab/debian:bookworm", "TOOLCHAIN_IMAGE": "forge-lab/debian-gcc:bookworm",
-        "EXTRA_PACKAGES": "vim git", "APT_MIRROR": "mirrors.example.edu", "PIP_INDEX_URL": "https://p/simple",
+        "DEV_USER": "alice",
+        "DEV_UID": "1000",
+        "DEV_GID": "100",
+        "INSTALL_PACKAGES": "1",
+        "BASE_IMAGE": "forge-lab/debian:bookworm",
+        "TOOLCHAIN_IMAGE": "forge-lab/debian-gcc:bookworm",
+        "EXTRA_PACKAGES": "vim git",
+        "APT_MIRROR": "mirrors.example.edu",
+        "PIP_INDEX_URL": "https://p/simple",
     }
     assert spec(install_packages=False).build_args()["INSTALL_PACKAGES"] == "0"
 
@@ -131,14 +143,21 @@ class FakeTransport(Transport):
         self.scripts: list[str] = []
         self.stdin = b""
 
-    def run(self, command: Command, *, timeout: float | None = None, stdin: bytes | None = None,
-            check: bool = False) -> CommandResult:
+    def run(
+        self, command: Command, *, timeout: float | None = None, stdin: bytes | None = None, check: bool = False
+    ) -> CommandResult:
         script = to_script(command)
         self.scripts.append(script)
         return CommandResult("gpu1", script, 0, self.image_id + "\n", "", 0.0)
 
-    def stream(self, command: Command, *, source: IO[bytes] | None = None, sink: IO[bytes] | None = None,
-               timeout: float | None = None) -> CommandResult:
+    def stream(
+        self,
+        command: Command,
+        *,
+        source: IO[bytes] | None = None,
+        sink: IO[bytes] | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult:
         script = to_script(command)
         self.scripts.append(script)
         assert source is not None and sink is not None
@@ -158,7 +177,8 @@ def test_build_streams_the_context_and_returns_the_image_id() -> None:
     assert result.tag == "lab/dev:1" and result.image_id == t.image_id and result.host == "gpu1"
     assert t.scripts[0] == shell.render(build_argv(HOST, spec()))
     assert t.scripts[1] == shell.render(
-        ["docker", "-H", "unix:///run/user/1000/docker.sock", "image", "inspect", "-f", "{{.Id}}", "lab/dev:1"])
+        ["docker", "-H", "unix:///run/user/1000/docker.sock", "image", "inspect", "-f", "{{.Id}}", "lab/dev:1"]
+    )
     assert t.stdin == context_tar(spec())
     assert log.getvalue().endswith(b"boom\n")
 
@@ -183,8 +203,14 @@ class NoDaemon(FakeTransport):
         super().__init__()
         self.status, self.stderr = status, stderr
 
-    def stream(self, command: Command, *, source: IO[bytes] | None = None, sink: IO[bytes] | None = None,
-               timeout: float | None = None) -> CommandResult:
+    def stream(
+        self,
+        command: Command,
+        *,
+        source: IO[bytes] | None = None,
+        sink: IO[bytes] | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult:
         return CommandResult("local", to_script(command), self.status, "", self.stderr, 0.0)
 
 

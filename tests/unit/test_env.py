@@ -43,8 +43,18 @@ def test_sshfs_is_a_host_mount_bound_into_a_local_volume() -> None:
         "alice@data.lab:/srv/data",
     ]
     assert volume.create_argv(HOST, s) == [
-        "docker", "volume", "create", "--driver", "local", "-o", "type=none", "-o", "o=bind",
-        "-o", f"device={s.mountpoint}", "forge-data-alice",
+        "docker",
+        "volume",
+        "create",
+        "--driver",
+        "local",
+        "-o",
+        "type=none",
+        "-o",
+        "o=bind",
+        "-o",
+        f"device={s.mountpoint}",
+        "forge-data-alice",
     ]
 
 
@@ -53,9 +63,14 @@ def test_rclone_checks_the_host_key_or_is_refused() -> None:
     assert argv[:5] == ["docker", "volume", "create", "--driver", "rclone"]
     opts = dict(argv[i + 1].split("=", 1) for i in range(5, len(argv) - 1, 2))
     assert opts == {
-        "type": "sftp", "sftp-host": "data.lab", "sftp-port": "22", "sftp-user": "alice",
-        "sftp-key-file": "/home/alice/.ssh/id_ed25519", "sftp-known-hosts-file": "/home/alice/.ssh/known_hosts",
-        "path": "/srv/data", "allow-other": "true",
+        "type": "sftp",
+        "sftp-host": "data.lab",
+        "sftp-port": "22",
+        "sftp-user": "alice",
+        "sftp-key-file": "/home/alice/.ssh/id_ed25519",
+        "sftp-known-hosts-file": "/home/alice/.ssh/known_hosts",
+        "path": "/srv/data",
+        "allow-other": "true",
     }
     with pytest.raises(VolumeError, match="known_hosts"):
         volume.create_argv(HOST, spec("rclone", known_hosts=None))  # type: ignore[arg-type]
@@ -96,14 +111,82 @@ def test_check_reads_the_marker_as_the_user() -> None:
 LISTING = "\n".join(
     [
         "1000",
-        "\t".join(["c1", "forge-alice-dev-aaaaaa", "img", "running", "Up 1 minute", "2001-09-09 01:46:40 +0000 UTC",
-                   "dev", "alice", "2201", "GPU-a,GPU-b", "alice", "", "", "", ""]),
-        "\t".join(["c2", "forge-claim-GPU-a", "img", "created", "Created", "2001-09-09 01:46:40 +0000 UTC",
-                   "", "", "", "", "", "GPU-a", "dev", "alice", "forge-alice-dev-aaaaaa"]),
-        "\t".join(["c3", "forge-claim-GPU-c", "img", "created", "Created", "2001-09-09 01:30:00 +0000 UTC",
-                   "dev", "alice", "", "", "", "GPU-c", "dev", "alice", "forge-alice-dev-gone"]),
-        "\t".join(["c4", "forge-claim-GPU-d", "img", "created", "Created", "2001-09-09 01:46:00 +0000 UTC",
-                   "", "", "", "", "", "GPU-d", "dev", "bob", "forge-bob-dev-starting"]),
+        "\t".join(
+            [
+                "c1",
+                "forge-alice-dev-aaaaaa",
+                "img",
+                "running",
+                "Up 1 minute",
+                "2001-09-09 01:46:40 +0000 UTC",
+                "dev",
+                "alice",
+                "2201",
+                "GPU-a,GPU-b",
+                "alice",
+                "",
+                "",
+                "",
+                "",
+            ]
+        ),
+        "\t".join(
+            [
+                "c2",
+                "forge-claim-GPU-a",
+                "img",
+                "created",
+                "Created",
+                "2001-09-09 01:46:40 +0000 UTC",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "GPU-a",
+                "dev",
+                "alice",
+                "forge-alice-dev-aaaaaa",
+            ]
+        ),
+        "\t".join(
+            [
+                "c3",
+                "forge-claim-GPU-c",
+                "img",
+                "created",
+                "Created",
+                "2001-09-09 01:30:00 +0000 UTC",
+                "dev",
+                "alice",
+                "",
+                "",
+                "",
+                "GPU-c",
+                "dev",
+                "alice",
+                "forge-alice-dev-gone",
+            ]
+        ),
+        "\t".join(
+            [
+                "c4",
+                "forge-claim-GPU-d",
+                "img",
+                "created",
+                "Created",
+                "2001-09-09 01:46:00 +0000 UTC",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "GPU-d",
+                "dev",
+                "bob",
+                "forge-bob-dev-starting",
+            ]
+        ),
     ]
 )
 
@@ -136,9 +219,20 @@ def test_claim_argv_is_a_never_started_named_container() -> None:
 
 
 def test_launch_argv() -> None:
-    spec_l = launch.LaunchSpec(env="dev", owner="alice", image="lab/dev:1", name="forge-alice-dev-abc",
-                               gpus=("GPU-a", "GPU-b"), uid=1001, gid=1002, user="alice", hostname="dev",
-                               volume="forge-data-alice", mount="/data", authorized_keys="ssh-ed25519 AAAA me")
+    spec_l = launch.LaunchSpec(
+        env="dev",
+        owner="alice",
+        image="lab/dev:1",
+        name="forge-alice-dev-abc",
+        gpus=("GPU-a", "GPU-b"),
+        uid=1001,
+        gid=1002,
+        user="alice",
+        hostname="dev",
+        volume="forge-data-alice",
+        mount="/data",
+        authorized_keys="ssh-ed25519 AAAA me",
+    )
     argv = launch.run_argv(HOST, spec_l, 2201)
     text = shell.render(argv)
     assert text.startswith(
@@ -230,8 +324,15 @@ def test_a_symlinked_ssh_config_stays_a_symlink(tmp_path: Path) -> None:
     dotfiles.write_text("Host example\n")
     config = tmp_path / "config"
     config.symlink_to(dotfiles)
-    sshconfig.update("dev", address="10.0.0.2", port=2201, user="alice", keys=[("ssh-ed25519", "AAAA")],
-                     config=config, known_hosts=tmp_path / "known")
+    sshconfig.update(
+        "dev",
+        address="10.0.0.2",
+        port=2201,
+        user="alice",
+        keys=[("ssh-ed25519", "AAAA")],
+        config=config,
+        known_hosts=tmp_path / "known",
+    )
     assert config.is_symlink() and "Host dev" in dotfiles.read_text()
     sshconfig.remove("dev", config=config, known_hosts=tmp_path / "known")
     assert config.is_symlink() and dotfiles.read_text() == "Host example\n"
@@ -247,8 +348,18 @@ def _forge_ssh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> l
     from forge.inventory import Inventory
 
     inv = Inventory(path=None, hosts=(HOST,))
-    found = Environment("gpu1", Container("c1", "forge-alice-dev-1", "img", "running", "Up", 0,
-                                          {"forge.env": "dev", "forge.ssh_port": "2201", "forge.user": "alice"}))
+    found = Environment(
+        "gpu1",
+        Container(
+            "c1",
+            "forge-alice-dev-1",
+            "img",
+            "running",
+            "Up",
+            0,
+            {"forge.env": "dev", "forge.ssh_port": "2201", "forge.user": "alice"},
+        ),
+    )
     monkeypatch.setattr(cli_env.mig, "locate", lambda *a, **k: found)
     monkeypatch.setattr(cli_env, "wait_ready", lambda *a, **k: [("ssh-ed25519", "AAAA")])
     monkeypatch.setattr(cli_env.sshconfig, "default_paths", lambda: (tmp_path / "config", tmp_path / "known"))

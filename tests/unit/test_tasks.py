@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def invoke(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_invoke_list_shows_every_task_with_its_description() -> None:
@@ -28,8 +29,23 @@ def test_invoke_list_shows_every_task_with_its_description() -> None:
 
 
 def test_deploy_runs_build_then_sync_then_migrate_to_idle() -> None:
-    r = invoke("--dry", "deploy", "--inventory", "lab.toml", "--tag", "forge/dev:lab", "--build-host", "gpu1",
-               "--base", "forge-lab/debian:bookworm", "--no-packages", "--env", "my env", "--gpus", "2")
+    r = invoke(
+        "--dry",
+        "deploy",
+        "--inventory",
+        "lab.toml",
+        "--tag",
+        "forge/dev:lab",
+        "--build-host",
+        "gpu1",
+        "--base",
+        "forge-lab/debian:bookworm",
+        "--no-packages",
+        "--env",
+        "my env",
+        "--gpus",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     lines = [line.replace("\x1b[1;37m", "").replace("\x1b[0m", "") for line in r.stdout.splitlines()]
     forge = f"{sys.executable} -m forge -i lab.toml"
@@ -45,4 +61,7 @@ def test_deploy_with_defaults_uses_the_inventory() -> None:
     assert r.returncode == 0, r.stderr
     lines = [line.replace("\x1b[1;37m", "").replace("\x1b[0m", "") for line in r.stdout.splitlines()]
     assert [line.split(" -m forge ")[1] for line in lines] == [
-        "build --quiet", "sync --quiet", "migrate --to idle --no-ssh-config"]
+        "build --quiet",
+        "sync --quiet",
+        "migrate --to idle --no-ssh-config",
+    ]

@@ -34,4 +34,4 @@ body = sock.recv(struct.unpack("<H", head[6:8])[0] * 4, socket.MSG_WAITALL)
 vendor_len, formats = struct.unpack("<H", body[16:18])[0], body[21]
 screen = 32 + vendor_len + (-vendor_len % 4) + 8 * formats
 width, height = struct.unpack("<HH", body[screen + 20 : screen + 24])
-print(f"X11 OK: {body[32:32 + vendor_len].decode()} {width}x{height}")
+print(f"X11 OK: {body[32 : 32 + vendor_len].decode()} {width}x{height}")
