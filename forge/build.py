@@ -1,6 +1,6 @@
-"""Building the dev environment image (docker/dev/) for one user, on this machine or a host.
+"""Building the dev environment image (forge/devimage/) for one user, on this machine or a host.
 
-The build context (the files of docker/dev/ plus an ``authorized_keys`` made from the user's
+The build context (the files of forge/devimage/ plus an ``authorized_keys`` made from the user's
 public keys) is packed as a tar in memory and streamed over the host's transport into
 ``docker build -``, which reads a tar context from stdin: the host needs nothing but Docker.
 The user's uid, gid and name go in as build arguments, so the image's user is the user who
@@ -25,7 +25,7 @@ from forge.inventory import Host
 from forge.transport import Transport
 
 #: The image's files in a checkout of forge.
-DEFAULT_CONTEXT = Path(__file__).resolve().parent.parent / "docker" / "dev"
+DEFAULT_CONTEXT = Path(__file__).resolve().parent / "devimage"  # shipped with the package
 DEFAULT_TAG = "forge/dev:latest"
 DEFAULT_TIMEOUT_S = 3600.0
 
@@ -160,21 +160,22 @@ def default_public_key_files(home: Path | None = None) -> list[Path]:
 
 
 def context_tar(spec: BuildSpec) -> bytes:
-    """The build context: docker/dev/'s regular files plus ``authorized_keys``.
+    """The build context: forge/devimage/'s regular files plus ``authorized_keys``.
 
     Owner, group and times are fixed, so the same files give the same tar (and the
     builder's cache is reused).
     """
     if not (spec.context_dir / "Dockerfile").is_file():
         raise BuildError(
-            f"no Dockerfile in {spec.context_dir}", hint="give --context DIR (the forge repo's docker/dev)"
+            f"no Dockerfile in {spec.context_dir}", hint="give --context DIR (a directory like forge/devimage)"
         )
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(spec.context_dir.iterdir()):
             if not path.is_file() or path.name == "authorized_keys":
                 continue
-            _add(tar, path.name, path.read_bytes(), 0o755 if os.access(path, os.X_OK) else 0o644)
+            # Scripts by name, not by the installed file's mode (which an install may not keep).
+            _add(tar, path.name, path.read_bytes(), 0o755 if path.suffix == ".sh" else 0o644)
         _add(tar, "authorized_keys", "".join(k + "\n" for k in spec.public_keys).encode(), 0o644)
     return buf.getvalue()
 

@@ -1,6 +1,6 @@
 """The lab's share of the dev image: its compiler image on every GPU host of the lab.
 
-The dev image compiles its uid helper (docker/dev/fixuid.c) in a first build stage from a
+The dev image compiles its uid helper (forge/devimage/fixuid.c) in a first build stage from a
 toolchain image; on the lab that is :data:`forge.lab.image.TOOLCHAIN`, built offline like the
 lab's base image.
 """

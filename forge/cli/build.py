@@ -49,7 +49,7 @@ from forge.inventory import LOCAL_NAME, Host
     type=click.Path(file_okay=False, path_type=Path),
     default=DEFAULT_CONTEXT,
     show_default=False,
-    help="Directory with the Dockerfile (default: the forge checkout's docker/dev).",
+    help="Directory with the Dockerfile (default: forge's own, forge/devimage).",
 )
 @click.option("--no-cache", is_flag=True, help="Build every step again.")
 @click.option(
@@ -76,7 +76,7 @@ def build_cmd(
     timeout_s: float,
     quiet: bool,
 ) -> None:
-    """Build the dev environment image (docker/dev) for your user, uid, gid and SSH keys.
+    """Build the dev environment image (forge/devimage) for your user, uid, gid and SSH keys.
 
     The build context is streamed to `docker build -` on HOST over SSH (or run here), so the
     host needs only Docker. By default the image's user is the one `forge migrate` runs the

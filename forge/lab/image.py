@@ -56,7 +56,7 @@ class RootImage:
 
 #: The lab's base image: what test containers and the dev image's lab build start from.
 BASE = RootImage(BASE_IMAGE, "minbase", ("openssh-server", "sudo", "xauth", "python3"))
-#: A compiler image: the dev image compiles its uid helper (docker/dev/fixuid.c) in a first
+#: A compiler image: the dev image compiles its uid helper (forge/devimage/fixuid.c) in a first
 #: build stage. PyTorch's devel images have gcc; the lab's minimal base has not, and lab
 #: containers cannot reach a package mirror.
 TOOLCHAIN = RootImage(f"forge-lab/debian-gcc:{SUITE}", "gcc", ("gcc", "libc6-dev"))
