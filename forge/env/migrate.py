@@ -31,7 +31,7 @@ from forge.env import claims, launch, volume
 from forge.env.errors import ClaimConflict, EnvError, MigrateFailed
 from forge.env.listing import Environment, HostListing, list_host
 from forge.env.sshconfig import check_name
-from forge.errors import ForgeError, HostError
+from forge.errors import ForgeError
 from forge.fleet import FleetResult, Pool
 from forge.gpu.model import HostGpus
 from forge.gpu.policy import Candidate, gpu_is_free, select
@@ -332,6 +332,7 @@ def migrate(inv: Inventory, req: Request, pool: Pool, *, progress: Progress = _q
         step = "image"
         image, source = _image_source(inv, req, current, pool, undo, progress)
 
+        lacking: list[str] = []  # candidates without the image, when there is no host to ship it from
         for cand in cands[:3]:
             target = inv.host(cand.host)
             t = pool.get(target)
@@ -344,7 +345,9 @@ def migrate(inv: Inventory, req: Request, pool: Pool, *, progress: Progress = _q
                 if r.error is not None:
                     raise r.error
             elif source is None and not t.run(docker_argv(target, "image", "inspect", image), timeout=60).ok:
-                raise HostError(target.name, f"has no image {image!r}", hint="give --image-from HOST to ship it")
+                progress(f"{target.name} has no image {image}; trying the next host")
+                lacking.append(target.name)
+                continue
             facts = launch.host_facts(target, t)
 
             step = "volume"
@@ -416,6 +419,11 @@ def migrate(inv: Inventory, req: Request, pool: Pool, *, progress: Progress = _q
                 progress(f"removing the old container {current.container.name} on {current.host}")
                 result.warnings += _retire(old_host, pool, current, keep_image=image if req.keep_changes else None)
             return result
+        if lacking and len(lacking) == len(cands[:3]):
+            raise EnvError(
+                f"no candidate host ({', '.join(lacking)}) has the image {image!r}",
+                hint="give --image-from HOST to ship it, or forge sync it first",
+            )
         raise EnvError("every candidate host's GPUs were claimed by others meanwhile", hint="run again")
     except ForgeError as e:
         cleaned = here.run() + undo.run()

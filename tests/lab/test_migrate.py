@@ -203,6 +203,27 @@ def test_a_failure_at_each_step_leaves_the_old_environment_running(
     assert forge(inv, "stop", env, "--keep-ssh-config").returncode == 0
 
 
+def test_without_a_host_to_ship_from_migrate_takes_the_best_host_that_has_the_image(
+    lab: LabHandle, env_lab: dict[str, Any]
+) -> None:
+    inv, env = env_lab["inventory"], new_env(env_lab)
+    only = f"forge-test/only-one-host:{env}"
+    r = forge(inv, "migrate", "--env", env, "--among", "gpu1,gpu3", "--image", only, "--no-ssh-config")
+    assert r.returncode != 0 and "no candidate host (" in r.stderr and "--image-from" in r.stderr, r.stderr
+    ranked = r.stderr.split("no candidate host (", 1)[1].split(")", 1)[0].split(", ")
+    assert sorted(ranked) == ["gpu1", "gpu3"]
+    last = ranked[-1]  # the image only on the host ranked last: the first one is passed over
+    assert lab.docker(last, "tag", IMAGE, only).returncode == 0
+    try:
+        r = forge(inv, "migrate", "--env", env, "--among", "gpu1,gpu3", "--image", only, "--json", "--no-ssh-config")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["host"] == last
+        assert envs_on(lab, ranked[0], env) == [] and claims_on(lab, ranked[0], env) == []
+        assert forge(inv, "stop", env, "--keep-ssh-config").returncode == 0
+    finally:
+        lab.docker(last, "rmi", only)
+
+
 def test_keep_changes_brings_what_was_installed_by_hand(
     lab: LabHandle, env_lab: dict[str, Any], tmp_path: Path
 ) -> None:
