@@ -2,7 +2,8 @@
 
     python bench/bench_sync.py            (as root, with the lab up; a few minutes)
 
-Source: this machine, reading gpu1's daemon through its socket (a local inventory host).
+Source: this machine, reading gpu1's daemon through its socket (a local inventory host); as
+root, forge reads the layers from gpu1's layer store, and `--read save` rows use docker save.
 Targets: every other GPU host of the lab (gpu2..gpuN) over SSH, each link shaped to 1 Gbit/s
 with tc (removed at the end); `forge lab up --hosts 9` for the issue's 8 hosts at once.
 Image: ~1.2 GB of real libraries (/usr/lib/x86_64-linux-gnu, /usr/lib/jvm) in one base layer
@@ -24,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from forge import inventory, shell  # noqa: E402
 from forge.fleet import Pool  # noqa: E402
+from forge.images.inspect import inspect_image  # noqa: E402
+from forge.images.layerstore import open_store, plan_archive  # noqa: E402
 from forge.images.sync import sync_image  # noqa: E402
 from forge.inventory import Host  # noqa: E402
 
@@ -127,16 +130,32 @@ def timed(fn) -> float:  # type: ignore[no-untyped-def]
     return time.monotonic() - t
 
 
-def forge_sync(inv: inventory.Inventory, ref: str, hosts: list[str], compress: str = "auto") -> tuple[float, object]:
-    src = Host(name="local", address="localhost", local=True, docker_host=sock("gpu1"), command_timeout=3600)
+SOURCE = Host(name="local", address="localhost", local=True, docker_host=sock("gpu1"), command_timeout=3600)
+
+
+def forge_sync(inv: inventory.Inventory, ref: str, hosts: list[str], read: str = "auto") -> tuple[float, object]:
     with Pool() as pool:
         t = time.monotonic()
-        rep = sync_image(ref, source=src, targets=[inv.host(h) for h in hosts], pool=pool, compress=compress)
+        rep = sync_image(ref, source=SOURCE, targets=[inv.host(h) for h in hosts], pool=pool, read=read)
         dt = time.monotonic() - t
     bad = [r.reason for r in rep.results if not r.ok]
     if bad:
         raise SystemExit(f"forge sync failed: {bad}")
+    if read != "save" and rep.read not in ("store", ""):
+        raise SystemExit(f"forge sync did not read the layer store: {rep.read_note}")
     return dt, rep
+
+
+def store_read_alone(ref: str) -> float:
+    """Writing the load archive from gpu1's layer store to nowhere (what forge reads as root)."""
+    with Pool() as pool:
+        store, why = open_store(SOURCE, pool.get(SOURCE))
+        if store is None:
+            raise SystemExit(f"cannot read the layer store: {why}")
+        image = inspect_image(SOURCE, pool.get(SOURCE), ref)
+    t = time.monotonic()
+    plan_archive(store, image, frozenset()).write(lambda _: None)
+    return time.monotonic() - t
 
 
 def ssh_argv(inv: inventory.Inventory, host: str, remote: shell.Script) -> list[str]:
@@ -194,6 +213,9 @@ def main() -> None:
             save_s = timed(lambda: docker("gpu1", "save", "-o", str(archive), v1))
             load_s = timed(lambda: docker("gpu2", "load", "-q", "-i", str(archive)))
         wipe("gpu2", v1, v2)
+        store_s = store_read_alone(v1)
+        first_save_s, _ = forge_sync(inv, v1, ["gpu2"], read="save")
+        wipe("gpu2", v1, v2)
         first_s, rep = forge_sync(inv, v1, ["gpu2"])
         r = rep.results["gpu2"].value  # type: ignore[attr-defined]
         wire_s = r.wire_bytes / LINK_BYTES_S
@@ -203,23 +225,41 @@ def main() -> None:
             ("docker load from a local file alone", f"{load_s:.1f} s"),
             (f"compressed bytes on a 1 Gbit/s link ({r.wire_bytes / 1e6:.0f} MB, zstd)", f"{wire_s:.1f} s"),
             ("floor (slowest of the three)", f"{floor:.1f} s"),
-            ("forge sync, first transfer", f"{first_s:.1f} s = {first_s / floor:.2f}x floor"),
+            ("(forge reading the layer store alone, as root)", f"{store_s:.1f} s"),
+            (
+                "forge sync, first transfer (layer store)",
+                f"{first_s:.1f} s = {first_s / floor:.2f}x floor",
+            ),
+            (
+                "forge sync, first transfer (--read save)",
+                f"{first_save_s:.1f} s = {first_save_s / floor:.2f}x floor",
+            ),
         ]
         wipe("gpu3", v1, v2)
         bz_first = bzip2_pipeline(inv, v1, "gpu3")
         rows.append(("bzip2 pipeline, first transfer", f"{bz_first:.1f} s (forge is {bz_first / first_s:.1f}x faster)"))
         # ---- nightly rebuild: only the top layer changed
+        if len(TARGETS) > 2:  # the same nightly case through docker save, on a host with v1
+            forge_sync(inv, v1, [TARGETS[2]])
+            nightly_save_s, _ = forge_sync(inv, v2, [TARGETS[2]], read="save")
         nightly_s, rep = forge_sync(inv, v2, ["gpu2"])
         r = rep.results["gpu2"].value  # type: ignore[attr-defined]
         bz_nightly = bzip2_pipeline(inv, v2, "gpu3")
         rows += [
             (
-                "forge sync, nightly rebuild",
+                "forge sync, nightly rebuild (layer store)",
                 f"{nightly_s:.1f} s, {r.wire_bytes / 1e6:.1f} MB on the wire "
                 f"= {r.wire_bytes / top:.2f}x the top layer ({r.layers_sent}/{r.layers_total} layers)",
             ),
             ("bzip2 pipeline, nightly rebuild", f"{bz_nightly:.1f} s (forge is {bz_nightly / nightly_s:.1f}x faster)"),
         ]
+        if len(TARGETS) > 2:
+            rows.append(
+                (
+                    "forge sync, nightly rebuild (--read save)",
+                    f"{nightly_save_s:.1f} s (bzip2 pipeline / this = {bz_nightly / nightly_save_s:.1f}x)",
+                )
+            )
         # ---- unchanged
         same_s, _ = forge_sync(inv, v2, ["gpu2"])
         rows.append(("forge sync, unchanged re-sync", f"{same_s:.2f} s"))
