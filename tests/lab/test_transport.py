@@ -132,3 +132,77 @@ def test_forge_hosts_check_with_a_host_down(lab: Any) -> None:
     line = next(x for x in r.stdout.splitlines() if x.startswith(down))
     assert "NO" in line and "connection refused" in line
     assert sum(1 for x in r.stdout.splitlines() if " yes " in x) == len(lab.hosts) - 1
+
+
+# --------------------------------------------------------------------------- bulk streams
+
+
+@pytest.mark.parametrize("via", ["openssh", "paramiko"])
+def test_a_stream_is_binary_safe_both_ways_through_either_pipe(
+    inv: inventory.Inventory, monkeypatch: pytest.MonkeyPatch, via: str
+) -> None:
+    import hashlib
+    import io
+
+    monkeypatch.setenv("FORGE_SSH_STREAM", via)
+    payload = bytes(range(256)) * 4096 * 8  # 8 MiB of every byte value
+    with connect(inv.hosts[0]) as t:
+        out = io.BytesIO()
+        r = t.stream(
+            ["sh", "-c", "tee /dev/stderr | sha256sum >&2; cat /proc/self/status >/dev/null"],
+            source=io.BytesIO(payload),
+            sink=out,
+        )
+        back = io.BytesIO()
+        echo = t.stream(["cat"], source=io.BytesIO(payload), sink=back)
+        failed = t.stream(["sh", "-c", "echo oops >&2; exit 7"])
+    assert r.exit_status == 0 and hashlib.sha256(payload).hexdigest() in r.stderr
+    assert echo.ok and back.getvalue() == payload
+    assert (failed.exit_status, failed.stderr.strip()) == (7, "oops")
+
+
+def test_the_openssh_pipe_refuses_a_host_key_forge_would_refuse(
+    lab: Any, inv: inventory.Inventory, tmp_path: Path
+) -> None:
+    from forge.transport import openssh
+
+    a, b = inv.hosts[0], inv.hosts[1]
+    real = Path(lab.known_hosts).read_text().splitlines()
+    b_key = next(line for line in real if line.split()[0].split(",")[0].strip("[]").split("]:")[0] == b.address)
+    forged = tmp_path / "known_hosts"
+    forged.write_text(b_key.replace(b.address, a.address, 1) + "\n")
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    ssh = openssh.client()
+    assert ssh is not None
+    for files in ([forged], [empty]):  # a changed key, an unknown one
+        with pytest.raises(HostKeyError, match="ssh refused the host key"):
+            openssh.stream(a, openssh.argv(a, files, "true", ssh=ssh), "true", source=None, sink=None, timeout=30)
+    assert forged.read_text() == b_key.replace(b.address, a.address, 1) + "\n" and empty.read_text() == ""
+    # and the lab's real known_hosts lets it through
+    ok = openssh.stream(
+        a, openssh.argv(a, [Path(lab.known_hosts)], "true", ssh=ssh), "true", source=None, sink=None, timeout=30
+    )
+    assert ok.ok, ok.stderr
+
+
+def test_closing_the_transport_ends_its_running_streams(inv: inventory.Inventory) -> None:
+    import threading
+
+    results: list[BaseException | object] = []
+    t = connect(inv.hosts[0])
+    assert t.run(["true"]).ok
+
+    def slow() -> None:
+        try:
+            results.append(t.stream(["sleep", "60"]))
+        except BaseException as e:
+            results.append(e)
+
+    th = threading.Thread(target=slow)
+    th.start()
+    time.sleep(1.0)
+    t.close()
+    th.join(20)
+    assert not th.is_alive()
+    assert len(results) == 1 and isinstance(results[0], ConnectError), results
