@@ -207,7 +207,7 @@ def _sync_all(
                 if not r.ok:
                     failed.append(r)
                 if quiet:
-                    click.echo(_log_line(ref, r))
+                    click.echo(_log_line(ref, r, report.read))
             if not quiet and not as_json:
                 click.echo(f"# {ref} ({report.image.id[:19]}, {human_bytes(report.image.size_bytes)}){_how(report)}")
                 click.echo(
@@ -266,13 +266,14 @@ def _table_row(x: dict[str, Any]) -> list[str]:
     ]
 
 
-def _log_line(ref: str, r: HostResult[HostSync]) -> str:
+def _log_line(ref: str, r: HostResult[HostSync], read: str = "") -> str:
     v = r.value
     if v is None:
         return f"{_stamp()} forge sync {ref} {r.host.name} FAILED {r.duration_s:.1f}s: {r.reason}"
-    detail = (
-        f"layers={v.layers_sent}/{v.layers_total} wire={v.wire_bytes}B codec={v.codec}" if v.action == "send" else ""
-    )
+    detail = ""
+    if v.action == "send":
+        detail = f"layers={v.layers_sent}/{v.layers_total} wire={v.wire_bytes}B codec={v.codec}"
+        detail += f" read={read}" if read else ""
     return f"{_stamp()} forge sync {ref} {r.host.name} ok {v.action} {detail} {r.duration_s:.1f}s".replace("  ", " ")
 
 

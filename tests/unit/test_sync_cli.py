@@ -130,5 +130,7 @@ def test_read_is_passed_through_and_reported(inv: str, monkeypatch: pytest.Monke
         .output.splitlines()[0]
         .endswith("read with docker save (the source is another machine)")
     )
+    quiet = _run(inv, "--quiet", "ok:1").output.splitlines()
+    assert len(quiet) == 2 and all(" ok send layers=1/1 wire=5B codec=none read=store " in line for line in quiet)
     bad = CliRunner().invoke(cli, ["-i", inv, "sync", "--read", "tape", "ok:1"])
     assert bad.exit_code == 2 and "'tape' is not one of" in bad.output
