@@ -6,6 +6,8 @@ Source: this machine, reading gpu1's daemon through its socket (a local inventor
 root, forge reads the layers from gpu1's layer store, and `--read save` rows use docker save.
 Targets: every other GPU host of the lab (gpu2..gpuN) over SSH, each link shaped to 1 Gbit/s
 with tc (removed at the end); `forge lab up --hosts 9` for the issue's 8 hosts at once.
+Last, the first transfer again with the source side on CPU 0 and the target on CPU 1 (taskset),
+as between two one-core machines, its floor measured pinned the same way.
 Image: ~1.2 GB of real libraries (/usr/lib/x86_64-linux-gnu, /usr/lib/jvm) in one base layer
 plus a ~50 MB top layer (/usr/lib/python3); a "nightly rebuild" changes only the top layer.
 Prints a Markdown table for docs/benchmarks.md.
@@ -178,6 +180,45 @@ def ssh_argv(inv: inventory.Inventory, host: str, remote: shell.Script) -> list[
     ]
 
 
+def pin(host: str, cpus: str) -> None:
+    """Every thread of the host's dockerd and sshd (their future children inherit it) on ``cpus``."""
+    for pidfile in (LAB / "hosts" / host / "dockerd.pid", LAB / "hosts" / host / "sshd" / "sshd.pid"):
+        pid = pidfile.read_text().strip()
+        subprocess.run(["taskset", "-a", "-c", "-p", cpus, pid], capture_output=True, check=True)
+
+
+def first_transfer_pinned(inv: inventory.Inventory, ref: str, target: str) -> list[tuple[str, str]]:
+    """The first transfer as between two one-core machines: the source side (this process, its
+    compressor, gpu1's dockerd) on CPU 0, the target's sshd and dockerd (and what they start) on
+    CPU 1; the floor's parts measured pinned the same way."""
+    everything = f"0-{os.cpu_count() - 1}"  # type: ignore[operator]
+    try:
+        os.sched_setaffinity(0, {0})
+        pin("gpu1", "0")
+        pin(target, "1")
+        with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
+            archive = Path(d) / "img.tar"
+            save_s = timed(lambda: docker("gpu1", "save", "-o", str(archive), ref))
+            wipe(target, ref)
+            os.sched_setaffinity(0, {1})  # the docker CLI feeding the target's daemon: target side
+            load_s = timed(lambda: docker(target, "load", "-q", "-i", str(archive)))
+            os.sched_setaffinity(0, {0})
+        wipe(target, ref)
+        first_s, rep = forge_sync(inv, ref, [target])
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        pin("gpu1", everything)
+        pin(target, everything)
+    r = rep.results[target].value  # type: ignore[attr-defined]
+    floor = max(save_s, load_s, r.wire_bytes / LINK_BYTES_S)
+    return [
+        ("pinned: docker save alone (source core)", f"{save_s:.1f} s"),
+        ("pinned: docker load from a local file alone (target core)", f"{load_s:.1f} s"),
+        ("pinned: floor", f"{floor:.1f} s"),
+        ("pinned: forge sync, first transfer (layer store)", f"{first_s:.1f} s = {first_s / floor:.2f}x floor"),
+    ]
+
+
 def bzip2_pipeline(inv: inventory.Inventory, ref: str, host: str) -> float:
     """docker save IMG | bzip2 | ssh host 'cat | docker load' (the pipeline people use today)."""
     t = time.monotonic()
@@ -276,6 +317,10 @@ def main() -> None:
                 f"{many_s:.1f} s vs {one_s:.1f} s = {many_s / one_s:.2f}x",
             )
         )
+        # ---- the first transfer again, as between two one-core machines
+        for h in TARGETS:
+            wipe(h, v1, v2)
+        rows += first_transfer_pinned(inv, v1, "gpu2")
     finally:
         shape(False)
         for h in TARGETS:
