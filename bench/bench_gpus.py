@@ -141,25 +141,12 @@ def run(lab: Lab, repeat: int) -> int:
     inv = inventory.load_file(lab.inventory_path)
     hosts = list(inv.hosts)
     query = ["nvidia-smi", f"--query-gpu={','.join(GPU_FIELDS)}", "--format=csv,noheader,nounits"]
-    base_ssh = [
-        "ssh",
-        "-F",
-        "none",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"UserKnownHostsFile={lab.known_hosts}",
-        "-i",
-        str(lab.identity_file),
-    ]
     control_dir = tempfile.mkdtemp(prefix="forge-bench-")
     mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_dir}/%h", "-o", "ControlPersist=120"]
 
     def loop(extra: list[str], targets: list[inventory.Host]) -> None:
         for h in targets:
-            subprocess.run([*base_ssh, *extra, f"{h.user}@{h.address}", *query], check=True, capture_output=True)
+            subprocess.run(lab.ssh_argv(h.name, *query, options=tuple(extra)), check=True, capture_output=True)
 
     def forge_process(targets: list[inventory.Host]) -> None:
         r = subprocess.run(

@@ -25,12 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from forge import inventory, shell  # noqa: E402
+from forge import inventory  # noqa: E402
 from forge.fleet import Pool  # noqa: E402
 from forge.images.inspect import inspect_image  # noqa: E402
 from forge.images.layerstore import open_store, plan_archive  # noqa: E402
 from forge.images.sync import sync_image  # noqa: E402
 from forge.inventory import Host  # noqa: E402
+from forge.lab import Lab  # noqa: E402
 
 LAB = Path(os.environ.get("FORGE_LAB_ROOT", "/var/lib/forge-lab"))
 REPO = "forge-bench/sync"
@@ -160,26 +161,6 @@ def store_read_alone(ref: str) -> float:
     return time.monotonic() - t
 
 
-def ssh_argv(inv: inventory.Inventory, host: str, remote: shell.Script) -> list[str]:
-    h = inv.host(host)
-    return [
-        "ssh",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"UserKnownHostsFile={h.known_hosts}",
-        "-i",
-        str(h.identity_file),
-        "-F",
-        "none",
-        f"{h.user}@{h.address}",
-        "--",
-        remote,
-    ]
-
-
 def pin(host: str, cpus: str) -> None:
     """Every thread of the host's dockerd and sshd (their future children inherit it) on ``cpus``."""
     for pidfile in (LAB / "hosts" / host / "dockerd.pid", LAB / "hosts" / host / "sshd" / "sshd.pid"):
@@ -219,15 +200,15 @@ def first_transfer_pinned(inv: inventory.Inventory, ref: str, target: str) -> li
     ]
 
 
-def bzip2_pipeline(inv: inventory.Inventory, ref: str, host: str) -> float:
+def bzip2_pipeline(ref: str, host: str) -> float:
     """docker save IMG | bzip2 | ssh host 'cat | docker load' (the pipeline people use today)."""
     t = time.monotonic()
     save = subprocess.Popen(["docker", "-H", sock("gpu1"), "save", ref], stdout=subprocess.PIPE)
     bz = subprocess.Popen(["bzip2", "-c"], stdin=save.stdout, stdout=subprocess.PIPE)
     assert save.stdout and bz.stdout
     save.stdout.close()
-    remote = shell.pipeline(["cat"], ["docker", "load", "-q"])
-    load = subprocess.run(ssh_argv(inv, host, remote), stdin=bz.stdout, capture_output=True, check=False)
+    remote = Lab.at(LAB).ssh_argv(host, "sh", "-c", "cat | docker load -q")
+    load = subprocess.run(remote, stdin=bz.stdout, capture_output=True, check=False)
     bz.wait()
     save.wait()
     if load.returncode:
@@ -277,7 +258,7 @@ def main() -> None:
             ),
         ]
         wipe("gpu3", v1, v2)
-        bz_first = bzip2_pipeline(inv, v1, "gpu3")
+        bz_first = bzip2_pipeline(v1, "gpu3")
         rows.append(("bzip2 pipeline, first transfer", f"{bz_first:.1f} s (forge is {bz_first / first_s:.1f}x faster)"))
         # ---- nightly rebuild: only the top layer changed
         if len(TARGETS) > 2:  # the same nightly case through docker save, on a host with v1
@@ -285,7 +266,7 @@ def main() -> None:
             nightly_save_s, _ = forge_sync(inv, v2, [TARGETS[2]], read="save")
         nightly_s, rep = forge_sync(inv, v2, ["gpu2"])
         r = rep.results["gpu2"].value  # type: ignore[attr-defined]
-        bz_nightly = bzip2_pipeline(inv, v2, "gpu3")
+        bz_nightly = bzip2_pipeline(v2, "gpu3")
         rows += [
             (
                 "forge sync, nightly rebuild (layer store)",

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from forge import shell
 from forge.errors import ForgeError
 from forge.lab import Lab, LabConfig
 from forge.lab.config import default_root
@@ -80,29 +79,7 @@ class LabHandle:
         return BASE_IMAGE
 
     def ssh_argv(self, name: str, *command: str) -> list[str]:
-        """``ssh`` to a lab host with the host key verified against the lab's known_hosts.
-
-        ``command`` is an argv list, quoted for the remote shell by :mod:`forge.shell`."""
-        return [
-            "ssh",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "ConnectTimeout=10",
-            "-F",
-            "none",
-            "-i",
-            str(self.identity_file),
-            f"{self.user}@{self.address(name)}",
-            "--",
-            shell.render(command),
-        ]
+        return self.lab.ssh_argv(name, *command)
 
     def ssh(self, name: str, *command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from forge import shell
 from forge.lab import dockerd, fuse, gpus, image, inventory, mounts, netns, sshd, state, users
 from forge.lab.config import DATA_MARKER, DATA_MARKER_CONTENT, LabConfig, default_root
 from forge.lab.errors import LabError
@@ -144,6 +145,31 @@ class Lab:
             raise LabError(
                 f"the lab has no host {host!r}", hint="hosts are data, " + ", ".join(self.gpu_hosts)
             ) from None
+
+    def ssh_argv(self, host: str, *command: str, options: tuple[str, ...] = ()) -> list[str]:
+        """``ssh`` (OpenSSH) to a lab host as the lab user, its host key checked against the
+        lab's known_hosts; ``command`` is an argv list quoted by :mod:`forge.shell`."""
+        return [
+            "ssh",
+            "-F",
+            "none",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-i",
+            str(self.identity_file),
+            *options,
+            f"{self.config.user}@{self.address(host)}",
+            "--",
+            shell.render(command),
+        ]
 
     # Up ----------------------------------------------------------------------------------
     def up(self) -> None:
