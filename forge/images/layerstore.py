@@ -37,6 +37,7 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from forge.dockercli import docker_argv
@@ -221,32 +222,64 @@ class Archive:
     image: ImageInfo
     config: bytes
     layers: tuple[Layer, ...]  # the layers to send, bottom first
-    size: int  # bytes of the whole archive
 
-    def write(self, out: Callable[[bytes], object]) -> int:
-        """Stream the archive into ``out``; returns the bytes written (== ``size``)."""
+    def parts(self) -> Iterator[bytes | Layer]:
+        """The archive in order: tar headers and small members as bytes, each layer's tar as
+        its :class:`Layer` (read when written). One layout for :attr:`size` and :meth:`write`."""
         hexid = self.image.id.removeprefix("sha256:")
-        written = 0
-
-        def put(data: bytes) -> None:
-            nonlocal written
-            if data:
-                out(data)
-                written += len(data)
-
-        put(_member_header(f"{hexid}.json", len(self.config)) + _padded(self.config))
+        yield _member_header(f"{hexid}.json", len(self.config)) + _padded(self.config)
         for layer in self.layers:
             directory = layer.chain_id.removeprefix("sha256:")
-            put(_dir_header(directory))
-            put(_member_header(f"{directory}/layer.tar", layer.size))
-            write_layer_tar(layer, put)
-            put(bytes(-layer.size % BLOCK))
+            yield _dir_header(directory) + _member_header(f"{directory}/layer.tar", layer.size)
+            yield layer
+            yield bytes(-layer.size % BLOCK)
         manifest = _manifest(self.image)
-        put(_member_header("manifest.json", len(manifest)) + _padded(manifest))
-        put(bytes(2 * BLOCK))
-        if written != self.size:
-            raise LayerStoreError(f"the archive came to {written} bytes, not the {self.size} planned")
-        return written
+        yield _member_header("manifest.json", len(manifest)) + _padded(manifest) + bytes(2 * BLOCK)
+
+    @cached_property
+    def size(self) -> int:
+        """Bytes of the whole archive."""
+        return sum(p.size if isinstance(p, Layer) else len(p) for p in self.parts())
+
+    def write(self, out: Callable[[bytes], object]) -> int:
+        """Stream the archive into ``out`` in chunks of about a MiB (a layer's tar headers and
+        small files are gathered, not passed one by one); returns the bytes written."""
+        buf = _Coalesce(out)
+        for part in self.parts():
+            if isinstance(part, Layer):
+                write_layer_tar(part, buf.write)
+            else:
+                buf.write(part)
+        buf.flush()
+        if buf.written != self.size:
+            raise LayerStoreError(f"the archive came to {buf.written} bytes, not the {self.size} planned")
+        return buf.written
+
+
+class _Coalesce:
+    """Gathers small writes into ~1 MiB chunks for ``out`` (each chunk costs the consumer a
+    queue hop or a pipe write)."""
+
+    def __init__(self, out: Callable[[bytes], object]) -> None:
+        self._out = out
+        self._buf = bytearray()
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        if len(data) >= _CHUNK:  # a big file's chunk: as it is, after what was gathered
+            self.flush()
+            self.written += len(data)
+            self._out(data)
+            return
+        self._buf += data
+        if len(self._buf) >= _CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buf:
+            self.written += len(self._buf)
+            self._out(bytes(self._buf))
+            self._buf.clear()
 
 
 def _manifest(image: ImageInfo) -> bytes:
@@ -279,15 +312,7 @@ def plan_archive(store: LayerStore, image: ImageInfo, skip: Sequence[str] | froz
     config = store.config(image.id)
     chains = chain_ids(image.layers)
     layers = tuple(store.layer(c, d) for c, d in zip(chains, image.layers, strict=True) if c not in skip)
-    hexid = image.id.removeprefix("sha256:")
-    manifest = _manifest(image)
-    size = len(_member_header(f"{hexid}.json", len(config))) + len(_padded(config))
-    for layer in layers:
-        directory = layer.chain_id.removeprefix("sha256:")
-        size += len(_dir_header(directory)) + len(_member_header(f"{directory}/layer.tar", layer.size))
-        size += layer.size + (-layer.size % BLOCK)
-    size += len(_member_header("manifest.json", len(manifest))) + len(_padded(manifest)) + 2 * BLOCK
-    return Archive(image, config, layers, size)
+    return Archive(image, config, layers)
 
 
 # --------------------------------------------------------------------------- finding the store

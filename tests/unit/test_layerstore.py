@@ -189,6 +189,20 @@ def _read(t: tarfile.TarFile, name: str) -> bytes:
     return f.read()
 
 
+def test_small_pieces_reach_the_stream_gathered_not_one_by_one(daemon: FakeDaemon) -> None:
+    archive = plan_archive(daemon.store, daemon.image, frozenset())
+    chunks: list[bytes] = []
+    archive.write(chunks.append)
+    assert archive.size < 1 << 20 and len(chunks) == 1  # headers, small files, padding: one chunk
+    big = os.urandom(3 << 20)
+    fat = FakeDaemon(daemon.root.parent / "fat", [_tar([_file("big.bin", big), _file("small", b"x")])])
+    chunks.clear()
+    plan_archive(fat.store, fat.image, frozenset()).write(chunks.append)
+    assert b"".join(chunks).count(big) == 1
+    # a short chunk only where a big file's chunk follows (what was gathered goes first) or at the end
+    assert all(len(c) >= 1 << 20 or len(nxt) >= 1 << 20 for c, nxt in zip(chunks, chunks[1:], strict=False))
+
+
 def test_layers_the_host_has_are_left_out_but_still_listed(daemon: FakeDaemon) -> None:
     base_chain = daemon.image.chains[0]
     archive = plan_archive(daemon.store, daemon.image, frozenset({base_chain}))
