@@ -359,10 +359,7 @@ def _check(
                 ["IMAGE", "HOST", "STATUS", "HOST HAS", "PROBLEM"],
             )
         )
-    if bad:
-        if len(bad) == total and all(isinstance(r.error, ConnectError) for r in bad):
-            ctx.exit(ExitCode.UNREACHABLE)
-        ctx.exit(ExitCode.PARTIAL)
+    _exit(ctx, bad, total)
 
 
 def _status(p: HostPlan) -> str:
