@@ -31,7 +31,6 @@ from typing import Literal
 from forge import shell
 from forge.dockercli import docker_argv
 from forge.env.errors import VolumeError
-from forge.env.listing import docker_env
 from forge.errors import CommandFailed
 from forge.inventory import DataSettings, Host
 from forge.transport import Transport
@@ -362,4 +361,4 @@ def render_all(host: Host, spec: VolumeSpec) -> Sequence[str]:
     return lines
 
 
-__all__ = ["VolumeSpec", "VolumeState", "docker_env", "ensure", "remove", "spec_for"]
+__all__ = ["VolumeSpec", "VolumeState", "ensure", "remove", "spec_for"]
