@@ -9,7 +9,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -153,7 +153,3 @@ def run(
     finally:
         ex.shutdown(wait=False, cancel_futures=True)
     return FleetResult(tuple(results[h.name] for h in hosts))
-
-
-def names(results: Iterable[HostResult[T]]) -> list[str]:
-    return [r.host.name for r in results]

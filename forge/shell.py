@@ -72,13 +72,6 @@ def pipeline(*commands: Argv) -> Script:
     return render(["bash", "-o", "pipefail", "-c", " | ".join(render(c) for c in commands)])
 
 
-def sequence(*commands: Argv) -> Script:
-    """Render commands run one after another under ``sh -c``, whatever each one's status."""
-    if not commands:
-        raise ValueError("empty sequence")
-    return render(["sh", "-c", "; ".join(render(c) for c in commands)])
-
-
 def script(body: str, *args: str) -> Script:
     """Run a fixed shell script body (a constant in forge's source, never user input) with
     positional arguments ``$1``, ``$2``... that are quoted like any argv item."""

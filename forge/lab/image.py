@@ -120,24 +120,6 @@ def has_image(cfg: LabConfig, host: str, image: str = BASE_IMAGE) -> bool:
     return docker(cfg, host, "image", "inspect", image, check=False).returncode == 0
 
 
-def import_rootfs(cfg: LabConfig, host: str, rootfs: Path, image: str = BASE_IMAGE) -> None:
-    """``tar -C ROOTFS -c . | docker import - IMAGE`` against the host's daemon."""
-    tar_argv = ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."]
-    imp_argv = ["docker", "-H", cfg.docker_host(host), "import", "-", image]
-    tar = subprocess.Popen(tar_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if tar.stdout is None:  # pragma: no cover - stdout=PIPE always gives one
-        raise LabError("tar gave no output pipe")
-    imp = subprocess.Popen(imp_argv, stdin=tar.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    tar.stdout.close()
-    _, imp_err = imp.communicate(timeout=600)
-    tar_err = tar.stderr.read().decode(errors="replace") if tar.stderr else ""
-    tar.wait(timeout=60)
-    if tar.returncode != 0:
-        raise LabCommandFailed(shell.display(tar_argv), tar.returncode, tar_err)
-    if imp.returncode != 0:
-        raise LabCommandFailed(shell.display(imp_argv), imp.returncode, imp_err)
-
-
 def load_image(cfg: LabConfig, host: str, image: RootImage, progress: Progress = no_progress) -> str:
     """Make ``image`` present on a GPU host's daemon (``docker import`` of the cached tar)."""
     if has_image(cfg, host, image.name):
