@@ -8,17 +8,16 @@ import json
 import os
 import pwd
 import shutil
-import subprocess
-import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 from forge import shell
 from forge.gpu import nvsmi, probe
 from forge.gpu.model import ProbeStatus
-from forge.transport.base import Command, CommandResult, Transport, to_script
+from forge.transport.base import CommandResult
+from forge.transport.local import LocalTransport
 
 ROOT = Path(__file__).parent.parent.parent
 FAKE = ROOT / "forge" / "lab" / "fake_gpu.py"
@@ -79,41 +78,13 @@ def _host(tmp_path: Path, state: dict[str, Any] | None) -> dict[str, str]:
     return env
 
 
-class LocalShell(Transport):
-    """Runs the rendered command with the local /bin/sh (dash on Debian), like sshd would."""
-
-    name = "gpu1"
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-
-    def run(
-        self,
-        command: Command,
-        *,
-        timeout: float | None = None,
-        stdin: bytes | None = None,
-        check: bool = False,
-    ) -> CommandResult:
-        script = to_script(command)
-        start = time.monotonic()
-        done = subprocess.run(  # noqa: S602 (the command was rendered by forge.shell)
-            script, shell=True, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        return CommandResult(self.name, script, done.returncode, done.stdout, done.stderr, time.monotonic() - start)
-
-    def stream(
-        self,
-        command: Command,
-        *,
-        source: IO[bytes] | None = None,
-        sink: IO[bytes] | None = None,
-        timeout: float | None = None,
-    ) -> CommandResult:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
+def _transport(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> LocalTransport:
+    """A transport whose ``sh -c`` sees ``env``: LocalTransport runs it with this process's
+    environment, so ``env`` (the host's PATH and state file) is set here for the test."""
+    monkeypatch.delenv("FORGE_LAB_GPU_STATE", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return LocalTransport("gpu1")
 
 
 def _state(processes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -132,7 +103,7 @@ needs_tools = pytest.mark.skipif(
 
 
 @needs_tools
-def test_real_script_with_replayed_nvidia_smi(tmp_path: Path) -> None:
+def test_real_script_with_replayed_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     me = pwd.getpwuid(os.getuid()).pw_name
     gone = 4_000_000 - 7  # a pid that does not exist: ps just leaves it out
     state = _state(
@@ -142,7 +113,7 @@ def test_real_script_with_replayed_nvidia_smi(tmp_path: Path) -> None:
         ]
     )
     state["gpus"][1]["memory_used_mib"] = 20500
-    host = probe.probe_host(LocalShell(_host(tmp_path, state)), timeout=30)
+    host = probe.probe_host(_transport(monkeypatch, _host(tmp_path, state)), timeout=30)
     assert host.status is ProbeStatus.OK, host.reason
     assert [g.uuid for g in host.gpus] == [g["uuid"] for g in state["gpus"]]
     by_pid = {p.pid: p for p in host.processes}
@@ -153,8 +124,8 @@ def test_real_script_with_replayed_nvidia_smi(tmp_path: Path) -> None:
 
 
 @needs_tools
-def test_real_script_idle_host(tmp_path: Path) -> None:
-    host = probe.probe_host(LocalShell(_host(tmp_path, _state([]))), timeout=30)
+def test_real_script_idle_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = probe.probe_host(_transport(monkeypatch, _host(tmp_path, _state([]))), timeout=30)
     assert host.status is ProbeStatus.OK and len(host.gpus) == 4 and host.processes == ()
 
 
@@ -162,9 +133,11 @@ def test_real_script_idle_host(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("mode", "status"), [("no_devices", ProbeStatus.NO_GPUS), ("driver_not_loaded", ProbeStatus.DRIVER_ERROR)]
 )
-def test_real_script_failure_modes(tmp_path: Path, mode: str, status: ProbeStatus) -> None:
+def test_real_script_failure_modes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, status: ProbeStatus
+) -> None:
     state = {**_state([]), "mode": mode}
-    transport = LocalShell(_host(tmp_path, state))
+    transport = _transport(monkeypatch, _host(tmp_path, state))
     raw = transport.run(probe.probe_command(), timeout=30)
     assert raw.exit_status == 0
     assert f"{M} apps" not in raw.stdout  # the script stops after a failed GPU query
@@ -172,8 +145,8 @@ def test_real_script_failure_modes(tmp_path: Path, mode: str, status: ProbeStatu
     assert host.status is status and host.reason and host.gpus == ()
 
 
-def test_real_script_without_nvidia_smi(tmp_path: Path) -> None:
-    raw = LocalShell(_host(tmp_path, None)).run(probe.probe_command(), timeout=30)
+def test_real_script_without_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = _transport(monkeypatch, _host(tmp_path, None)).run(probe.probe_command(), timeout=30)
     assert f"{M} status 127" in raw.stdout
     host = probe.parse_probe("gpu1", raw)
     assert host.status is ProbeStatus.NOT_INSTALLED
@@ -220,7 +193,9 @@ def _bare_host(tmp_path: Path, shell_name: str, docker_lines: str, apps_stub: st
 
 @needs_tools
 @pytest.mark.parametrize("shell_name", SHELLS)
-def test_real_script_needs_only_builtins_and_three_helpers(tmp_path: Path, shell_name: str) -> None:
+def test_real_script_needs_only_builtins_and_three_helpers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shell_name: str
+) -> None:
     me = pwd.getpwuid(os.getuid()).pw_name
     env = _bare_host(tmp_path, shell_name, ctr(CID, env="dev", owner="alice", gpus="1") + ctr(CID2, state="exited"))
     state = json.loads((tmp_path / "gpus.json").read_text())
@@ -231,7 +206,7 @@ def test_real_script_needs_only_builtins_and_three_helpers(tmp_path: Path, shell
         {"pid": os.getpid(), "name": "/usr/bin/python3", "used_memory_mib": 10, "gpu_uuid": uuids[2]},
     ]
     (tmp_path / "gpus.json").write_text(json.dumps(state))
-    raw = LocalShell(env).run(probe.probe_command(), timeout=30)
+    raw = _transport(monkeypatch, env).run(probe.probe_command(), timeout=30)
     assert raw.stderr == "" and raw.exit_status == 0
     sections = probe.split_sections(raw.stdout)
     assert list(sections) == ["gpus", "apps", "owners", "cgroups", "containers"]
@@ -248,9 +223,11 @@ def test_real_script_needs_only_builtins_and_three_helpers(tmp_path: Path, shell
 
 @needs_tools
 @pytest.mark.parametrize("shell_name", SHELLS)
-def test_real_script_process_query_failing_without_newline(tmp_path: Path, shell_name: str) -> None:
+def test_real_script_process_query_failing_without_newline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shell_name: str
+) -> None:
     env = _bare_host(tmp_path, shell_name, "", apps_stub="Unable to query processes")
-    raw = LocalShell(env).run(probe.probe_command(), timeout=30)
+    raw = _transport(monkeypatch, env).run(probe.probe_command(), timeout=30)
     sections = probe.split_sections(raw.stdout)
     assert sections["apps"] == probe.Section("Unable to query processes\n", 3)
     assert sections["owners"] == probe.Section("", 0) and sections["cgroups"] == probe.Section("", 0)
