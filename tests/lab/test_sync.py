@@ -1,147 +1,30 @@
-"""`forge sync` against the lab's real sshd + dockerd hosts (Engine 20.10).
-
-Every test builds its own images on gpu1 (unique names forge-test/sync-<token>, unique
-content, so no layer is shared with another test) and removes them from every host after.
-"""
+"""`forge sync` against the lab's real sshd + dockerd hosts (Engine 20.10), gpu1 as the source
+over SSH (images and faults: tests/lab/imagekit.py)."""
 
 from __future__ import annotations
 
-import io
 import os
 import secrets
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 from forge import inventory
 from forge.errors import ConnectError
 from forge.fleet import Pool
-from forge.images.inspect import survey
 from forge.images.sync import sync_image
-from forge.inventory import Host
 from forge.lock import FileLock
-from forge.transport import Transport, connect
-from forge.transport.base import Command, CommandResult
-from forge.transport.ssh import SSHTransport
+from tests.lab.imagekit import SOURCE, Images, cut_at, cut_before_manifest, cutting_pool, sync
 
 pytestmark = pytest.mark.lab
-
-SOURCE = "gpu1"
-
-
-@pytest.fixture()
-def inv(lab: Any) -> inventory.Inventory:
-    return inventory.load_file(Path(lab.inventory_path))
-
-
-def _docker(lab: Any, host: str, *args: str, stdin: bytes | None = None, timeout: float = 300) -> str:
-    sock = lab.lab.config.docker_host(host)
-    r = subprocess.run(["docker", "-H", sock, *args], input=stdin, capture_output=True, timeout=timeout, check=False)
-    assert r.returncode == 0, r.stderr.decode(errors="replace")
-    return r.stdout.decode().strip()
-
-
-def _real_files(limit_bytes: int, salt: str) -> bytes:
-    """A tar of real files from this machine (Python's stdlib), plus a unique one."""
-    buf = io.BytesIO()
-    total = 0
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for p in sorted(Path("/usr/lib/python3.11").rglob("*.py")):
-            if total >= limit_bytes:
-                break
-            t.add(str(p), arcname="usr/lib/py/" + str(p.relative_to("/usr/lib/python3.11")))
-            total += p.stat().st_size
-        data = salt.encode()
-        info = tarfile.TarInfo("token")
-        info.size = len(data)
-        t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-class Images:
-    """Images built on gpu1 for one test; removed from every lab host at the end."""
-
-    def __init__(self, lab: Any) -> None:
-        self.lab = lab
-        self.token = secrets.token_hex(4)
-        self.repo = f"forge-test/sync-{self.token}"
-        self.ids: set[str] = set()
-
-    def base(self, tag: str = "base", size: int = 3 << 20) -> str:
-        ref = f"{self.repo}:{tag}"
-        _docker(self.lab, SOURCE, "import", "-", ref, stdin=_real_files(size, self.token + tag))
-        self.ids.add(_docker(self.lab, SOURCE, "image", "inspect", "-f", "{{.Id}}", ref))
-        return ref
-
-    def on_top(self, parent: str, tag: str, payload: bytes) -> str:
-        ref = f"{self.repo}:{tag}"
-        with tempfile.TemporaryDirectory() as d:
-            (Path(d) / "payload").write_bytes(payload)
-            (Path(d) / "Dockerfile").write_text(f"FROM {parent}\nCOPY payload /payload-{tag}\n")
-            _docker(self.lab, SOURCE, "build", "-q", "-t", ref, d)
-        self.ids.add(_docker(self.lab, SOURCE, "image", "inspect", "-f", "{{.Id}}", ref))
-        return ref
-
-    def image_id(self, host: str, ref: str) -> str | None:
-        r = self.lab.docker(host, "image", "inspect", "-f", "{{.Id}}", ref)
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    def leftovers(self, host: str) -> list[str]:
-        """Untagged images on ``host`` built from this test's layers."""
-        mine = self._my_layers()
-        with connect(self._host(host)) as t:
-            have = survey(self._host(host), t)
-        return [i.id for i in have.images if not i.repo_tags and set(i.layers) & mine]
-
-    def _my_layers(self) -> set[str]:
-        out: set[str] = set()
-        for i in self.ids:
-            layers = _docker(self.lab, SOURCE, "image", "inspect", "-f", '{{join .RootFS.Layers " "}}', i)
-            out.update(layers.split())
-        return out
-
-    def _host(self, name: str) -> Host:
-        return inventory.load_file(Path(self.lab.inventory_path)).host(name)
-
-    def cleanup(self) -> None:
-        for host in self.lab.hosts:
-            r = self.lab.docker(host, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", self.repo)
-            refs = r.stdout.split()
-            if refs:
-                self.lab.docker(host, "image", "rm", "-f", *refs)
-            if host != SOURCE:
-                ids = [i for i in self.ids if self.image_id(host, i)]
-                if ids:
-                    self.lab.docker(host, "image", "rm", "-f", *ids)
-
-
-@pytest.fixture()
-def images(lab: Any) -> Iterator[Images]:
-    imgs = Images(lab)
-    try:
-        yield imgs
-    finally:
-        imgs.cleanup()
-
-
-def _sync(inv: inventory.Inventory, ref: str, targets: list[str], pool: Pool | None = None, **kw: Any) -> Any:
-    own = pool is None
-    pool = pool or Pool()
-    try:
-        return sync_image(ref, source=inv.host(SOURCE), targets=[inv.host(n) for n in targets], pool=pool, **kw)
-    finally:
-        if own:
-            pool.close()
 
 
 # --------------------------------------------------------------------------- the cases
@@ -150,7 +33,7 @@ def _sync(inv: inventory.Inventory, ref: str, targets: list[str], pool: Pool | N
 def test_a_fresh_host_gets_the_image_verified_and_tagged(inv: inventory.Inventory, images: Images) -> None:
     ref = images.on_top(images.base(), "v1", os.urandom(1000))
     src_id = images.image_id(SOURCE, ref)
-    report = _sync(inv, ref, ["gpu2"])
+    report = sync(inv, ref, ["gpu2"])
     r = report.results["gpu2"]
     assert r.ok, r.reason
     assert r.value.action == "send" and r.value.layers_sent == 2 and r.value.codec == "zstd"
@@ -160,21 +43,21 @@ def test_a_fresh_host_gets_the_image_verified_and_tagged(inv: inventory.Inventor
 
 def test_an_unchanged_image_is_skipped(inv: inventory.Inventory, images: Images) -> None:
     ref = images.base()
-    assert _sync(inv, ref, ["gpu2"]).results["gpu2"].ok
-    again = _sync(inv, ref, ["gpu2"]).results["gpu2"]
+    assert sync(inv, ref, ["gpu2"]).results["gpu2"].ok
+    again = sync(inv, ref, ["gpu2"]).results["gpu2"]
     assert again.ok and again.value.action == "current" and again.value.wire_bytes == 0
     # Same image present but untagged: only the tag is set.
     images.lab.docker("gpu2", "image", "rm", ref)
     assert images.image_id("gpu2", images.image_id(SOURCE, ref)) is None  # untagged and unused: gone
-    assert _sync(inv, ref, ["gpu2"]).results["gpu2"].value.action == "send"
+    assert sync(inv, ref, ["gpu2"]).results["gpu2"].value.action == "send"
 
 
 def test_a_partly_present_image_ships_only_the_missing_layer(inv: inventory.Inventory, images: Images) -> None:
     v1 = images.on_top(images.base(size=6 << 20), "v1", os.urandom(200_000))
-    first = _sync(inv, v1, ["gpu3"], compress="none").results["gpu3"]
+    first = sync(inv, v1, ["gpu3"], compress="none").results["gpu3"]
     assert first.ok, first.reason
     v2 = images.on_top(v1, "v2", os.urandom(300_000))
-    r = _sync(inv, v2, ["gpu3"], compress="none").results["gpu3"]
+    r = sync(inv, v2, ["gpu3"], compress="none").results["gpu3"]
     assert r.ok, r.reason
     assert r.value.layers_sent == 1 and r.value.layers_total == 3
     assert r.value.tar_bytes < 400_000 < first.value.tar_bytes  # the new layer (+ json), not the 6 MB base
@@ -184,10 +67,10 @@ def test_a_partly_present_image_ships_only_the_missing_layer(inv: inventory.Inve
 
 def test_many_hosts_at_once_each_get_what_they_lack(inv: inventory.Inventory, images: Images) -> None:
     v1 = images.on_top(images.base(), "v1", os.urandom(50_000))
-    assert _sync(inv, v1, ["gpu2"]).results["gpu2"].ok
+    assert sync(inv, v1, ["gpu2"]).results["gpu2"].ok
     v2 = images.on_top(v1, "v2", os.urandom(50_000))
-    assert _sync(inv, v2, ["gpu3"]).results["gpu3"].ok
-    report = _sync(inv, v2, ["gpu2", "gpu3", "gpu4"], concurrency=2)  # two waves
+    assert sync(inv, v2, ["gpu3"]).results["gpu3"].ok
+    report = sync(inv, v2, ["gpu2", "gpu3", "gpu4"], concurrency=2)  # two waves
     sent = {r.host.name: (r.value.action, r.value.layers_sent) for r in report.results if r.value}
     assert all(r.ok for r in report.results), [r.reason for r in report.results]
     assert sent == {"gpu2": ("send", 1), "gpu3": ("current", 0), "gpu4": ("send", 3)}
@@ -198,72 +81,17 @@ def test_many_hosts_at_once_each_get_what_they_lack(inv: inventory.Inventory, im
 # --------------------------------------------------------------------------- faults
 
 
-class _CutReader(io.RawIOBase):
-    """Reads from ``inner`` and cuts the SSH connection at the byte ``where(seen_bytes)`` says."""
-
-    def __init__(self, inner: IO[bytes], transport: SSHTransport, where: Callable[[bytes, int], int | None]) -> None:
-        super().__init__()
-        self.inner, self.transport, self.where = inner, transport, where
-        self.seen = 0
-        self.cut = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self.cut:
-            time.sleep(0.5)
-            return 0
-        data = self.inner.read(len(buffer))
-        if not data:
-            return 0
-        at = self.where(data, self.seen)
-        if at is not None:
-            data = data[:at]
-            self.cut = True
-        buffer[: len(data)] = data
-        self.seen += len(data)
-        if self.cut:
-            threading.Timer(0.3, self.transport.close).start()  # after these bytes went out
-        return len(data)
-
-
-def _cutting_pool(victim: str, where: Callable[[bytes, int], int | None]) -> Pool:
-    class Cutting(SSHTransport):
-        def stream(
-            self,
-            command: Command,
-            *,
-            source: IO[bytes] | None = None,
-            sink: IO[bytes] | None = None,
-            timeout: float | None = None,
-        ) -> CommandResult:
-            if source is not None:
-                source = _CutReader(source, self, where)  # type: ignore[assignment]
-            return super().stream(command, source=source, sink=sink, timeout=timeout)
-
-    def connector(host: Host) -> Transport:
-        return Cutting(host) if host.name == victim else connect(host)
-
-    return Pool(connector)
-
-
 def test_a_cut_connection_fails_that_host_only_and_a_rerun_completes(inv: inventory.Inventory, images: Images) -> None:
     ref = images.on_top(images.base(size=8 << 20), "v1", os.urandom(100_000))
-    half = 400_000  # well inside the compressed base layer
-
-    def mid(data: bytes, seen: int) -> int | None:
-        return half - seen if seen <= half < seen + len(data) else None
-
-    with _cutting_pool("gpu2", mid) as pool:
-        report = _sync(inv, ref, ["gpu2", "gpu3"], pool=pool)
+    with cutting_pool(images.lab, "gpu2", cut_at(400_000)) as pool:  # well inside the base layer
+        report = sync(inv, ref, ["gpu2", "gpu3"], pool=pool)
     assert report.results["gpu3"].ok, report.results["gpu3"].reason
     bad = report.results["gpu2"]
     assert not bad.ok and bad.reason
     assert "connection" in bad.reason
     assert images.image_id("gpu2", ref) is None
     assert images.leftovers("gpu2") == []
-    again = _sync(inv, ref, ["gpu2", "gpu3"])
+    again = sync(inv, ref, ["gpu2", "gpu3"])
     assert again.results["gpu2"].ok and again.results["gpu2"].value.action == "send"
     assert again.results["gpu3"].value.action == "current"
     assert images.image_id("gpu2", ref) == images.image_id(SOURCE, ref)
@@ -271,19 +99,12 @@ def test_a_cut_connection_fails_that_host_only_and_a_rerun_completes(inv: invent
 
 def test_a_cut_just_before_the_manifest_leaves_nothing_behind(inv: inventory.Inventory, images: Images) -> None:
     ref = images.on_top(images.base(), "v1", os.urandom(100_000))
-
-    def before_manifest(data: bytes, seen: int) -> int | None:
-        i = data.find(b"manifest.json\0")
-        while i >= 0 and (seen + i) % 512:
-            i = data.find(b"manifest.json\0", i + 1)
-        return i if i >= 0 else None
-
-    with _cutting_pool("gpu4", before_manifest) as pool:
-        r = _sync(inv, ref, ["gpu4"], pool=pool, compress="none").results["gpu4"]
+    with cutting_pool(images.lab, "gpu4", cut_before_manifest) as pool:
+        r = sync(inv, ref, ["gpu4"], pool=pool, compress="none").results["gpu4"]
     assert not r.ok
     assert images.image_id("gpu4", ref) is None
     assert images.leftovers("gpu4") == []
-    assert _sync(inv, ref, ["gpu4"]).results["gpu4"].ok
+    assert sync(inv, ref, ["gpu4"]).results["gpu4"].ok
 
 
 def test_a_host_that_is_down_is_reported_and_the_others_finish(
@@ -291,7 +112,7 @@ def test_a_host_that_is_down_is_reported_and_the_others_finish(
 ) -> None:
     ref = images.base()
     with lab.host_down("gpu4"):
-        report = _sync(inv, ref, ["gpu3", "gpu4"])
+        report = sync(inv, ref, ["gpu3", "gpu4"])
     assert report.results["gpu3"].ok
     assert not report.results["gpu4"].ok and isinstance(report.results["gpu4"].error, ConnectError)
 
