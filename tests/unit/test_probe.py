@@ -3,7 +3,6 @@ its pure parser."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pwd
@@ -16,6 +15,7 @@ import pytest
 from forge import shell
 from forge.gpu import nvsmi, probe
 from forge.gpu.model import ProbeStatus
+from forge.lab import fake_gpu
 from forge.transport.base import CommandResult
 from forge.transport.local import LocalTransport
 
@@ -88,11 +88,7 @@ def _transport(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> LocalTra
 
 
 def _state(processes: list[dict[str, Any]]) -> dict[str, Any]:
-    spec = importlib.util.spec_from_file_location("fake_for_probe", FAKE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    state: dict[str, Any] = module.default_state()
+    state = fake_gpu.default_state()
     state["processes"] = processes
     return state
 
