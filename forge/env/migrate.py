@@ -132,6 +132,10 @@ def _host_of(hosts: Sequence[Host], name: str) -> Host:
     return next(h for h in hosts if h.name == name)
 
 
+def _listing_of(listings: FleetResult[HostListing], host: str) -> HostListing:
+    return next(r.value for r in listings.succeeded if r.host.name == host and r.value is not None)
+
+
 def find(listings: FleetResult[HostListing], env: str) -> list[Environment]:
     """The containers of environment ``env`` owned by the SSH user of their host."""
     found = []
@@ -417,7 +421,9 @@ def migrate(inv: Inventory, req: Request, pool: Pool, *, progress: Progress = _q
             if current is not None and old_host is not None:
                 result.old_host, result.old_container = current.host, current.container.name
                 progress(f"removing the old container {current.container.name} on {current.host}")
-                result.warnings += _retire(old_host, pool, current, keep_image=image if req.keep_changes else None)
+                old_listing = _listing_of(listings, current.host)
+                keep = image if req.keep_changes else None
+                result.warnings += _retire(old_host, pool, current, old_listing, keep_image=keep)
             return result
         if lacking and len(lacking) == len(cands[:3]):
             raise EnvError(
@@ -459,14 +465,15 @@ def _image_source(
     return image, inv.host(current.host) if current else None
 
 
-def _retire(host: Host, pool: Pool, env: Environment, *, keep_image: str | None) -> list[str]:
-    """Remove the old container, its claims and the committed image; problems become warnings."""
+def _retire(host: Host, pool: Pool, env: Environment, listing: HostListing, *, keep_image: str | None) -> list[str]:
+    """Remove the old container, its claims (found in ``listing``, the host as :func:`locate`
+    listed it) and the committed image; problems become warnings."""
     warnings = []
     try:
         t = pool.get(host)
         if not launch.remove(host, t, env.container.id):
             warnings.append(f"could not remove the old container {env.container.name} on {host.name}")
-        claims.release(host, t, claims.claims_for(list_host(host, t), env.container.name))
+        claims.release(host, t, claims.claims_for(listing, env.container.name))
         images = [i for i in (keep_image, _kept_image(env)) if i]
         if images:
             t.run(docker_argv(host, "rmi", *dict.fromkeys(images)), timeout=120)
@@ -485,13 +492,15 @@ def _kept_image(env: Environment) -> str | None:
 def stop(inv: Inventory, env: str, pool: Pool, *, hosts: Sequence[Host] | None = None) -> Environment | None:
     """Stop and remove ``env``'s container, release its claims, and remove the ``--keep-changes``
     image it ran; None when it runs nowhere."""
-    current = locate(inv, env, pool, hosts=hosts)
+    listings = list_fleet(hosts or inv.hosts, pool)
+    current = locate(inv, env, pool, listings=listings)
     if current is None:
         return None
     host = inv.host(current.host)
     t = pool.get(host)
     launch.remove(host, t, current.container.id)
-    claims.release(host, t, claims.claims_for(list_host(host, t), current.container.name))
+    # Its claims were made before it started: the listing that found it has them all.
+    claims.release(host, t, claims.claims_for(_listing_of(listings, current.host), current.container.name))
     kept = _kept_image(current)
     if kept:
         t.run(docker_argv(host, "rmi", kept), timeout=120)
