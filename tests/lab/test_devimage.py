@@ -17,12 +17,11 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from forge import shell
 from forge.buildlab import load_toolchain_image
 from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT
 from tests.conftest import LabHandle
@@ -196,29 +195,10 @@ def container(dev: Dev, tmp_path: Path) -> Iterator[Container]:
 
 
 def _ssh_argv(dev: Dev, c: Container, *command: str, options: tuple[str, ...] = ()) -> list[str]:
-    return [
-        "ssh",
-        "-F",
-        "none",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"UserKnownHostsFile={c.known_hosts}",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "ConnectTimeout=10",
-        "-i",
-        str(dev.lab.identity_file),
-        "-p",
-        str(c.port),
-        *options,
-        f"{dev.lab.user}@{dev.address}",
-        "--",
-        shell.render(command),
-    ]
+    # The lab's ssh command line to the container's host; ssh checks a key in the global
+    # known_hosts file too (the user one, the lab's, has the hosts' port 22 only).
+    own = ("-p", str(c.port), "-o", f"GlobalKnownHostsFile={c.known_hosts}")
+    return dev.lab.lab.ssh_argv(dev.host, *command, options=(*own, *options))
 
 
 def _ssh(
@@ -290,8 +270,7 @@ def test_keys_only_and_per_container_host_keys(dev: Dev, container: Container, t
     try:
         assert not mine & {line.split()[2] for line in second.known_hosts.read_text().splitlines()}
         # Logging in to one with the other's key recorded is refused.
-        wrong = _ssh_argv(dev, second, "true")
-        wrong[wrong.index(f"UserKnownHostsFile={second.known_hosts}")] = f"UserKnownHostsFile={container.known_hosts}"
+        wrong = _ssh_argv(dev, replace(second, known_hosts=container.known_hosts), "true")
         r = subprocess.run(wrong, capture_output=True, text=True, timeout=60, check=False)
         assert r.returncode == 255
     finally:

@@ -103,26 +103,10 @@ def ssh_into(lab: LabHandle, res: dict[str, Any], tmp: Path, *command: str) -> s
     """ssh to the container, checking its host key against what forge read on its host."""
     known = tmp / f"known-{res['port']}"
     known.write_text("".join(f"[{res['address']}]:{res['port']} {k}\n" for k in res["host_keys"]))
-    argv = [
-        "ssh",
-        "-F",
-        "none",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"UserKnownHostsFile={known}",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-i",
-        str(lab.identity_file),
-        "-p",
-        str(res["port"]),
-        f"{res['user']}@{res['address']}",
-        "--",
-        shell.render(command),
-    ]
+    # The lab's ssh command line to the container's host; ssh checks a key in the global
+    # known_hosts file too (the user one, the lab's, has the hosts' port 22 only).
+    options = ("-p", str(res["port"]), "-o", f"GlobalKnownHostsFile={known}")
+    argv = lab.lab.ssh_argv(res["host"], *command, options=options)
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
