@@ -22,7 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from forge import inventory
 from forge.buildlab import load_toolchain_image
+from forge.env import volume
+from forge.env.launch import host_facts
+from forge.fleet import Pool
 from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT
 from tests.conftest import LabHandle
 
@@ -84,42 +88,21 @@ def dev(lab: LabHandle) -> Iterator[Dev]:
         r.stdout,
     ), r.stdout
 
-    # The data volume, the lab's way: sshfs to the data host, mounted by the user on the host.
-    vid = uuid.uuid4().hex[:8]
-    mnt, vol = f"mnt/dev-{vid}", f"forge-lab-dev-{vid}"
-    home, data = lab.lab.config.home, lab.lab.config.data_dir
-    sshfs = [
-        "sshfs",
-        f"{lab.user}@{lab.data_address}:{data}",
-        mnt,
-        "-o",
-        "allow_other,BatchMode=yes,StrictHostKeyChecking=yes,"
-        f"UserKnownHostsFile={home}/.ssh/known_hosts,IdentityFile={home}/.ssh/id_ed25519",
-    ]
-    r = lab.ssh(host, "sh", "-c", 'm=$1; shift; mkdir -p "$m" && "$@" && readlink -f "$m"', "sh", mnt, *sshfs)
-    assert r.returncode == 0, r.stderr
-    mountpoint = r.stdout.strip().splitlines()[-1]
-    r = lab.ssh(
-        host,
-        "docker",
-        "volume",
-        "create",
-        "--driver",
-        "local",
-        "-o",
-        "type=none",
-        "-o",
-        "o=bind",
-        "-o",
-        f"device={mountpoint}",
-        vol,
-    )
-    assert r.returncode == 0, r.stderr
+    # The data volume as forge makes it (sshfs to the data host, a bind volume of the mount),
+    # under a name of its own.
+    inv = inventory.load_file(lab.inventory_path)
+    data = inventory.DataSettings(**{**vars(inv.data), "volume": f"forge-lab-dev-{uuid.uuid4().hex[:8]}"})
+    target = inv.host(host)
+    with Pool() as pool:
+        t = pool.get(target)
+        facts = host_facts(target, t)
+        vol = volume.spec_for(data, host_name=host, user=facts.user, home=facts.home)
+        volume.ensure(target, t, vol, check_image=base, uid=facts.uid, gid=facts.gid, marker=DATA_MARKER)
     try:
-        yield Dev(lab, host, tag, base, user.pw_uid, user.pw_gid, vol)
+        yield Dev(lab, host, tag, base, user.pw_uid, user.pw_gid, vol.name)
     finally:
-        lab.ssh(host, "docker", "volume", "rm", "-f", vol)
-        lab.ssh(host, "sh", "-c", 'fusermount -u "$1"; rmdir "$1"', "sh", mnt)
+        with Pool() as pool:
+            volume.remove(target, pool.get(target), vol)
         lab.docker(host, "rmi", tag)
 
 
