@@ -60,8 +60,7 @@ def client() -> str | None:
 
 def argv(host: Host, known_hosts: Sequence[Path], script: str, *, ssh: str = "ssh") -> list[str]:
     """The ``ssh`` command line that runs ``script`` on ``host`` under forge's rules."""
-    files = [str(f) for f in known_hosts]
-    if not files or any(re.search(r"\s", f) for f in files):
+    if not usable(known_hosts):
         raise ValueError("known_hosts paths must be given and hold no whitespace")
     out = [
         ssh,
@@ -77,7 +76,7 @@ def argv(host: Host, known_hosts: Sequence[Path], script: str, *, ssh: str = "ss
         "-o",
         "StrictHostKeyChecking=yes",
         "-o",
-        "UserKnownHostsFile=" + " ".join(files),
+        "UserKnownHostsFile=" + " ".join(str(f) for f in known_hosts),
         "-o",
         "GlobalKnownHostsFile=/dev/null",
         "-o",
