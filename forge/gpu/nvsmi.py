@@ -158,36 +158,38 @@ def _required(row: Mapping[str, str], field: str) -> str:
     return value
 
 
+def _required_int(row: Mapping[str, str], field: str) -> int:
+    value = _int(row, field)
+    if value is None:
+        raise NvsmiParseError(f"{field} missing or not available in {dict(row)!r}")
+    return value
+
+
 def parse_gpus(text: str, fields: Sequence[str] = GPU_FIELDS) -> tuple[Gpu, ...]:
     """Parse ``nvidia-smi --query-gpu=FIELDS --format=csv[,noheader][,nounits]`` output.
 
     ``index`` and ``uuid`` are required; any other field may be missing from ``fields`` or
     not available, and becomes ``None``.
     """
-    gpus = []
-    for row in split_rows(text, fields):
-        index = _int(row, "index")
-        if index is None:
-            raise NvsmiParseError(f"index missing or not available in {dict(row)!r}")
-        gpus.append(
-            Gpu(
-                index=index,
-                uuid=_required(row, "uuid"),
-                name=_text(row, "name"),
-                pci_bus_id=_text(row, "pci.bus_id"),
-                memory_total_mib=_int(row, "memory.total"),
-                memory_used_mib=_int(row, "memory.used"),
-                memory_free_mib=_int(row, "memory.free"),
-                utilization_gpu_pct=_int(row, "utilization.gpu"),
-                utilization_memory_pct=_int(row, "utilization.memory"),
-                temperature_c=_int(row, "temperature.gpu"),
-                power_draw_w=_num(row, "power.draw"),
-                power_limit_w=_num(row, "power.limit"),
-                compute_mode=_text(row, "compute_mode"),
-                mig_mode=_text(row, "mig.mode.current"),
-            )
+    return tuple(
+        Gpu(
+            index=_required_int(row, "index"),
+            uuid=_required(row, "uuid"),
+            name=_text(row, "name"),
+            pci_bus_id=_text(row, "pci.bus_id"),
+            memory_total_mib=_int(row, "memory.total"),
+            memory_used_mib=_int(row, "memory.used"),
+            memory_free_mib=_int(row, "memory.free"),
+            utilization_gpu_pct=_int(row, "utilization.gpu"),
+            utilization_memory_pct=_int(row, "utilization.memory"),
+            temperature_c=_int(row, "temperature.gpu"),
+            power_draw_w=_num(row, "power.draw"),
+            power_limit_w=_num(row, "power.limit"),
+            compute_mode=_text(row, "compute_mode"),
+            mig_mode=_text(row, "mig.mode.current"),
         )
-    return tuple(gpus)
+        for row in split_rows(text, fields)
+    )
 
 
 def parse_apps(text: str, fields: Sequence[str] = APP_FIELDS) -> tuple[GpuProcess, ...]:
@@ -196,20 +198,15 @@ def parse_apps(text: str, fields: Sequence[str] = APP_FIELDS) -> tuple[GpuProces
     Empty output (``noheader``) or a header alone (``csv``) means no process. Owner and
     container are not in nvidia-smi's output: they stay ``None`` here (see forge.gpu.probe).
     """
-    procs = []
-    for row in split_rows(text, fields):
-        pid = _int(row, "pid")
-        if pid is None:
-            raise NvsmiParseError(f"pid missing or not available in {dict(row)!r}")
-        procs.append(
-            GpuProcess(
-                pid=pid,
-                name=row.get("process_name", "").strip(),
-                used_memory_mib=_int(row, "used_gpu_memory"),
-                gpu_uuid=_required(row, "gpu_uuid"),
-            )
+    return tuple(
+        GpuProcess(
+            pid=_required_int(row, "pid"),
+            name=row.get("process_name", "").strip(),
+            used_memory_mib=_int(row, "used_gpu_memory"),
+            gpu_uuid=_required(row, "gpu_uuid"),
         )
-    return tuple(procs)
+        for row in split_rows(text, fields)
+    )
 
 
 @dataclass(frozen=True)
