@@ -14,7 +14,7 @@ from forge.cli.main import State, pass_state
 from forge.errors import ExitCode
 from forge.gpu.model import Gpu, GpuProcess
 from forge.gpu.policy import Candidate, GpuVerdict, select
-from forge.gpu.survey import HostReport, policies, survey
+from forge.gpu.survey import HostReport, survey
 
 HEADERS = ["HOST", "GPU", "MODEL", "MEMORY", "UTIL", "HOLDER", "STATE"]
 
@@ -228,7 +228,7 @@ def gpus(
                 snapshots,
                 count=want,
                 min_free_memory_mib=min_free_memory,
-                policy=policies(inv, hosts, overrides),
+                policy={r.host.name: r.policy for r in reports},
                 me=reports[0].me if reports else None,  # the SSH user (the same fleet-wide as a rule)
             )
         if as_json:
