@@ -16,6 +16,8 @@ import paramiko
 import pytest
 
 from forge import shell
+from forge.env.volume import VolumeSpec, create_argv
+from forge.inventory import Host
 from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT, Lab, LabConfig, mounts, netns, state
 from forge.lab import image as lab_image
 from forge.lab.proc import pids_mentioning
@@ -177,21 +179,9 @@ def test_container_reads_data_host_through_sshfs_volume(lab: LabHandle, base_ima
     mountpoint = r.stdout.strip().splitlines()[-1]
     try:
         assert (mountpoint, "fuse.sshfs") in mounts.mounts_under(lab.root)
-        r = lab.ssh(
-            host,
-            "docker",
-            "volume",
-            "create",
-            "--driver",
-            "local",
-            "-o",
-            "type=none",
-            "-o",
-            "o=bind",
-            "-o",
-            f"device={mountpoint}",
-            vol,
-        )
+        # The bind volume of the mount point, as forge creates it.
+        spec = VolumeSpec(vol, "sshfs", lab.data_address, str(data), user=lab.user, mountpoint=mountpoint)
+        r = lab.ssh(host, *create_argv(Host(name=host, address=lab.address(host)), spec))
         assert r.returncode == 0, r.stderr
         r = lab.ssh(host, "docker", "run", "--rm", "-v", f"{vol}:/data", base_image, "cat", f"/data/{DATA_MARKER}")
         assert r.returncode == 0, r.stderr
