@@ -15,7 +15,6 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from forge import shell
 from forge.env.volume import VolumeSpec, create_argv
 from forge.inventory import Host
 from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT, Lab, LabConfig, mounts, netns, state
@@ -265,24 +264,10 @@ def test_down_leaves_nothing_behind(lab: LabHandle, small_lab: Lab) -> None:
     )
     assert r.returncode == 0, r.stderr
     home = Path(f"{cfg.root}/home/{cfg.user}")
-    ssh = [
-        "ssh",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"UserKnownHostsFile={cfg.known_hosts}",
-        "-i",
-        str(cfg.identity_file),
-        f"{cfg.user}@{small_lab.address(host)}",
-        "--",
-    ]
     mount = 'mkdir -p m && sshfs -o BatchMode=yes,StrictHostKeyChecking=yes "$1" m'
     source = f"{small_lab.address('data')}:{cfg.data_dir}"
-    r = subprocess.run(
-        [*ssh, shell.render(["sh", "-c", mount, "sh", source])], capture_output=True, text=True, timeout=60, check=False
-    )
+    argv = small_lab.ssh_argv(host, "sh", "-c", mount, "sh", source)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     assert (str(home / "m"), "fuse.sshfs") in mounts.mounts_under(cfg.root)
     assert _leftovers(cfg)["processes"]
