@@ -194,19 +194,25 @@ def render_csv(
     return "".join(line + "\n" for line in out)
 
 
+def _gpus(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The GPUs in index order, as nvidia-smi lists them."""
+    return sorted(state.get("gpus", []), key=lambda g: g.get("index", 0))
+
+
+def _processes(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The processes by their GPU's index, then pid, as nvidia-smi lists them."""
+    index_of = {g.get("uuid"): g.get("index", 0) for g in state.get("gpus", [])}
+    return sorted(state.get("processes", []), key=lambda p: (index_of.get(p.get("gpu_uuid"), 0), p.get("pid", 0)))
+
+
 def query_gpu(state: dict[str, Any], fields: list[str], *, header: bool, units: bool) -> str:
-    gpus = sorted(state.get("gpus", []), key=lambda g: g.get("index", 0))
-    rows = [[GPU_FIELDS[f][1](g, state) for f in fields] for g in gpus]
+    rows = [[GPU_FIELDS[f][1](g, state) for f in fields] for g in _gpus(state)]
     return render_csv(fields, rows, [GPU_FIELDS[f][0] for f in fields], header=header, units=units)
 
 
 def query_apps(state: dict[str, Any], fields: list[str], *, header: bool, units: bool) -> str:
     by_uuid = {g.get("uuid"): g for g in state.get("gpus", [])}
-    order = {g.get("uuid"): g.get("index", 0) for g in state.get("gpus", [])}
-    procs = sorted(
-        state.get("processes", []),
-        key=lambda p: (order.get(p.get("gpu_uuid"), 0), p.get("pid", 0)),
-    )
+    procs = _processes(state)
     rows = [[APP_FIELDS[f][1](p, by_uuid.get(p.get("gpu_uuid"), {}), state) for f in fields] for p in procs]
     return render_csv(fields, rows, [APP_FIELDS[f][0] for f in fields], header=header, units=units)
 
@@ -236,7 +242,7 @@ def plain_table(state: dict[str, Any]) -> str:
         "|                                         |                        |               MIG M. |",
         "|" + "=" * 41 + "+" + "=" * 24 + "+" + "=" * 22 + "|",
     ]
-    gpus = sorted(state.get("gpus", []), key=lambda g: g.get("index", 0))
+    gpus = _gpus(state)
     for gpu in gpus:
         pm = "On" if gpu.get("persistence_mode", "Enabled") == "Enabled" else "Off"
         name = str(gpu.get("name") or "")[:31]
@@ -267,10 +273,7 @@ def plain_table(state: dict[str, Any]) -> str:
         "|" + "=" * 89 + "|",
     ]
     index_of = {g.get("uuid"): g.get("index", 0) for g in gpus}
-    procs = sorted(
-        state.get("processes", []),
-        key=lambda p: (index_of.get(p.get("gpu_uuid"), 0), p.get("pid", 0)),
-    )
+    procs = _processes(state)
     if not procs:
         lines.append("|  No running processes found" + " " * 61 + "|")
     for proc in procs:
