@@ -268,9 +268,13 @@ def _feed(chan: paramiko.Channel, source: IO[bytes], errors: list[BaseException]
             if not data:
                 break
             chan.sendall(data)
-        chan.shutdown_write()
     except BaseException as e:  # reported by the caller
         errors.append(e)
+    finally:  # end of input even after an error: the remote command must not wait for more
+        try:
+            chan.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
 
 
 def _nodelay_socket(host: str, port: int, timeout: float) -> socket.socket:

@@ -161,6 +161,33 @@ def test_a_stream_is_binary_safe_both_ways_through_either_pipe(
     assert (failed.exit_status, failed.stderr.strip()) == (7, "oops")
 
 
+@pytest.mark.parametrize("via", ["openssh", "paramiko"])
+def test_a_source_that_fails_ends_the_remote_input_and_is_reported(
+    inv: inventory.Inventory, monkeypatch: pytest.MonkeyPatch, via: str
+) -> None:
+    import io
+
+    class Failing(io.RawIOBase):
+        sent = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            if self.sent >= 1 << 20:
+                raise OSError("the disk went away")
+            buffer[: len(buffer)] = bytes(len(buffer))
+            self.sent += len(buffer)
+            return len(buffer)
+
+    monkeypatch.setenv("FORGE_SSH_STREAM", via)
+    with connect(replace(inv.hosts[0], command_timeout=0)) as t:  # no deadline: only EOF ends `cat`
+        started = time.monotonic()
+        with pytest.raises(ConnectError, match="sending data failed: the disk went away"):
+            t.stream(["sh", "-c", "cat > /dev/null"], source=io.BufferedReader(Failing()))
+    assert time.monotonic() - started < 30
+
+
 def test_the_openssh_pipe_refuses_a_host_key_forge_would_refuse(
     lab: Any, inv: inventory.Inventory, tmp_path: Path
 ) -> None:
