@@ -99,6 +99,11 @@ def _render_cache(cache: Path, state: dict[str, Any]) -> None:
         f.chmod(0o644)
 
 
+def _cache_dir(state_path: Path) -> Path:
+    """Where the state's pre-rendered answers live (the wrapper's ``$FORGE_LAB_GPU_STATE.d``)."""
+    return state_path.with_name(state_path.name + ".d")
+
+
 def write_state(cfg: LabConfig, name: str, state: dict[str, Any]) -> None:
     """Write the state and its pre-rendered answers; readable by the lab user.
 
@@ -106,7 +111,7 @@ def write_state(cfg: LabConfig, name: str, state: dict[str, Any]) -> None:
     are removed first, so a query in between goes to the renderer, which reads the new state.
     """
     path = cfg.gpu_state(name)
-    cache = path.with_name(path.name + ".d")
+    cache = _cache_dir(path)
     shutil.rmtree(cache, ignore_errors=True)
     tmp = path.with_name(".gpus.json.tmp")
     tmp.write_text(json.dumps(state, indent=1) + "\n")
@@ -123,7 +128,7 @@ def set_gpus(cfg: LabConfig, name: str, state: dict[str, Any] | None) -> None:
     if state is None:
         nvidia_smi(cfg, name).unlink(missing_ok=True)
         cfg.gpu_state(name).unlink(missing_ok=True)
-        shutil.rmtree(cfg.gpu_state(name).with_name(cfg.gpu_state(name).name + ".d"), ignore_errors=True)
+        shutil.rmtree(_cache_dir(cfg.gpu_state(name)), ignore_errors=True)
         return
     write_state(cfg, name, state)
     if not nvidia_smi(cfg, name).exists():
