@@ -54,7 +54,8 @@ def _age(seconds: int | None) -> str:
     "--authorized-keys",
     type=click.Path(dir_okay=False, exists=True),
     metavar="FILE",
-    help="Public keys the container's sshd accepts. Default: the inventory key's .pub or ~/.ssh/id_*.pub.",
+    help="Public keys the container's sshd accepts. Default: the inventory key's .pub, "
+    "else the first of ~/.ssh/id_{ed25519,ecdsa,rsa}.pub.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state

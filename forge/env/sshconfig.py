@@ -183,7 +183,8 @@ def remove(env: str, *, config: Path | None = None, known_hosts: Path | None = N
 
 
 def local_public_keys(identity_file: str | None) -> str:
-    """The public keys the container's sshd accepts: the inventory key's .pub, else ~/.ssh/id_*.pub."""
+    """The public keys the container's sshd accepts: the inventory key's .pub, else the first of
+    ~/.ssh/id_{ed25519,ecdsa,rsa}.pub."""
     candidates = [Path(identity_file + ".pub").expanduser()] if identity_file else []
     candidates += [Path.home() / ".ssh" / f"id_{kind}.pub" for kind in ("ed25519", "ecdsa", "rsa")]
     for p in candidates:
