@@ -66,6 +66,12 @@ class InventoryError(ForgeError):
         super().__init__(f"{prefix}: {message}" if prefix else message, hint=hint)
 
 
+class ConfigError(ForgeError):
+    """The SSH client config (``ssh_config`` in hosts.toml, or ~/.ssh/config) cannot be used."""
+
+    exit_code = ExitCode.INVENTORY
+
+
 class TargetError(ForgeError):
     """A host, group or tag named on the command line matches nothing in the inventory."""
 

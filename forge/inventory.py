@@ -48,6 +48,7 @@ class HostSettings:
     identity_file: str | None = None
     known_hosts: str | None = None
     host_key_policy: HostKeyPolicy | None = None
+    ssh_config: str | None = None
     connect_timeout: float | None = None
     command_timeout: float | None = None
     docker_host: str | None = None
@@ -68,6 +69,7 @@ class Host:
     identity_file: str | None = None
     known_hosts: str | None = None
     host_key_policy: HostKeyPolicy = "strict"
+    ssh_config: str | None = None  # the OpenSSH client config to read; None: ~/.ssh/config
     connect_timeout: float = 10.0
     command_timeout: float = 60.0
     docker_host: str | None = None

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 from pathlib import Path
 
 import click
 
-from forge import shell
 from forge.cli import output
 from forge.cli.main import State, pass_state
+from forge.env import access, sshconfig
 from forge.env import migrate as mig
-from forge.env import sshconfig
 from forge.env.errors import EnvError
 from forge.env.launch import wait_ready
 from forge.env.listing import Environment
@@ -109,16 +109,13 @@ def migrate(
         authorized_keys=keys,
     )
     result = mig.migrate(inv, req, state.pool, progress=output.progress)
+    # forge started this container and read its keys over its own verified connection: the
+    # keys `forge ssh` and `ssh ENV` will check from now on.
+    known = sshconfig.pin_keys(name, result.host_keys)
+    way = access.access(inv.host(result.host), env=name, port=result.port, user=result.user, known_hosts=known)
     config_path = None
-    if ssh_config:
-        config_path = sshconfig.update(
-            name,
-            address=result.address,
-            port=result.port,
-            user=result.user,
-            keys=result.host_keys,
-            identity_file=inv.host(result.host).identity_file,
-        )
+    if ssh_config or sshconfig.has_block(name):  # a block forge manages follows its environment
+        config_path = sshconfig.update(name, access.config_lines(way))
     for w in result.warnings:
         click.echo(f"forge: warning: {w}", err=True)
     if as_json:
@@ -137,7 +134,7 @@ def migrate(
                 "volume": result.volume.name if result.volume else None,
                 "old_host": result.old_host,
                 "old_container": result.old_container,
-                "ssh": shell.display(result.ssh_command),
+                "ssh": access.display(way),
                 "host_keys": [f"{k} {v}" for k, v in result.host_keys],
                 "warnings": result.warnings,
             }
@@ -148,7 +145,7 @@ def migrate(
             f"{result.env} runs on {result.host}{moved}, GPU(s) "
             f"{','.join(map(str, result.gpu_indexes))}, port {result.port}"
         )
-        click.echo(shell.display(result.ssh_command))
+        click.echo(access.display(way))
         if config_path:
             click.echo(f"ssh {result.env}   (block in {config_path})")
     ctx.exit(ExitCode.OK)
@@ -228,48 +225,50 @@ def stop(state: State, env: str | None, ssh_config: bool) -> None:
 
 # Options end at ENV: in `forge ssh dev ls --help` the --help is ls's, not forge's.
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option(
+    "--trust-new-keys",
+    is_flag=True,
+    help="Accept host keys other than the ones pinned for ENV (it was started from another machine).",
+)
 @click.argument("env", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_state
-def ssh(state: State, env: str | None, command: tuple[str, ...]) -> None:
-    """Log in to the environment ENV (default: [environment].name) with X forwarding, or run
-    COMMAND there.
+def ssh(state: State, trust_new_keys: bool, env: str | None, command: tuple[str, ...]) -> None:
+    """Log in to the environment ENV (default: [environment].name) with X forwarding
+    (untrusted: ForwardX11Trusted no), or run COMMAND there.
 
     COMMAND is a program and its arguments, passed as they are (each argument arrives as one
     word, like `docker exec`): for shell syntax, give it to a shell, e.g.
     `forge ssh dev sh -c 'cd /data && ls'`.
 
-    Its host keys are read on its GPU host over forge's verified connection and pinned in
-    ~/.ssh/forge_known_hosts first, so the login checks the container's key."""
+    The login checks the container's host key against the one pinned in
+    ~/.ssh/forge_known_hosts when forge started it (or, the first time on this machine, read
+    on its GPU host over forge's verified connection), and goes through the host's jump hosts
+    with their keys checked. Nothing read from the host (labels) reaches ssh's command line
+    unchecked: the port is the one docker publishes, the user must be a plain user name."""
     inv = state.inventory
     name = env or inv.environment.name
     sshconfig.check_name(name)
     if command[:1] == ("--",):  # `forge ssh dev -- ls -l`: options ended at ENV already
         command = command[1:]
     found = mig.locate(inv, name, state.pool)
-    if found is None or found.ssh_port is None:
+    if found is None:
         raise EnvError(f"environment {name!r} runs on no reachable host")
+    port = found.published_port
+    if port is None:
+        raise EnvError(f"environment {name!r} on {found.host} publishes no SSH port (is it running?)")
     host = inv.host(found.host)
-    keys = wait_ready(host, state.pool.get(host), found.container.id, found.ssh_port, timeout_s=10)
-    user = found.user or host.user or os.environ.get("USER", "")
+    keys = wait_ready(host, state.pool.get(host), found.container.id, port, timeout_s=10)
+    pinned = sshconfig.pinned_keys(name)
+    if pinned and set(keys) != set(pinned) and not trust_new_keys:
+        raise EnvError(
+            f"the SSH host key of environment {name!r} on {found.host} is not the one pinned when it was "
+            "started; another container may be answering for it",
+            hint="if it was started or moved from another machine, run `forge ssh --trust-new-keys "
+            f"{name}` once; else check `forge ps` on {found.host}",
+        )
     known = sshconfig.pin_keys(name, keys)
-    argv = [
-        "ssh",
-        "-X",
-        "-o",
-        f"HostKeyAlias={sshconfig.alias(name)}",
-        "-o",
-        f"UserKnownHostsFile={known}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-p",
-        str(found.ssh_port),
-    ]
-    if host.identity_file:
-        argv += ["-i", host.identity_file]
-    argv.append(f"{user}@{host.address}")
-    if command:
-        # ssh joins its arguments with spaces for the remote shell: send one string, quoted here.
-        argv += ["--", shell.render(list(command))]
+    user = found.user or host.user or getpass.getuser()
+    argv = access.ssh_argv(access.access(host, env=name, port=port, user=user, known_hosts=known), list(command))
     state.pool.close()
-    os.execvp("ssh", argv)
+    os.execvp(argv[0], argv)

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from forge import shell
 from forge.dockercli import docker_argv
 from forge.env.errors import LaunchError
-from forge.env.listing import ENV, GPUS, OWNER, SSH_PORT, USER, HostListing, docker_env
+from forge.env.listing import ENV, GPUS, OWNER, SSH_PORT, USER, USER_NAME, HostListing, docker_env
 from forge.inventory import Host
 from forge.transport import Transport
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
+_KEY_TYPE = re.compile(r"^(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+)$")
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 _PORT_TAKEN = ("port is already allocated", "address already in use")
 
 
@@ -43,12 +45,21 @@ FACTS_SCRIPT = 'id -u && id -g && id -un && printf "%s\\n" "$HOME"'
 
 
 def parse_facts(stdout: str) -> HostFacts:
-    uid, gid, user, home = stdout.strip().splitlines()[-4:]
+    """``id -u``, ``id -g``, ``id -un``, ``$HOME``; the name must be a plain user name (it goes
+    into labels, ``ssh`` command lines and ``~/.ssh/config``)."""
+    lines = stdout.strip().splitlines()[-4:]
+    if len(lines) != 4 or not lines[0].isdigit() or not lines[1].isdigit() or not USER_NAME.match(lines[2]):
+        raise ValueError(f"unexpected answer to id -u/-g/-un: {stdout[:200]!r}")
+    uid, gid, user, home = lines
     return HostFacts(int(uid), int(gid), user, home)
 
 
 def host_facts(host: Host, t: Transport) -> HostFacts:
-    return parse_facts(t.run(shell.script(FACTS_SCRIPT), timeout=30, check=True).stdout)
+    stdout = t.run(shell.script(FACTS_SCRIPT), timeout=30, check=True).stdout
+    try:
+        return parse_facts(stdout)
+    except ValueError as e:
+        raise LaunchError(host.name, f"the SSH user's id is not usable: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -192,7 +203,7 @@ def parse_keyscan(stdout: str) -> list[tuple[str, str]]:
     keys = []
     for line in stdout.splitlines():
         cols = line.split()
-        if len(cols) >= 3 and not line.startswith("#") and cols[1].startswith(("ssh-", "ecdsa-", "sk-")):
+        if len(cols) >= 3 and not line.startswith("#") and _KEY_TYPE.match(cols[1]) and _BASE64.match(cols[2]):
             keys.append((cols[1], cols[2]))
     return keys
 
@@ -225,7 +236,3 @@ def wait_ready(
         if clock() > deadline:
             raise LaunchError(host.name, f"the sshd of {name} did not answer on port {port} within {timeout_s:g} s")
         sleep(interval_s)
-
-
-def ssh_command(user: str, address: str, port: int) -> list[str]:
-    return ["ssh", "-X", "-p", str(port), f"{user}@{address}"]

@@ -2,10 +2,17 @@
 
 A host is listed with ``date +%s; docker ps -a`` in one round trip (the host's clock, so claim
 ages never depend on this machine's clock), parsed by the pure :func:`parse_listing`.
+
+Anyone who may run docker on a host can create containers with any name and labels, so every
+field is printed JSON-encoded (a label holding a tab or a newline cannot forge a second line)
+and every value forge later puts on a command line is checked first (:attr:`Environment.user`,
+:attr:`Environment.published_port`).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -26,8 +33,13 @@ from forge.labels import (  # the env modules name them from here
 from forge.transport import Transport
 
 LABELS = (ENV, OWNER, SSH_PORT, GPUS, USER, CLAIM, CLAIM_ENV, CLAIM_OWNER, CLAIM_CONTAINER)
-_FIXED = ("{{.ID}}", "{{.Names}}", "{{.Image}}", "{{.State}}", "{{.Status}}", "{{.CreatedAt}}")
-PS_FORMAT = "\t".join([*_FIXED, *(f'{{{{.Label "{label}"}}}}' for label in LABELS)])
+_FIXED = ("ID", "Names", "Image", "State", "Status", "CreatedAt", "Ports")
+PS_FORMAT = "\t".join(
+    [*(f"{{{{json .{f}}}}}" for f in _FIXED), *(f'{{{{json (.Label "{label}")}}}}' for label in LABELS)]
+)
+#: A login name forge passes to ssh: POSIX-portable, as useradd accepts by default.
+USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_SSH_PUBLISHED = re.compile(r":(\d{1,5})->22/tcp\b")
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,7 @@ class Container:
     status: str  # docker's words, e.g. "Up 5 minutes"
     created_s: int | None  # Unix time on the host's clock; None when unparsable
     labels: Mapping[str, str] = field(default_factory=dict)
+    ports: str = ""  # docker's Ports column, e.g. "0.0.0.0:2201->22/tcp, :::2201->22/tcp"
 
     def label(self, name: str) -> str | None:
         return self.labels.get(name) or None
@@ -61,8 +74,15 @@ class Environment:
 
     @property
     def ssh_port(self) -> int | None:
+        """The port its label names (kept free for it while it is stopped); a claim only."""
         p = self.container.label(SSH_PORT)
-        return int(p) if p and p.isdigit() else None
+        return int(p) if p and p.isdigit() and 0 < int(p) < 65536 else None
+
+    @property
+    def published_port(self) -> int | None:
+        """The host port docker really publishes the container's port 22 on (running only)."""
+        ports = {int(p) for p in _SSH_PUBLISHED.findall(self.container.ports) if 0 < int(p) < 65536}
+        return ports.pop() if len(ports) == 1 else None
 
     @property
     def gpus(self) -> tuple[str, ...]:
@@ -71,7 +91,9 @@ class Environment:
 
     @property
     def user(self) -> str | None:
-        return self.container.label(USER)
+        """The login name in its label, when it is a plain user name (None otherwise)."""
+        u = self.container.label(USER)
+        return u if u and USER_NAME.match(u) else None
 
 
 @dataclass(frozen=True)
@@ -125,7 +147,7 @@ class HostListing:
 
 
 def parse_listing(host: str, stdout: str) -> HostListing:
-    """Parse ``date +%s`` then ``docker ps -a --format PS_FORMAT``."""
+    """Parse ``date +%s`` then ``docker ps -a --format PS_FORMAT`` (one JSON value per column)."""
     lines = stdout.splitlines()
     if not lines or not lines[0].strip().isdigit():
         raise ValueError(f"unexpected listing output: {stdout[:200]!r}")
@@ -134,12 +156,15 @@ def parse_listing(host: str, stdout: str) -> HostListing:
     for line in lines[1:]:
         if not line.strip():
             continue
-        cols = line.split("\t")
-        if len(cols) != width:
-            raise ValueError(f"unexpected docker ps line: {line!r}")
-        cid, name, image, state, status, created = cols[: len(_FIXED)]
+        try:
+            cols = [json.loads(c) for c in line.split("\t")]
+        except ValueError:
+            cols = []
+        if len(cols) != width or not all(isinstance(c, str) for c in cols):
+            raise ValueError(f"unexpected docker ps line: {line[:200]!r}")
+        cid, name, image, state, status, created, ports = cols[: len(_FIXED)]
         labels = {k: v for k, v in zip(LABELS, cols[len(_FIXED) :], strict=True) if v}
-        containers.append(Container(cid, name, image, state, status, parse_created(created), labels))
+        containers.append(Container(cid, name, image, state, status, parse_created(created), labels, ports))
     return HostListing(host, int(lines[0]), tuple(containers))
 
 

@@ -116,10 +116,6 @@ class Result:
     old_container: str | None = None
     warnings: list[str] = field(default_factory=list)
 
-    @property
-    def ssh_command(self) -> list[str]:
-        return launch.ssh_command(self.user, self.address, self.port)
-
 
 # --------------------------------------------------------------------------- locate
 

@@ -43,25 +43,13 @@ def alias(env: str) -> str:
     return f"forge-{env}"
 
 
-def render_block(
-    env: str, *, address: str, port: int, user: str, known_hosts: str, identity_file: str | None = None
-) -> str:
+def render_block(env: str, lines: Sequence[str]) -> str:
+    """The managed block: ``Host ENV`` and ``lines`` (see :func:`forge.env.access.config_lines`)."""
     check_name(env)
-    lines = [
-        begin_marker(env),
-        f"Host {env}",
-        f"    HostName {address}",
-        f"    Port {port}",
-        f"    User {user}",
-        "    ForwardX11 yes",
-        f"    HostKeyAlias {alias(env)}",
-        f"    UserKnownHostsFile {known_hosts}",
-        "    StrictHostKeyChecking yes",
-    ]
-    if identity_file:
-        lines.append(f"    IdentityFile {identity_file}")
-    lines.append(end_marker(env))
-    return "\n".join(lines) + "\n"
+    for line in lines:
+        if "\n" in line or "\r" in line:
+            raise EnvError(f"refusing to write a line with a line break into ~/.ssh/config: {line!r}")
+    return "\n".join([begin_marker(env), f"Host {env}", *(f"    {line}" for line in lines), end_marker(env)]) + "\n"
 
 
 def replace_block(text: str, env: str, block: str | None) -> str:
@@ -133,25 +121,17 @@ def default_paths() -> tuple[Path, Path]:
     return ssh / "config", ssh / "forge_known_hosts"
 
 
-def update(
-    env: str,
-    *,
-    address: str,
-    port: int,
-    user: str,
-    keys: Sequence[tuple[str, str]],
-    identity_file: str | None = None,
-    config: Path | None = None,
-    known_hosts: Path | None = None,
-) -> Path:
-    """Write the block and the keys; returns the config file's path."""
+def update(env: str, lines: Sequence[str], *, config: Path | None = None) -> Path:
+    """Write (or replace) the env's block; returns the config file's path."""
     config = config or default_paths()[0]
-    known_hosts = pin_keys(env, keys, known_hosts=known_hosts)
-    block = render_block(
-        env, address=address, port=port, user=user, known_hosts=str(known_hosts), identity_file=identity_file
-    )
+    block = render_block(env, lines)
     _replace(config, lambda text: replace_block(text, env, block))
     return config
+
+
+def has_block(env: str, *, config: Path | None = None) -> bool:
+    """Whether ``~/.ssh/config`` holds forge's block for ``env`` (forge keeps it current)."""
+    return valid_name(env) and begin_marker(env) in _read(config or default_paths()[0]).splitlines()
 
 
 def pin_keys(env: str, keys: Sequence[tuple[str, str]], *, known_hosts: Path | None = None) -> Path:
@@ -160,6 +140,17 @@ def pin_keys(env: str, keys: Sequence[tuple[str, str]], *, known_hosts: Path | N
     known_hosts = known_hosts or default_paths()[1]
     _replace(known_hosts, lambda text: replace_known_hosts(text, env, keys))
     return known_hosts
+
+
+def pinned_keys(env: str, *, known_hosts: Path | None = None) -> list[tuple[str, str]]:
+    """The host keys pinned for ``env`` (empty when none)."""
+    name = alias(env)
+    out = []
+    for line in _read(known_hosts or default_paths()[1]).splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] == name:
+            out.append((words[1], words[2]))
+    return out
 
 
 def _replace(path: Path, edit: Callable[[str], str]) -> None:

@@ -3,14 +3,65 @@
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Literal
 
 from forge import shell
-from forge.errors import CommandFailed
+from forge.errors import CommandFailed, HostError
 
 Command = Sequence[str] | shell.Script
+
+#: The most output :meth:`Transport.run` keeps of one command. Commands forge runs print
+#: kilobytes (a host with thousands of containers: a few MB); anything far beyond is a host
+#: misbehaving, and must not take the client's memory with it.
+MAX_OUTPUT = 64 << 20
+#: The tail of stderr kept for messages.
+MAX_STDERR = 256 << 10
+#: Seconds a remote command may outlive the client's timeout before the host ends it.
+REMOTE_GRACE_S = 2
+
+# Runs $2 under `timeout` where the host has it (coreutils, busybox): the command and what it
+# started (its process group) end on the host too, not only the client's wait for it.
+_TIMEOUT_WRAPPER = 'if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 "$1" sh -c "$2"; fi; exec sh -c "$2"'
+
+
+def with_timeout(script: shell.Script, timeout: float | None) -> shell.Script:
+    """``script`` made to end on the host itself a little after ``timeout`` seconds."""
+    if not timeout:
+        return script
+    return shell.script(_TIMEOUT_WRAPPER, str(math.ceil(timeout) + REMOTE_GRACE_S), script)
+
+
+class OutputTooLarge(HostError):
+    """A command printed more than forge keeps (:data:`MAX_OUTPUT`)."""
+
+
+class OutputLimit:
+    """A byte sink with a bound: ``head`` fails past the limit, ``tail`` keeps the last bytes."""
+
+    def __init__(self, host: str, *, keep: Literal["head", "tail"] = "head", limit: int | None = None) -> None:
+        self.host = host
+        self.keep = keep
+        self.limit = limit if limit is not None else (MAX_OUTPUT if keep == "head" else MAX_STDERR)
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> int:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > self.limit:
+            if self.keep == "head":
+                raise OutputTooLarge(
+                    self.host, f"a command printed more than {self.limit >> 20} MiB; forge stopped reading it"
+                )
+            joined = b"".join(self._chunks)[-self.limit :]
+            self._chunks, self._size = [joined], len(joined)
+        return len(data)
+
+    def text(self) -> str:
+        return b"".join(self._chunks).decode("utf-8", "replace")
 
 
 def to_script(command: Command) -> shell.Script:

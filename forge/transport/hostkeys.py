@@ -1,28 +1,28 @@
-"""Host key verification for SSH connections.
+"""Host key verification for every hop of an SSH connection, jump hosts included.
 
-Fabric accepts any host key and never reads known_hosts (it installs paramiko's
-``AutoAddPolicy``), so forge sets the policy on the client itself:
+paramiko's own known_hosts reader knows no ``@revoked`` or ``@cert-authority`` line, no
+wildcard and no ``HostKeyAlias``, and Fabric accepted any key on a gateway. forge reads the
+files itself (:mod:`forge.transport.knownhosts`), gives the client only the keys a hop may
+present (plain lines for its name, minus revoked keys) and decides the rest here:
 
 * ``strict`` (the default): the key must already be in a known_hosts file;
-* ``accept-new``: an unknown key is recorded in the known_hosts file and accepted (what
+* ``accept-new``: an unknown key is recorded in the first known_hosts file and accepted (what
   OpenSSH calls ``StrictHostKeyChecking=accept-new``);
-* a key that differs from the recorded one is refused under every policy (paramiko raises
-  ``BadHostKeyException`` before the policy is consulted).
+* a key that differs from the recorded one is refused under every policy, and so is a key a
+  ``@revoked`` line names.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import os
-import threading
-from pathlib import Path
 
 import paramiko
+from paramiko.hostkeys import HostKeyEntry
 
 from forge.errors import HostKeyError
-
-_append_lock = threading.Lock()
+from forge.transport import knownhosts
+from forge.transport.route import Hop
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -31,65 +31,98 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-def known_hosts_files(explicit: str | None, ssh_config_files: list[str] | None = None) -> list[Path]:
-    """The known_hosts files to read: the inventory's, else ~/.ssh/config's, else ~/.ssh's."""
-    if explicit:
-        return [Path(explicit).expanduser()]
-    if ssh_config_files:
-        return [Path(p).expanduser() for p in ssh_config_files]
-    return [Path("~/.ssh/known_hosts").expanduser()]
+def _fingerprint_b64(key_b64: str) -> str:
+    digest = hashlib.sha256(base64.b64decode(key_b64)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-class _Reject(paramiko.MissingHostKeyPolicy):
-    def __init__(self, host: str, files: list[Path]) -> None:
-        self.host = host
-        self.files = files
+def _where(hop: Hop, host: str) -> str:
+    """How a message names the hop: the host itself, or a jump host on the way to it."""
+    return hop.lookup if hop.label == host else f"{hop.label} ({hop.lookup}, on the way to {host})"
+
+
+def _files(hop: Hop) -> str:
+    return ", ".join(str(f) for f in hop.known_hosts) or "no known_hosts file"
+
+
+class _Policy(paramiko.MissingHostKeyPolicy):
+    """Called by paramiko for a key it was not given: unknown or revoked."""
+
+    def __init__(self, host: str, hop: Hop, entries: list[knownhosts.Entry]) -> None:
+        self.host, self.hop, self.entries = host, hop, entries
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        shown = ", ".join(str(f) for f in self.files)
+        hop = self.hop
+        found = knownhosts.check(self.entries, hop.lookup, key.get_name(), key.get_base64())
+        if found.verdict is knownhosts.Verdict.REVOKED:
+            raise revoked_error(self.host, hop, key)
+        if found.verdict is knownhosts.Verdict.CHANGED:  # a key type paramiko was not given
+            raise changed_error(self.host, hop, key, found.known)
+        if hop.policy == "accept-new" and hop.known_hosts:
+            knownhosts.append(hop.known_hosts[0], hop.lookup, key.get_name(), key.get_base64())
+            client.get_host_keys().add(hop.lookup, key.get_name(), key)
+            return
+        hint = (
+            "check the fingerprint with the host's admin, then add it with `ssh-keyscan` to "
+            f"{hop.known_hosts[0] if hop.known_hosts else '~/.ssh/known_hosts'}, or opt this host into "
+            'recording new keys (host_key_policy = "accept-new" in hosts.toml; for a jump host, '
+            "StrictHostKeyChecking accept-new in its ssh_config entry)"
+        )
+        if found.authorities:
+            hint = (
+                "known_hosts trusts a host certificate authority (@cert-authority) for it, and forge "
+                "checks plain host keys only: add the host's own key line; " + hint
+            )
         raise HostKeyError(
             self.host,
-            f"unknown host key for {hostname} ({key.get_name()} {fingerprint(key)}); it is not in {shown}",
-            hint="check the fingerprint with the host's admin, then add it with "
-            f'`ssh-keyscan` to {self.files[0]}, or set host_key_policy = "accept-new" '
-            "for this host in hosts.toml",
+            f"unknown host key for {_where(hop, self.host)} ({key.get_name()} {fingerprint(key)}); "
+            f"it is not in {_files(hop)}",
+            hint=hint,
         )
 
 
-class _AcceptNew(paramiko.MissingHostKeyPolicy):
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
-        with _append_lock:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "a") as f:
-                f.write(line)
-        client.get_host_keys().add(hostname, key.get_name(), key)
-
-
-def configure(client: paramiko.SSHClient, *, host: str, policy: str, files: list[Path]) -> None:
-    """Load the known_hosts files into ``client`` and set the missing-key policy."""
-    for f in files:
-        if f.is_file():
-            try:
-                client.load_host_keys(str(f))
-            except (OSError, paramiko.SSHException) as e:
-                raise HostKeyError(host, f"cannot read known_hosts file {f}: {e}") from e
-    if policy == "accept-new":
-        client.set_missing_host_key_policy(_AcceptNew(files[0]))
-    else:
-        client.set_missing_host_key_policy(_Reject(host, files))
+def prepare(client: paramiko.SSHClient, hop: Hop, *, host: str) -> list[knownhosts.Entry]:
+    """Give ``client`` the keys ``hop`` may present and forge's policy for any other key;
+    returns the entries read (for :func:`bad_key_error`)."""
+    try:
+        entries = knownhosts.load(hop.known_hosts)
+    except OSError as e:
+        raise HostKeyError(host, f"cannot read a known_hosts file of {_where(hop, host)}: {e}") from e
+    keys = client.get_host_keys()
+    for entry in knownhosts.trusted(entries, hop.lookup):
+        parsed = HostKeyEntry.from_line(f"{hop.lookup} {entry.key_type} {entry.key}")
+        if parsed is not None and parsed.key is not None:
+            keys.add(hop.lookup, entry.key_type, parsed.key)
+    client.set_missing_host_key_policy(_Policy(host, hop, entries))
+    return entries
 
 
-def changed_key_error(host: str, e: paramiko.BadHostKeyException, files: list[Path]) -> HostKeyError:
+def bad_key_error(
+    host: str, hop: Hop, e: paramiko.BadHostKeyException, entries: list[knownhosts.Entry]
+) -> HostKeyError:
+    """paramiko found the hop's name with another key: revoked, or changed."""
+    found = knownhosts.check(entries, hop.lookup, e.key.get_name(), e.key.get_base64())
+    if found.verdict is knownhosts.Verdict.REVOKED:
+        return revoked_error(host, hop, e.key)
+    return changed_error(host, hop, e.key, found.known)
+
+
+def revoked_error(host: str, hop: Hop, key: paramiko.PKey) -> HostKeyError:
     return HostKeyError(
         host,
-        f"the host key of {e.hostname} has CHANGED: known_hosts has {fingerprint(e.expected_key)}, "
-        f"the server offered {fingerprint(e.key)}; refusing to connect (this can be a "
-        "man-in-the-middle attack)",
-        hint=f"if the host was reinstalled, remove the old key with `ssh-keygen -R {e.hostname}"
-        f" -f {files[0]}` and verify the new one",
+        f"the host key of {_where(hop, host)} ({key.get_name()} {fingerprint(key)}) is REVOKED in "
+        f"{_files(hop)}; refusing to connect",
+        hint="ask the host's admin for its new key",
+    )
+
+
+def changed_error(host: str, hop: Hop, key: paramiko.PKey, known: tuple[knownhosts.Entry, ...]) -> HostKeyError:
+    recorded = ", ".join(sorted({_fingerprint_b64(k.key) for k in known})) or "another key"
+    source = known[0].source.rsplit(":", 1)[0] if known else (str(hop.known_hosts[0]) if hop.known_hosts else "")
+    return HostKeyError(
+        host,
+        f"the host key of {_where(hop, host)} has CHANGED: known_hosts has {recorded}, the server "
+        f"offered {fingerprint(key)}; refusing to connect (this can be a man-in-the-middle attack)",
+        hint=f"if the host was reinstalled, remove the old key with `ssh-keygen -R {hop.lookup} -f {source}` "
+        "and verify the new one",
     )

@@ -6,15 +6,16 @@ paramiko channel encrypts in Python: measured 150-160 MiB/s per core here, 2.1-2
 The ``ssh`` client does the same work in C, in one process per host. :func:`stream` runs one
 command through it with forge's own rules, so nothing about trust changes:
 
-- host keys: ``StrictHostKeyChecking=yes`` against exactly the known_hosts files forge's
-  paramiko connection uses (``UserKnownHostsFile``; no global file), so a key forge would
-  refuse, ``ssh`` refuses too. forge opens its paramiko connection first, so an
-  ``accept-new`` host's key is already recorded by forge's own policy;
-- keys or agent only: ``BatchMode=yes``, password and keyboard-interactive off; the
-  inventory's ``identity_file`` with ``IdentitiesOnly=yes``;
-- the remote command is the one string :mod:`forge.shell` rendered, after ``--``;
-- ``~/.ssh/config`` (aliases, HostName, ProxyJump) is read by ``ssh`` itself, as Fabric reads it
-  for the paramiko connection; the inventory's user and port win, as they do there.
+- the route: ``-F none`` and every hop spelled out from the :class:`~forge.transport.route.Route`
+  forge resolved (host name, port, user, identity files, HostKeyAlias), jump hosts as a nested
+  ``ProxyCommand`` of ``ssh -W`` with the same options, so ``ssh`` goes exactly where the
+  paramiko connection went;
+- host keys: ``StrictHostKeyChecking=yes`` on every hop against exactly the known_hosts files
+  forge checks that hop with, so a key forge would refuse, ``ssh`` refuses too. forge opens its
+  paramiko connection first, so an ``accept-new`` hop's key is already recorded by forge;
+- keys or agent only: ``BatchMode=yes``, password and keyboard-interactive off, identity files
+  with ``IdentitiesOnly=yes``; no agent or X11 forwarding;
+- the remote command is the one string :mod:`forge.shell` rendered, after ``--``.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import IO
 
+from forge import shell
 from forge.errors import CommandTimeout, ConnectError, ForgeError, HostKeyError
 from forge.inventory import Host
 from forge.transport.base import CommandResult
+from forge.transport.route import Hop, Route
 
 _CHUNK = 1 << 20
 #: FORGE_SSH_STREAM=paramiko keeps bulk streams on paramiko channels.
@@ -58,50 +60,70 @@ def client() -> str | None:
     return shutil.which("ssh")
 
 
-def argv(host: Host, known_hosts: Sequence[Path], script: str, *, ssh: str = "ssh") -> list[str]:
-    """The ``ssh`` command line that runs ``script`` on ``host`` under forge's rules."""
-    if not usable(known_hosts):
-        raise ValueError("known_hosts paths must be given and hold no whitespace")
-    out = [
-        ssh,
-        "-T",
-        "-e",
-        "none",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "PasswordAuthentication=no",
-        "-o",
-        "KbdInteractiveAuthentication=no",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "UserKnownHostsFile=" + " ".join(str(f) for f in known_hosts),
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-        "-o",
-        "UpdateHostKeys=no",
-        "-o",
-        "Compression=no",
-        "-o",
-        f"ConnectTimeout={max(1, round(host.connect_timeout))}",
-        "-o",
-        "ServerAliveInterval=15",
-        "-o",
-        "ServerAliveCountMax=4",
-    ]
-    if host.identity_file:
-        out += ["-i", os.path.expanduser(host.identity_file), "-o", "IdentitiesOnly=yes"]
-    if host.user:
-        out += ["-l", host.user]
-    if host.port:
-        out += ["-p", str(host.port)]
-    return [*out, "--", host.ssh_target, script]
+def argv(route: Route, script: str, *, ssh: str = "ssh") -> list[str]:
+    """The ``ssh`` command line that runs ``script`` at the end of ``route`` under forge's rules."""
+    if not usable(route):
+        raise ValueError("a known_hosts path holds a character ssh_config cannot quote")
+    options = hop_options(route.hops, ssh, extra=_STREAM)
+    return [ssh, "-T", "-e", "none", *options, "--", route.target.hostname, script]
 
 
-def usable(known_hosts: Sequence[Path]) -> bool:
-    """Whether :func:`argv` can express these known_hosts files (no whitespace in paths)."""
-    return bool(known_hosts) and not any(re.search(r"\s", str(f)) for f in known_hosts)
+def hop_options(hops: Sequence[Hop], ssh: str, *, extra: Sequence[str] = (), batch: bool = True) -> list[str]:
+    """Options for the last of ``hops``; the hops before it become its ProxyCommand, an
+    ``ssh -W`` under the same rules (``ssh -J`` would hand the jump none of these options).
+    ``batch``: no prompt at all (not even a key's passphrase): for runs without a person."""
+    hop = hops[-1]
+    files = " ".join(_quoted(str(f)) for f in hop.known_hosts) or "none"
+    out = ["-F", "none"]
+    for option in (*(_BATCH if batch else ()), *_RULES, *extra, f"UserKnownHostsFile={files}"):
+        out += ["-o", option]
+    if hop.key_alias:
+        out += ["-o", "HostKeyAlias=" + _quoted(hop.key_alias)]
+    for identity in hop.identity_files:
+        out += ["-i", identity]
+    if hop.identity_files:
+        out += ["-o", "IdentitiesOnly=yes"]
+    out += ["-l", hop.user, "-p", str(hop.port)]
+    proxy = proxy_command(hops, ssh, batch=batch)
+    if proxy is not None:
+        out += ["-o", "ProxyCommand=" + proxy]
+    return out
+
+
+def proxy_command(hops: Sequence[Hop], ssh: str, *, batch: bool = True) -> str | None:
+    """How ``ssh`` reaches the last of ``hops``: through the ones before it (``ssh -W``, %-escaped
+    for ssh's token expansion), or the user's own ProxyCommand; None: directly."""
+    hop = hops[-1]
+    if len(hops) > 1:
+        jump = [ssh, *hop_options(hops[:-1], ssh, batch=batch), "-W", f"[{hop.hostname}]:{hop.port}", "--"]
+        return shell.render([*jump, hops[-2].hostname]).replace("%", "%%")
+    return hop.proxy_command  # the user's own, from their ssh_config: run as ssh would run it
+
+
+_BATCH = ("BatchMode=yes",)
+# On every hop: keys or the agent only, forge's host key files and nothing else, and nothing of
+# the client handed to the server.
+_RULES = (
+    "PasswordAuthentication=no",
+    "KbdInteractiveAuthentication=no",
+    "StrictHostKeyChecking=yes",
+    "GlobalKnownHostsFile=none",
+    "UpdateHostKeys=no",
+    "CheckHostIP=no",
+    "ForwardAgent=no",
+)
+_STREAM = ("ForwardX11=no", "Compression=no", "ServerAliveInterval=15", "ServerAliveCountMax=4")
+
+
+def _quoted(value: str) -> str:
+    """A path as one ssh_config word (double quotes, %-tokens escaped)."""
+    return '"' + value.replace("%", "%%") + '"'
+
+
+def usable(route: Route) -> bool:
+    """Whether :func:`argv` can spell this route's known_hosts paths and alias."""
+    words = [str(f) for hop in route.hops for f in hop.known_hosts] + [h.key_alias or "" for h in route.hops]
+    return all(not re.search(r'["\\\n\r]', w) for w in words)
 
 
 def stream(

@@ -7,8 +7,10 @@ left to other tests (its state is scripted by test_gpus).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,7 @@ IMAGE = "forge-test/env:lab"  # starts sshd on port 22 as the container's user
 EXITS = "forge-test/env-exits:lab"  # its command exits at once
 HOSTS = ("gpu1", "gpu2", "gpu3")
 ASSETS = Path(__file__).parent / "assets" / "env-image"
+HOME = Path(tempfile.mkdtemp(prefix="forge-test-home-"))
 
 
 def _inventory(lab: LabHandle, path: Path, *, data_path: str | None = None, volume_name: str | None = None) -> Path:
@@ -74,8 +77,10 @@ def env_lab(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def forge(inv: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    # forge pins each environment's keys in ~/.ssh/forge_known_hosts: a home of the tests' own
+    env = {**os.environ, "HOME": str(HOME)}
     return subprocess.run(
-        [sys.executable, "-m", "forge", "-i", str(inv), *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "forge", "-i", str(inv), *args], capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
@@ -114,7 +119,7 @@ def test_migrate_to_the_idle_host(lab: LabHandle, env_lab: dict[str, Any], tmp_p
     inv, env = env_lab["inventory"], new_env(env_lab)
     first = migrate(inv, env, "--to", "gpu1")
     assert first["host"] == "gpu1" and first["old_host"] is None
-    assert first["ssh"] == f"ssh -X -p {first['port']} {lab.user}@{lab.address('gpu1')}"
+    assert first["ssh"] == f"ssh -X -o ForwardX11Trusted=no -p {first['port']} {lab.user}@{lab.address('gpu1')}"
     moved = migrate(inv, env, "--to", "idle", "--among", "gpu1,gpu2")
     assert moved["host"] == "gpu2" and moved["old_host"] == "gpu1"  # idle never picks the current host
     assert envs_on(lab, "gpu1", env) == [] and claims_on(lab, "gpu1", env) == []
@@ -362,6 +367,23 @@ def test_forge_ssh_and_the_managed_ssh_config(lab: LabHandle, env_lab: dict[str,
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout == DATA_MARKER_CONTENT
+    assert "ForwardX11Trusted no" in text  # issue 11 #5: X11 forwarded untrusted
+
+    # Issue 11 #9: a block forge manages follows its environment, without --ssh-config.
+    r = forge_home("migrate", "--env", env, "--to", "gpu1", "--json")
+    assert r.returncode == 0, r.stderr
+    moved = json.loads(r.stdout)
+    text = config.read_text()
+    assert f"HostName {lab.address('gpu1')}" in text and f"Port {moved['port']}" in text
+    assert text.count(f"Host {env}") == 1
+    r = subprocess.run(
+        ["ssh", "-F", str(config), "-o", "BatchMode=yes", env, "hostname"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=run_env,
+    )
+    assert r.returncode == 0 and r.stdout.strip() == env, r.stderr
 
     assert forge_home("stop", env).returncode == 0
     assert config.read_text() == "# the user's own settings\nHost example\n  User someone\n"

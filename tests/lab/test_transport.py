@@ -192,6 +192,7 @@ def test_the_openssh_pipe_refuses_a_host_key_forge_would_refuse(
     lab: Any, inv: inventory.Inventory, tmp_path: Path
 ) -> None:
     from forge.transport import openssh
+    from forge.transport.route import resolve
 
     a, b = inv.hosts[0], inv.hosts[1]
     real = Path(lab.known_hosts).read_text().splitlines()
@@ -204,12 +205,11 @@ def test_the_openssh_pipe_refuses_a_host_key_forge_would_refuse(
     assert ssh is not None
     for files in ([forged], [empty]):  # a changed key, an unknown one
         with pytest.raises(HostKeyError, match="ssh refused the host key"):
-            openssh.stream(a, openssh.argv(a, files, "true", ssh=ssh), "true", source=None, sink=None, timeout=30)
+            way = resolve(replace(a, known_hosts=str(files[0])))
+            openssh.stream(a, openssh.argv(way, "true", ssh=ssh), "true", source=None, sink=None, timeout=30)
     assert forged.read_text() == b_key.replace(b.address, a.address, 1) + "\n" and empty.read_text() == ""
     # and the lab's real known_hosts lets it through
-    ok = openssh.stream(
-        a, openssh.argv(a, [Path(lab.known_hosts)], "true", ssh=ssh), "true", source=None, sink=None, timeout=30
-    )
+    ok = openssh.stream(a, openssh.argv(resolve(a), "true", ssh=ssh), "true", source=None, sink=None, timeout=30)
     assert ok.ok, ok.stderr
 
 

@@ -3,13 +3,14 @@ ports, keyscan, the launch argv and the ~/.ssh/config block."""
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
 import pytest
 
 from forge import shell
-from forge.env import claims, launch, sshconfig, volume
+from forge.env import access, claims, launch, sshconfig, volume
 from forge.env.errors import EnvError, LaunchError, VolumeError
 from forge.env.listing import PS_FORMAT, parse_created, parse_listing
 from forge.errors import CommandFailed
@@ -108,84 +109,87 @@ def test_check_reads_the_marker_as_the_user() -> None:
     )
 
 
+def _ps_line(*cols: str) -> str:
+    """One line of ``docker ps --format PS_FORMAT``: every column JSON-encoded."""
+    return "\t".join(json.dumps(c) for c in cols)
+
+
+#: ID, name, image, state, status, created, ports, then the labels in LABELS order: env,
+#: owner, ssh_port, gpus, user, claim, claim.env, claim.owner, claim.container.
 LISTING = "\n".join(
     [
         "1000",
-        "\t".join(
-            [
-                "c1",
-                "forge-alice-dev-aaaaaa",
-                "img",
-                "running",
-                "Up 1 minute",
-                "2001-09-09 01:46:40 +0000 UTC",
-                "dev",
-                "alice",
-                "2201",
-                "GPU-a,GPU-b",
-                "alice",
-                "",
-                "",
-                "",
-                "",
-            ]
+        _ps_line(
+            "c1",
+            "forge-alice-dev-aaaaaa",
+            "img",
+            "running",
+            "Up 1 minute",
+            "2001-09-09 01:46:40 +0000 UTC",
+            "0.0.0.0:2201->22/tcp, :::2201->22/tcp",
+            "dev",
+            "alice",
+            "2201",
+            "GPU-a,GPU-b",
+            "alice",
+            "",
+            "",
+            "",
+            "",
         ),
-        "\t".join(
-            [
-                "c2",
-                "forge-claim-GPU-a",
-                "img",
-                "created",
-                "Created",
-                "2001-09-09 01:46:40 +0000 UTC",
-                "",
-                "",
-                "",
-                "",
-                "",
-                "GPU-a",
-                "dev",
-                "alice",
-                "forge-alice-dev-aaaaaa",
-            ]
+        _ps_line(
+            "c2",
+            "forge-claim-GPU-a",
+            "img",
+            "created",
+            "Created",
+            "2001-09-09 01:46:40 +0000 UTC",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "GPU-a",
+            "dev",
+            "alice",
+            "forge-alice-dev-aaaaaa",
         ),
-        "\t".join(
-            [
-                "c3",
-                "forge-claim-GPU-c",
-                "img",
-                "created",
-                "Created",
-                "2001-09-09 01:30:00 +0000 UTC",
-                "dev",
-                "alice",
-                "",
-                "",
-                "",
-                "GPU-c",
-                "dev",
-                "alice",
-                "forge-alice-dev-gone",
-            ]
+        _ps_line(
+            "c3",
+            "forge-claim-GPU-c",
+            "img",
+            "created",
+            "Created",
+            "2001-09-09 01:30:00 +0000 UTC",
+            "",
+            "dev",
+            "alice",
+            "",
+            "",
+            "",
+            "GPU-c",
+            "dev",
+            "alice",
+            "forge-alice-dev-gone",
         ),
-        "\t".join(
-            [
-                "c4",
-                "forge-claim-GPU-d",
-                "img",
-                "created",
-                "Created",
-                "2001-09-09 01:46:00 +0000 UTC",
-                "",
-                "",
-                "",
-                "",
-                "",
-                "GPU-d",
-                "dev",
-                "bob",
-                "forge-bob-dev-starting",
-            ]
+        _ps_line(
+            "c4",
+            "forge-claim-GPU-d",
+            "img",
+            "created",
+            "Created",
+            "2001-09-09 01:46:00 +0000 UTC",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "GPU-d",
+            "dev",
+            "bob",
+            "forge-bob-dev-starting",
         ),
     ]
 )
@@ -194,8 +198,8 @@ LISTING = "\n".join(
 def test_listing_environments_and_claims() -> None:
     listing = parse_listing("gpu1", LISTING.replace("1000", "1000000000", 1))
     (env,) = listing.environments  # c3 is a claim even though it carries forge.env (commit)
-    got = (env.name, env.owner, env.ssh_port, env.gpus, env.user)
-    assert got == ("dev", "alice", 2201, ("GPU-a", "GPU-b"), "alice")
+    got = (env.name, env.owner, env.ssh_port, env.published_port, env.gpus, env.user)
+    assert got == ("dev", "alice", 2201, 2201, ("GPU-a", "GPU-b"), "alice")
     assert [c.gpu for c in listing.claims] == ["GPU-a", "GPU-c", "GPU-d"]
     # GPU-a: its container exists. GPU-c: container gone, 1000 s old: stale. GPU-d: 40 s old, in grace.
     assert claims.claimed_gpus(listing, grace_s=300) == {"GPU-a", "GPU-d"}
@@ -205,11 +209,59 @@ def test_listing_environments_and_claims() -> None:
 
 
 def test_listing_format_and_bad_output() -> None:
-    assert PS_FORMAT.count("\t") == 14 and '{{.Label "forge.claim.container"}}' in PS_FORMAT
+    assert PS_FORMAT.count("\t") == 15 and '{{json (.Label "forge.claim.container")}}' in PS_FORMAT
     assert parse_created("2001-09-09 01:46:40 +0000 UTC") == 1000000000
     assert parse_created("garbage") is None
     with pytest.raises(ValueError):
         parse_listing("h", "Cannot connect to the Docker daemon")
+    with pytest.raises(ValueError):  # a raw tab-separated line (a label cannot forge one)
+        parse_listing("h", "1000\nc1\tname\timg\trunning\tUp\tnow\t\tdev\talice\t\t\t\t\t\t\t")
+
+
+def test_labels_planted_by_other_docker_users_never_reach_a_command_line() -> None:
+    """Issue 11 #3: a container claiming to be someone's environment, with a user label that
+    is an ssh option and a port label pointing at another sshd."""
+    planted = _ps_line(
+        "c9",
+        "x",
+        "img",
+        "running",
+        "Up",
+        "2001-09-09 01:46:40 +0000 UTC",
+        "0.0.0.0:2299->22/tcp",
+        "dev",
+        "alice",
+        "22",
+        "",
+        "-oProxyCommand=touch /tmp/pwned",
+        "",
+        "",
+        "",
+        "",
+    )
+    newline = _ps_line(
+        "c8",
+        "y",
+        "img",
+        "running",
+        "Up",
+        "2001-09-09 01:46:40 +0000 UTC",
+        "",
+        "dev\n1000\tforged",
+        "alice",
+        "2201",
+        "",
+        "alice\nx",
+        "",
+        "",
+        "",
+        "",
+    )
+    listing = parse_listing("gpu1", "\n".join(["1000", planted, newline]))
+    bad, odd = listing.environments
+    assert bad.user is None and odd.user is None  # not a user name: never passed on
+    assert bad.ssh_port == 22 and bad.published_port == 2299  # what docker publishes, not the label
+    assert odd.name == "dev\n1000\tforged" and len(listing.containers) == 2
 
 
 def test_claim_argv_is_a_never_started_named_container() -> None:
@@ -263,19 +315,48 @@ def test_keyscan_parse() -> None:
     assert launch.parse_facts("1001\n1002\nalice\n/home/alice\n") == facts
 
 
+def _access(host: Host = HOST, port: int = 2201, user: str = "alice") -> access.Access:
+    return access.access(host, env="dev", port=port, user=user, known_hosts=Path("/k/forge_known_hosts"))
+
+
 def test_ssh_config_block_is_replaced_in_place_and_removed() -> None:
-    block = sshconfig.render_block("dev", address="10.0.0.2", port=2201, user="alice", known_hosts="/k")
-    assert "Host dev\n    HostName 10.0.0.2\n    Port 2201\n    User alice\n    ForwardX11 yes\n" in block
+    block = sshconfig.render_block("dev", access.config_lines(_access()))
+    assert "Host dev\n    HostName 10.0.0.1\n    Port 2201\n    User alice\n    ForwardX11 yes\n" in block
+    assert "ForwardX11Trusted no" in block and "ForwardAgent no" in block  # issue 11 #5
     assert "HostKeyAlias forge-dev" in block and "StrictHostKeyChecking yes" in block
+    assert 'UserKnownHostsFile "/k/forge_known_hosts"' in block and "ProxyCommand" not in block
     mine = "Host *\n    ServerAliveInterval 30\n"
     text = sshconfig.replace_block(mine, "dev", block)
     assert text.startswith(sshconfig.begin_marker("dev")) and text.endswith(mine)
-    newer = sshconfig.render_block("dev", address="10.0.0.3", port=2202, user="alice", known_hosts="/k")
+    newer = sshconfig.render_block("dev", access.config_lines(_access(Host(name="gpu2", address="10.0.0.3"), 2202)))
     text2 = sshconfig.replace_block(text, "dev", newer)
-    assert text2.count("Host dev") == 1 and "10.0.0.3" in text2 and "10.0.0.2" not in text2
+    assert text2.count("Host dev") == 1 and "10.0.0.3" in text2 and "10.0.0.1" not in text2
     assert sshconfig.replace_block(text2, "dev", None) == mine
     with pytest.raises(EnvError):
-        sshconfig.render_block("dev\nHost *", address="a", port=1, user="u", known_hosts="/k")
+        sshconfig.render_block("dev\nHost *", [])
+    with pytest.raises(EnvError, match="line break"):
+        sshconfig.render_block("dev", ["User a\nHost *"])
+
+
+def test_the_way_to_an_environment_behind_a_jump_host(isolated_home: Path) -> None:
+    """The container's port is reached through the host's jump hosts, every hop checked."""
+    config = isolated_home / "lab_ssh_config"
+    config.write_text(
+        "Host bastion\n  HostName 192.0.2.1\n  User jumper\nHost gpu1\n  HostName 10.1.0.5\n  ProxyJump bastion\n"
+    )
+    host = Host(name="gpu1", address="", ssh_alias="gpu1", ssh_config=str(config), identity_file="/k/id")
+    a = _access(host)
+    assert [(h.hostname, h.port, h.user) for h in a.route.hops] == [
+        ("192.0.2.1", 22, "jumper"),
+        ("10.1.0.5", 2201, "alice"),
+    ]
+    assert access.display(a) == "ssh -X -o ForwardX11Trusted=no -J jumper@192.0.2.1:22 -p 2201 alice@10.1.0.5"
+    lines = access.config_lines(a)
+    proxy = next(line for line in lines if line.startswith("ProxyCommand "))
+    assert "-W '[10.1.0.5]:2201'" in proxy and "StrictHostKeyChecking=yes" in proxy and "192.0.2.1" in proxy
+    argv = access.ssh_argv(a, ["id", "-u"])
+    assert argv[:4] == ["ssh", "-X", "-o", "ForwardX11Trusted=no"]
+    assert argv[-3:] == ["--", "10.1.0.5", "id -u"] and "BatchMode=yes" not in argv
 
 
 def test_known_hosts_lines_for_the_alias_are_replaced() -> None:
@@ -324,21 +405,24 @@ def test_a_symlinked_ssh_config_stays_a_symlink(tmp_path: Path) -> None:
     dotfiles.write_text("Host example\n")
     config = tmp_path / "config"
     config.symlink_to(dotfiles)
-    sshconfig.update(
-        "dev",
-        address="10.0.0.2",
-        port=2201,
-        user="alice",
-        keys=[("ssh-ed25519", "AAAA")],
-        config=config,
-        known_hosts=tmp_path / "known",
-    )
-    assert config.is_symlink() and "Host dev" in dotfiles.read_text()
+    sshconfig.update("dev", access.config_lines(_access()), config=config)
+    assert config.is_symlink() and "Host dev" in dotfiles.read_text() and sshconfig.has_block("dev", config=config)
     sshconfig.remove("dev", config=config, known_hosts=tmp_path / "known")
     assert config.is_symlink() and dotfiles.read_text() == "Host example\n"
+    assert not sshconfig.has_block("dev", config=config)
 
 
-def _forge_ssh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> list[str]:
+PLANTED = {"forge.env": "dev", "forge.ssh_port": "22", "forge.user": "-oProxyCommand=touch /tmp/pwned"}
+
+
+def _forge_ssh(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    *args: str,
+    labels: dict[str, str] | None = None,
+    keys: list[tuple[str, str]] | None = None,
+    exit_code: int = 0,
+) -> list[str]:
     """Run `forge ssh ARGS` up to the exec of ssh (no host is reached); returns ssh's argv."""
     from click.testing import CliRunner
 
@@ -347,38 +431,52 @@ def _forge_ssh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> l
     from forge.env.listing import Container, Environment
     from forge.inventory import Inventory
 
-    inv = Inventory(path=None, hosts=(HOST,))
+    inv = Inventory(path=None, hosts=(Host(name="gpu1", address="10.0.0.1", user="ana"),))
+    labels = labels or {"forge.env": "dev", "forge.ssh_port": "2201", "forge.user": "alice"}
     found = Environment(
-        "gpu1",
-        Container(
-            "c1",
-            "forge-alice-dev-1",
-            "img",
-            "running",
-            "Up",
-            0,
-            {"forge.env": "dev", "forge.ssh_port": "2201", "forge.user": "alice"},
-        ),
+        "gpu1", Container("c1", "forge-alice-dev-1", "img", "running", "Up", 0, labels, "0.0.0.0:2201->22/tcp")
     )
     monkeypatch.setattr(cli_env.mig, "locate", lambda *a, **k: found)
-    monkeypatch.setattr(cli_env, "wait_ready", lambda *a, **k: [("ssh-ed25519", "AAAA")])
+    monkeypatch.setattr(cli_env, "wait_ready", lambda *a, **k: keys or [("ssh-ed25519", "AAAA")])
     monkeypatch.setattr(cli_env.sshconfig, "default_paths", lambda: (tmp_path / "config", tmp_path / "known"))
     execs: list[list[str]] = []
     monkeypatch.setattr(cli_env.os, "execvp", lambda prog, argv: execs.append(argv))
     state = State()
     state._inventory = inv
     r = CliRunner().invoke(cli_env.ssh, list(args), obj=state)
-    assert r.exit_code == 0, r.output
-    (argv,) = execs
-    return argv
+    assert r.exit_code == exit_code, (r.output, r.exception)
+    return execs[0] if execs else [f"{r.output}{r.exception or ''}"]
 
 
 def test_forge_ssh_passes_options_after_env_to_the_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     argv = _forge_ssh(monkeypatch, tmp_path, "dev", "ls", "--help")
-    assert argv[-2:] == ["--", "ls --help"]  # ls's --help, not forge's
-    assert _forge_ssh(monkeypatch, tmp_path, "dev", "--", "ls", "-l")[-2:] == ["--", "ls -l"]
+    assert argv[-3:] == ["--", "10.0.0.1", "ls --help"]  # ls's --help, not forge's
+    assert _forge_ssh(monkeypatch, tmp_path, "dev", "--", "ls", "-l")[-1] == "ls -l"
     assert _forge_ssh(monkeypatch, tmp_path, "dev", "printf", "%s", "a b")[-1] == "printf %s 'a b'"
-    assert "--" not in _forge_ssh(monkeypatch, tmp_path, "dev")
+    login = _forge_ssh(monkeypatch, tmp_path, "dev")
+    assert login[-2:] == ["--", "10.0.0.1"] and login[:4] == ["ssh", "-X", "-o", "ForwardX11Trusted=no"]
+    assert login[login.index("-l") + 1] == "alice" and login[login.index("-p") + 1] == "2201"
+
+
+def test_forge_ssh_puts_no_planted_label_on_the_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Issue 11 #3: a container claiming to be the environment, with an ssh option as its user
+    and the host's own sshd as its port."""
+    argv = _forge_ssh(monkeypatch, tmp_path, "dev", "true", labels=PLANTED)
+    assert not any("ProxyCommand=touch" in a for a in argv)
+    assert argv[argv.index("-l") + 1] == "ana"  # the host's SSH user, not the label
+    assert argv[argv.index("-p") + 1] == "2201"  # what docker publishes, not the label's 22
+
+
+def test_forge_ssh_refuses_a_container_whose_key_is_not_the_pinned_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "known").write_text("forge-dev ssh-ed25519 PINNED\n")
+    out = _forge_ssh(monkeypatch, tmp_path, "dev", "true", keys=[("ssh-ed25519", "OTHER")], exit_code=1)
+    assert "not the one pinned" in out[0]
+    assert (tmp_path / "known").read_text() == "forge-dev ssh-ed25519 PINNED\n"
+    _forge_ssh(monkeypatch, tmp_path, "--trust-new-keys", "dev", "true", keys=[("ssh-ed25519", "OTHER")])
+    assert (tmp_path / "known").read_text() == "forge-dev ssh-ed25519 OTHER\n"
+    _forge_ssh(monkeypatch, tmp_path, "dev", "true", keys=[("ssh-ed25519", "OTHER")])  # pinned now
 
 
 def test_a_failed_mount_says_why_without_the_mount_script() -> None:
