@@ -107,7 +107,10 @@ class CommandFailed(HostError):
         self.exit_status = exit_status
         self.stderr = stderr
         tail = "\n".join(stderr.strip().splitlines()[-3:])
-        msg = f"`{command}` exited with status {exit_status}"
+        shown = " ".join(command.split())
+        if len(shown) > 80:  # forge's own scripts are long: the start says which one it was
+            shown = shown[:77] + "..."
+        msg = f"`{shown}` exited with status {exit_status}"
         if tail:
             msg += f": {tail}"
         super().__init__(host, msg)

@@ -7,8 +7,10 @@ file for the message the second run shows.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -35,14 +37,7 @@ class FileLock:
 
     def acquire(self, wait_s: float = 0.0, poll_s: float = 0.2) -> FileLock:
         """Take the lock, waiting up to ``wait_s`` seconds; raise :class:`LockHeld` otherwise."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise ForgeError(
-                f"cannot create the lock file {self.path}: {e.strerror or e}",
-                hint="set FORGE_LOCK_DIR to a directory this user can write",
-            ) from e
+        fd = self._open()
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -62,6 +57,27 @@ class FileLock:
         os.write(fd, f"{os.getpid()} {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
         self._fd = fd
         return self
+
+    def _open(self) -> int:
+        """Open the lock file as a plain file of this user's: never through a symlink (someone
+        could point it at a file of ours that the holder's PID would overwrite)."""
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            why = "it is a symlink" if e.errno == errno.ELOOP else (e.strerror or str(e))
+            raise ForgeError(
+                f"cannot use the lock file {self.path}: {why}",
+                hint="remove it, or set FORGE_LOCK_DIR to a directory only this user can write",
+            ) from e
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            os.close(fd)
+            raise ForgeError(
+                f"cannot use the lock file {self.path}: it is not a plain file of this user's",
+                hint="remove it, or set FORGE_LOCK_DIR to a directory only this user can write",
+            )
+        return fd
 
     def release(self) -> None:
         if self._fd is not None:

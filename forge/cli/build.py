@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import IO, cast
 
 import click
 
@@ -17,6 +18,7 @@ from forge.build import (
     default_public_key_files,
     read_public_keys,
 )
+from forge.cli import output
 from forge.cli.main import State, pass_state
 from forge.env.launch import host_facts
 from forge.inventory import LOCAL_NAME, Host
@@ -113,9 +115,9 @@ def build_cmd(
         context_dir=context_dir,
         no_cache=no_cache,
     )
-    log = None if quiet else sys.stderr.buffer
+    log = None if quiet else cast(IO[bytes], output.CleanWriter(sys.stderr.buffer))
     result = build(transport, host, spec, log=log, timeout_s=timeout_s)
-    click.echo(
+    output.echo(
         f"{result.host}: built {result.tag} ({result.image_id}) for {spec.user} "
         f"{spec.uid}:{spec.gid} in {result.duration_s:.1f} s"
     )

@@ -15,7 +15,7 @@ from forge.env import migrate as mig
 from forge.env.errors import EnvError
 from forge.env.launch import wait_ready
 from forge.env.listing import Environment
-from forge.errors import ExitCode
+from forge.errors import ConnectError, ExitCode
 
 PS_HEADERS = ["HOST", "ENV", "OWNER", "GPUS", "PORT", "IMAGE", "AGE", "STATE"]
 
@@ -117,7 +117,7 @@ def migrate(
     if ssh_config or sshconfig.has_block(name):  # a block forge manages follows its environment
         config_path = sshconfig.update(name, access.config_lines(way))
     for w in result.warnings:
-        click.echo(f"forge: warning: {w}", err=True)
+        output.echo(f"forge: warning: {w}", err=True)
     if as_json:
         output.emit_json(
             {
@@ -141,13 +141,13 @@ def migrate(
         )
     else:
         moved = f" (from {result.old_host})" if result.old_host else ""
-        click.echo(
+        output.echo(
             f"{result.env} runs on {result.host}{moved}, GPU(s) "
             f"{','.join(map(str, result.gpu_indexes))}, port {result.port}"
         )
-        click.echo(access.display(way))
+        output.echo(access.display(way))
         if config_path:
-            click.echo(f"ssh {result.env}   (block in {config_path})")
+            output.echo(f"ssh {result.env}   (block in {config_path})")
     ctx.exit(ExitCode.OK)
 
 
@@ -180,7 +180,8 @@ def ps(ctx: click.Context, state: State, targets: tuple[str, ...], as_json: bool
     rows, items = [], []
     for r in listings:
         if r.value is None:
-            rows.append([r.host.name, "-", "", "", "", "", "", f"unreachable: {r.reason}"])
+            state_ = f"unreachable: {r.reason}" if isinstance(r.error, ConnectError) else r.reason
+            rows.append([r.host.name, "-", "", "", "", "", "", state_])
             continue
         for e in r.value.environments:
             rows.append(_row(e, r.value.now_s))
@@ -202,7 +203,7 @@ def ps(ctx: click.Context, state: State, targets: tuple[str, ...], as_json: bool
     if as_json:
         output.emit_json({"environments": items, "unreachable": {r.host.name: r.reason for r in listings.failed}})
     else:
-        click.echo(output.table(rows, PS_HEADERS))
+        output.echo(output.table(rows, PS_HEADERS))
     answered = len(listings.succeeded)
     ctx.exit(ExitCode.OK if answered == len(listings) else ExitCode.UNREACHABLE if answered == 0 else ExitCode.PARTIAL)
 
@@ -220,7 +221,7 @@ def stop(state: State, env: str | None, ssh_config: bool) -> None:
         raise EnvError(f"environment {name!r} runs on no reachable host")
     if ssh_config:
         sshconfig.remove(name)
-    click.echo(f"stopped {name} on {gone.host} ({gone.container.name})")
+    output.echo(f"stopped {name} on {gone.host} ({gone.container.name})")
 
 
 # Options end at ENV: in `forge ssh dev ls --help` the --help is ls's, not forge's.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +11,7 @@ import click
 from forge.cli import output
 from forge.cli.main import State, pass_state
 from forge.errors import ExitCode
-from forge.gpu.model import Gpu, GpuProcess
+from forge.gpu.model import Gpu, GpuProcess, ProbeStatus
 from forge.gpu.policy import Candidate, GpuVerdict, select
 from forge.gpu.survey import HostReport, survey
 
@@ -113,6 +112,8 @@ def report_json(reports: list[HostReport], *, free_only: bool) -> dict[str, Any]
                 "answered": rep.answered,
                 "status": rep.gpus.status.value if rep.gpus else "unreachable",
                 "reason": rep.error if rep.gpus is None else rep.gpus.reason,
+                "served": served(rep),
+                "holds_unknown": rep.gpus.holds_unknown if rep.gpus else None,
                 "policy": vars(rep.policy),
                 "gpus": [_gpu_json(v) for v in rep.verdicts if v.free or not free_only],
             }
@@ -140,11 +141,21 @@ def candidates_json(cands: list[Candidate]) -> list[dict[str, Any]]:
     ]
 
 
+def served(r: HostReport) -> bool:
+    """Whether the host told what its GPUs are and who holds them. A host without GPUs (or
+    without nvidia-smi) has answered; one whose driver or Docker daemon does not answer has not."""
+    if r.gpus is None:
+        return False
+    if r.gpus.status in (ProbeStatus.DRIVER_ERROR, ProbeStatus.ERROR):
+        return False
+    return r.gpus.holds_unknown is None
+
+
 def exit_code(reports: list[HostReport]) -> ExitCode:
     answered = sum(r.answered for r in reports)
-    if answered == len(reports):
-        return ExitCode.OK
-    return ExitCode.UNREACHABLE if answered == 0 else ExitCode.PARTIAL
+    if answered == 0 and reports:
+        return ExitCode.UNREACHABLE
+    return ExitCode.OK if all(served(r) for r in reports) else ExitCode.PARTIAL
 
 
 @click.command()
@@ -204,7 +215,10 @@ def gpus(
     within the policy ([gpu_policy] in hosts.toml, a host's own gpu_policy, then these flags).
     Hosts that cannot be reached or have no GPU appear as rows with the reason.
 
-    Exit status: 0 when every host answered, 4 when some did not, 5 when none did.
+    Exit status: 0 when every host answered; 4 when some did not, or their GPUs could not be
+    read (the NVIDIA driver does not answer) or the GPUs forge environments hold could not be
+    (the Docker daemon does not answer: those GPUs are never shown free); 5 when none answered.
+    A host without GPUs or without nvidia-smi has answered.
     """
     inv = state.inventory
     hosts = inv.select(list(targets) or None)
@@ -218,9 +232,11 @@ def gpus(
         if v is not None
     }
 
-    def once() -> ExitCode:
+    def probe() -> list[HostReport]:
         with output.HostCounter("probed", len(hosts)) as counter:
-            reports = survey(inv, hosts, pool=state.pool, overrides=overrides, timeout=timeout, on_done=counter)
+            return survey(inv, hosts, pool=state.pool, overrides=overrides, timeout=timeout, on_done=counter)
+
+    def show(reports: list[HostReport]) -> ExitCode:
         cands: list[Candidate] | None = None
         if want is not None:
             snapshots = [r.gpus for r in reports if r.gpus is not None]
@@ -237,11 +253,11 @@ def gpus(
                 data["candidates"] = candidates_json(cands)
             output.emit_json(data)
         else:
-            click.echo(output.table(table_rows(reports, free_only=free_only), HEADERS))
+            output.echo(output.table(table_rows(reports, free_only=free_only), HEADERS))
             if cands is not None:
-                click.echo()
+                output.echo()
                 if cands:
-                    click.echo(
+                    output.echo(
                         output.table(
                             [
                                 [c.host, ",".join(map(str, c.gpu_indexes)), ",".join(c.gpu_uuids), str(c.free_gpus)]
@@ -251,17 +267,19 @@ def gpus(
                         )
                     )
                 else:
-                    click.echo(f"No host has {want} free GPU(s) with {min_free_memory} MiB free each.")
+                    output.echo(f"No host has {want} free GPU(s) with {min_free_memory} MiB free each.")
         return exit_code(reports)
 
     if not watch:
-        ctx.exit(once())
-    try:
-        while True:
+        ctx.exit(show(probe()))
+    with output.Interrupt(on_first=state.pool.close) as stop:
+        while not stop.is_set():
+            reports = probe()
+            if stop.is_set():  # interrupted mid-frame: the frame is cut short, not drawn
+                break
             if output.is_terminal():
                 click.clear()
-            click.echo(f"forge gpus — {datetime.now():%H:%M:%S} — every {interval:g} s, Ctrl-C to stop")
-            once()
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        ctx.exit(ExitCode.OK)
+            output.echo(f"forge gpus — {datetime.now():%H:%M:%S} — every {interval:g} s, Ctrl-C to stop")
+            show(reports)
+            stop.wait(interval)
+    ctx.exit(ExitCode.OK)

@@ -48,8 +48,8 @@ def hosts(
                 }
             )
             return
-        click.echo(f"# {inv.source}")
-        click.echo(
+        output.echo(f"# {inv.source}")
+        output.echo(
             output.table(
                 [[h.name, h.describe(), ",".join(h.tags), h.host_key_policy] for h in selected],
                 ["HOST", "SSH", "TAGS", "HOST KEYS"],
@@ -83,7 +83,7 @@ def hosts(
     if as_json:
         output.emit_json({"inventory": str(inv.path) if inv.path else None, "hosts": rows})
     else:
-        click.echo(
+        output.echo(
             output.table(
                 [
                     [

@@ -104,20 +104,20 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(ExitCode.USAGE if isinstance(e, click.UsageError) else e.exit_code)
     except click.Abort:
-        click.echo("forge: interrupted", err=True)
+        output.echo("forge: interrupted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
     except KeyboardInterrupt:
-        click.echo("forge: interrupted", err=True)
+        output.echo("forge: interrupted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
     except ForgeError as e:
         if debug:
             raise
-        click.echo(f"forge: error: {e}", err=True)
+        output.echo(f"forge: error: {e}", err=True)
         sys.exit(e.exit_code)
     except Exception as e:
         if debug:
             raise
-        click.echo(
+        output.echo(
             f"forge: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
             err=True,
         )

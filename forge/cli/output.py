@@ -3,17 +3,65 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
+# What a terminal would act on instead of showing: C0 and C1 controls (escape sequences that
+# move the cursor, retitle the window, or worse), DEL, and the bidirectional overrides that
+# make text read differently than it is. Every value read from a host (labels, names, command
+# output, error messages) can hold them: anyone may run docker there.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: str, *, one_line: bool = False) -> str:
+    """``text`` safe to print on a terminal: controls shown as ``\\xNN`` (or ``\\uNNNN``);
+    with ``one_line``, line breaks and tabs too (a table cell)."""
+
+    def shown(m: re.Match[str]) -> str:
+        c = ord(m.group())
+        return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+    text = _CONTROL.sub(shown, text)
+    if one_line:
+        text = text.replace("\n", "\\n").replace("\t", " ")
+    return text
+
+
+class CleanWriter:
+    """A binary sink for remote output streamed to the terminal (a build log): decoded as
+    UTF-8 as it comes and cleaned like :func:`clean` before it reaches ``out``."""
+
+    def __init__(self, out: Any) -> None:
+        import codecs
+
+        self.out = out
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(self, data: bytes) -> int:
+        text = clean(self._decoder.decode(data))
+        self.out.write(text.encode())
+        self.out.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def echo(text: str = "", *, err: bool = False) -> None:
+    """Print a line for a person (controls shown, not acted on)."""
+    click.echo(clean(text), err=err)
+
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     from tabulate import tabulate  # imported here: JSON output and scripts don't pay for it
 
-    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+    cells = [[clean(str(c), one_line=True) for c in row] for row in rows]
+    return tabulate(cells, headers=headers, tablefmt="simple", disable_numparse=True)
 
 
 def emit_json(data: Any) -> None:
@@ -27,7 +75,7 @@ def is_terminal() -> bool:
 def progress(message: str) -> None:
     """A progress line on stderr, only when stderr is a terminal."""
     if sys.stderr.isatty():
-        click.echo(message, err=True)
+        echo(message, err=True)
 
 
 class HostCounter:
@@ -35,8 +83,6 @@ class HostCounter:
     erased when done, so the table that follows stands alone. Safe to call from threads."""
 
     def __init__(self, verb: str, total: int) -> None:
-        import threading
-
         self.verb, self.total, self.done = verb, total, 0
         self.live = sys.stderr.isatty() and total > 0
         self._lock = threading.Lock()
@@ -45,7 +91,8 @@ class HostCounter:
         with self._lock:
             self.done += 1
             if self.live:
-                sys.stderr.write(f"\r\x1b[K{self.verb} {self.done}/{self.total} hosts (last: {result.host.name})")
+                last = clean(result.host.name, one_line=True)
+                sys.stderr.write(f"\r\x1b[K{self.verb} {self.done}/{self.total} hosts (last: {last})")
                 sys.stderr.flush()
 
     def __enter__(self) -> HostCounter:
@@ -55,3 +102,35 @@ class HostCounter:
         if self.live:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
+
+
+class Interrupt:
+    """Ctrl-C for a loop that redraws (``--watch``): the first one sets an event the loop checks
+    (and runs ``on_first`` in a thread, e.g. to cut the work in flight short); a second one
+    interrupts at once. Without it, a KeyboardInterrupt raised in the middle of the thread
+    pool's own lock handling ended in "RuntimeError: release unlocked lock"."""
+
+    def __init__(self, on_first: Any = None) -> None:
+        self.event = threading.Event()
+        self.on_first = on_first
+        self._old: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        import signal
+
+        signal.signal(signal.SIGINT, self._old)  # the next Ctrl-C interrupts at once
+        self.event.set()
+        if self.on_first is not None:
+            threading.Thread(target=self.on_first, daemon=True).start()
+
+    def __enter__(self) -> threading.Event:
+        import signal
+
+        self._old = signal.signal(signal.SIGINT, self._handler)
+        return self.event
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if signal.getsignal(signal.SIGINT) == self._handler:
+            signal.signal(signal.SIGINT, self._old)

@@ -190,13 +190,13 @@ def _sync_all(
                 if len(refs) == 1:
                     raise
                 if not quiet:
-                    click.echo(f"forge: error: {ref}: {e}", err=True)
+                    output.echo(f"forge: error: {ref}: {e}", err=True)
                 for r in _source_failed(e, source, targets):
                     total += 1
                     failed.append(r)
                     rows.append(_row(ref, r))
                     if quiet:
-                        click.echo(_log_line(ref, r))
+                        output.echo(_log_line(ref, r))
                 continue
             finally:
                 if bar is not None:
@@ -207,10 +207,10 @@ def _sync_all(
                 if not r.ok:
                     failed.append(r)
                 if quiet:
-                    click.echo(_log_line(ref, r, report.read))
+                    output.echo(_log_line(ref, r, report.read))
             if not quiet and not as_json:
-                click.echo(f"# {ref} ({report.image.id[:19]}, {human_bytes(report.image.size_bytes)}){_how(report)}")
-                click.echo(
+                output.echo(f"# {ref} ({report.image.id[:19]}, {human_bytes(report.image.size_bytes)}){_how(report)}")
+                output.echo(
                     output.table(
                         [_table_row(x) for x in rows if x["image"] == ref],
                         ["HOST", "RESULT", "LAYERS SENT", "ARCHIVE", "WIRE", "TIME", "PROBLEM"],
@@ -348,12 +348,12 @@ def _check(
         output.emit_json({"results": rows})
     elif quiet:
         for x in rows:
-            click.echo(
+            output.echo(
                 f"{_stamp()} forge sync --check {x['image']} {x['host']} {x['status']}"
                 + (f": {x['error']}" if x["error"] else "")
             )
     else:
-        click.echo(
+        output.echo(
             output.table(
                 [[x["image"], x["host"], x["status"], (x["host_id"] or "")[:19], x["error"] or ""] for x in rows],
                 ["IMAGE", "HOST", "STATUS", "HOST HAS", "PROBLEM"],

@@ -16,7 +16,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from forge import shell
+from forge import dockercli, shell
+from forge.errors import CommandFailed, HostError
 from forge.inventory import Host
 from forge.labels import (  # the env modules name them from here
     CLAIM,
@@ -181,5 +182,12 @@ def listing_command(host: Host) -> shell.Script:
 
 
 def list_host(host: Host, t: Transport, *, timeout: float = 60.0) -> HostListing:
-    r = t.run(listing_command(host), timeout=timeout, check=True)
-    return parse_listing(host.name, r.stdout)
+    r = t.run(listing_command(host), timeout=timeout)
+    if not r.ok:
+        raise dockercli.failure(host, r.stderr + r.stdout, r.exit_status) or CommandFailed(
+            host.name, r.command, r.exit_status, r.stderr
+        )
+    try:
+        return parse_listing(host.name, r.stdout)
+    except ValueError as e:
+        raise HostError(host.name, f"cannot read the container listing: {e}") from None

@@ -102,7 +102,10 @@ class HostGpus:
     gpus: tuple[Gpu, ...] = ()
     processes: tuple[GpuProcess, ...] = ()
     reason: str | None = None
-    holds: tuple[GpuHold, ...] = ()  # GPUs forge environments hold (best effort: needs docker)
+    holds: tuple[GpuHold, ...] = ()  # GPUs forge environments hold (read from docker)
+    # Why ``holds`` could not be read (the Docker daemon did not answer): then no GPU of the
+    # host can be called free, since forge cannot see which ones its environments hold.
+    holds_unknown: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -68,13 +68,17 @@ def gpu_is_free(
     policy: FreePolicy,
     me: str | None,
     hold: GpuHold | None = None,
+    holds_unknown: str | None = None,
 ) -> tuple[bool, str]:
     """Whether ``gpu`` is free under ``policy``, and why (a short phrase for display).
 
     ``processes`` may be the host's whole list: only those on ``gpu.uuid`` count. A GPU a forge
     environment holds (``hold``, see :attr:`HostGpus.holds`) is never free, even while no
-    process runs on it, and even when the environment is ``me``'s: it is taken.
+    process runs on it, and even when the environment is ``me``'s: it is taken. Nor is any GPU
+    of a host whose holds could not be read (``holds_unknown``: why).
     """
+    if holds_unknown is not None:
+        return False, f"unknown: {holds_unknown}"
     if hold is not None:
         whose = f"{hold.owner}'s" if hold.owner else "a"
         claimed = " (claimed)" if hold.kind == "claim" else ""
@@ -112,7 +116,9 @@ def assess(host: HostGpus, *, policy: FreePolicy, me: str | None) -> tuple[GpuVe
     verdicts = []
     for gpu in sorted(host.gpus, key=lambda g: g.index):
         hold = host.hold(gpu.uuid)
-        free, reason = gpu_is_free(gpu, host.processes, policy=policy, me=me, hold=hold)
+        free, reason = gpu_is_free(
+            gpu, host.processes, policy=policy, me=me, hold=hold, holds_unknown=host.holds_unknown
+        )
         verdicts.append(GpuVerdict(gpu, host.processes_on(gpu.uuid), free, reason, hold))
     return tuple(verdicts)
 
@@ -157,7 +163,8 @@ def select(
 ) -> list[Candidate]:
     """Hosts that have ``count`` free GPUs, best first, with the GPUs to use on each.
 
-    - A host qualifies when its probe is ``ok``, it is not in ``exclude_hosts``, and at least
+    - A host qualifies when its probe is ``ok`` and saw which GPUs forge environments hold
+      (:attr:`HostGpus.holds_unknown` is None), it is not in ``exclude_hosts``, and at least
       ``count`` of its GPUs are free under its policy (:func:`gpu_is_free`), are not in
       ``exclude_gpus`` (UUIDs) and have at least ``min_free_memory_mib`` free (reported free
       memory, else total - used; unknown fails any positive minimum).
@@ -184,7 +191,7 @@ def select(
         raise ValueError("each host may appear only once")
     candidates: list[Candidate] = []
     for host in hosts:
-        if not host.ok or host.host in excluded_hosts:
+        if not host.ok or host.holds_unknown is not None or host.host in excluded_hosts:
             continue
         host_policy = _policy_for(host.host, policy)
         usable = []

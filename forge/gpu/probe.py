@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from forge import labels, shell
+from forge.dockercli import unavailable
 from forge.gpu.model import Gpu, GpuHold, GpuProcess, HostGpus, ProbeStatus
 from forge.gpu.nvsmi import (
     APP_FIELDS,
@@ -354,15 +355,26 @@ def parse_probe(host: str, result: CommandResult) -> HostGpus:
     section = sections.get("containers")
     now: float | None = None
     containers: dict[str, Container] = {}
+    unknown: str | None = None
     if section is not None and section.exit_status == 0:
         now, containers = parse_containers(section.text)
+    elif section is None or section.exit_status != 127:  # 127: no docker, so no environment either
+        text = section.text if section is not None else ""
+        status = section.exit_status if section is not None else None
+        unknown = unavailable(text, status) or f"docker ps failed: {_first(text) or 'no answer'}"
     return HostGpus(
         host=host,
         status=ProbeStatus.OK,
         gpus=gpus,
         processes=_enrich(procs, owners, cgroups, containers),
         holds=holds(gpus, containers, now),
+        holds_unknown=unknown,
     )
+
+
+def _first(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().isdigit()]
+    return lines[0][:200] if lines else ""
 
 
 def probe_host(transport: Transport, *, timeout: float, docker_host: str | None = None) -> HostGpus:

@@ -154,8 +154,16 @@ class SSHTransport(Transport):
             client.close()
             raise ConnectError(h.name, f"timed out talking to {_via(hop, h)} after {h.connect_timeout:g} s") from e
         except (OSError, paramiko.SSHException, EOFError) as e:
+            t = client.get_transport()
+            banner = bool(t is not None and t.remote_version)
             client.close()
-            raise ConnectError(h.name, f"cannot connect to {_via(hop, h)}: {_ssh_reason(e)}") from e
+            if not banner:
+                raise ConnectError(
+                    h.name,
+                    f"no SSH server answered at {_via(hop, h)} within {h.connect_timeout:g} s (no SSH banner)",
+                    hint="is it the SSH port, and is the server overloaded?",
+                ) from e
+            raise ConnectError(h.name, f"cannot connect to {_via(hop, h)}: {e or type(e).__name__}") from e
         return client
 
     def _close_clients(self) -> None:
@@ -294,13 +302,6 @@ class SSHTransport(Transport):
 
 def _via(hop: Hop, host: Host) -> str:
     return hop.where if hop.label == host.name else f"{hop.label} ({hop.where})"
-
-
-def _ssh_reason(e: BaseException) -> str:
-    text = str(e) or type(e).__name__
-    if "protocol banner" in text:
-        return f"no SSH server answered ({text}: is it an SSH port?)"
-    return text
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +27,24 @@ def images(lab: Any) -> Iterator[Images]:
         yield imgs
     finally:
         imgs.cleanup()
+
+
+@contextmanager
+def docker_down(lab: Any, host: str) -> Iterator[None]:
+    """The host's Docker daemon is stopped inside the block (its sshd keeps running) and
+    started again after it; its containers stay (those with a restart policy come back)."""
+    import os
+    import signal
+
+    from forge.lab import dockerd
+    from forge.lab.proc import pid_alive, wait_until
+
+    cfg = lab.lab.config
+    pid = dockerd.pid(cfg, host)
+    assert pid is not None, f"{host}: no dockerd runs"
+    os.kill(pid, signal.SIGTERM)
+    assert wait_until(lambda: not pid_alive(pid), 60, 0.2), f"{host}: dockerd did not stop"
+    try:
+        yield
+    finally:
+        dockerd.start(cfg, host)

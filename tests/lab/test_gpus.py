@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from forge.lab.gpus import default_state as default_gpu_state
+from tests.lab.conftest import docker_down  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
@@ -257,6 +258,27 @@ def test_watch_redraws_until_interrupted(lab: Any) -> None:
     assert seen.count(f"{lab.hosts[0]}    0") >= frames - 1 >= 2
 
 
+def test_ctrl_c_at_any_moment_of_watch_ends_it_cleanly(lab: Any) -> None:
+    """Issue 11 #6: a Ctrl-C landing inside the thread pool's lock handling ended in
+    "forge: internal error: RuntimeError: release unlocked lock" (seen once in a full run).
+    Interrupt at many moments after the first frame: mid-probe, mid-draw, while waiting."""
+    import random
+    import signal
+    import time
+
+    rng = random.Random(11)
+    argv = [sys.executable, "-m", "forge", "-i", str(lab.inventory_path), "gpus", "--watch", "--interval", "0.05"]
+    for _ in range(12):
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("forge gpus —")  # forge runs (not Python starting up)
+        time.sleep(rng.uniform(0, 0.3))  # frames come every ~0.1 s: the probe may be anywhere
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "internal error" not in err and "Traceback" not in err, err
+
+
 def test_the_hosts_docker_host_is_asked_for_container_labels(lab: Any, scripted: dict[str, Any], tmp_path: Any) -> None:
     """The probe asks the daemon named by the host's docker_host (not docker's default)."""
     g1 = scripted["hosts"][0]
@@ -273,10 +295,15 @@ def test_the_hosts_docker_host_is_asked_for_container_labels(lab: Any, scripted:
             text=True,
             timeout=120,
         )
-        assert r.returncode == 0, r.stderr
         (host,) = json.loads(r.stdout)["hosts"]
         (proc,) = host["gpus"][1]["processes"]
         assert proc["pid"] == scripted["cpid"] and proc["env"] == env
+        if env is None:  # no daemon there: forge cannot tell which GPUs environments hold
+            assert r.returncode == 4, r.stderr
+            assert host["holds_unknown"] == "the Docker daemon is not running"
+            assert not any(g["free"] for g in host["gpus"])
+        else:
+            assert r.returncode == 0, r.stderr
 
 
 def test_gpus_given_to_forge_environments_are_not_free(lab: Any) -> None:
@@ -339,3 +366,37 @@ def test_gpus_given_to_forge_environments_are_not_free(lab: Any) -> None:
         assert "bob [train]" in table[4]
     finally:
         lab.docker(host, "rm", "-f", env_c, claim_c)
+
+
+def test_a_host_whose_driver_is_not_loaded_fails_the_run(lab: Any) -> None:
+    """Issue 11 #7: for cron and monitoring, unreadable GPUs are a failed host (exit 4)."""
+    host = lab.hosts[1]
+    lab.set_gpus(host, {**default_gpu_state(host), "mode": "driver_not_loaded"})
+    try:
+        r = forge_cli(lab, "--json")
+        assert r.returncode == 4, r.stderr
+        by = {h["name"]: h for h in json.loads(r.stdout)["hosts"]}
+        assert by[host]["status"] == "driver_error" and not by[host]["served"]
+        assert all(by[h]["served"] for h in lab.hosts if h != host)
+        table = forge_cli(lab, host)
+        assert table.returncode == 4 and "the NVIDIA driver is not loaded" in table.stdout
+    finally:
+        lab.reset_gpus(host)
+    assert forge_cli(lab, host).returncode == 0
+
+
+def test_a_host_whose_docker_daemon_is_down_shows_no_free_gpu(lab: Any) -> None:
+    """Issue 11 #10: its GPUs were shown free with exit 0, though forge could not see the
+    environments and claims there; and the message quoted forge's internal command line."""
+    host = lab.hosts[2]
+    with docker_down(lab, host):
+        r = forge_cli(lab, "--json")
+        assert r.returncode == 4, r.stderr
+        by = {h["name"]: h for h in json.loads(r.stdout)["hosts"]}
+        assert by[host]["holds_unknown"] == "the Docker daemon is not running"
+        assert by[host]["gpus"] and not any(g["free"] for g in by[host]["gpus"])
+        assert all(g["reason"] == "unknown: the Docker daemon is not running" for g in by[host]["gpus"])
+        table = forge_cli(lab, host)
+        assert table.returncode == 4 and "sh -c" not in table.stdout + table.stderr
+        assert "unknown: the Docker daemon is not running" in table.stdout
+    assert forge_cli(lab, host).returncode == 0

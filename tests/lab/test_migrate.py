@@ -387,3 +387,24 @@ def test_forge_ssh_and_the_managed_ssh_config(lab: LabHandle, env_lab: dict[str,
 
     assert forge_home("stop", env).returncode == 0
     assert config.read_text() == "# the user's own settings\nHost example\n  User someone\n"
+
+
+def test_a_host_whose_docker_daemon_is_down_is_passed_over(lab: LabHandle, env_lab: dict[str, Any]) -> None:
+    """Issue 11 #10: one host's dead daemon failed `forge migrate --to idle` at step 'choose'
+    for everyone, and messages quoted forge's internal command line, calling the host
+    unreachable."""
+    from tests.lab.conftest import docker_down
+
+    inv, env = env_lab["inventory"], new_env(env_lab)
+    with docker_down(lab, "gpu2"):
+        res = migrate(inv, env, "--to", "idle", "--among", "gpu1,gpu2,gpu3")
+        assert res["host"] in ("gpu1", "gpu3")
+        r = forge(inv, "ps", "--json")
+        assert r.returncode == 4, r.stderr
+        assert json.loads(r.stdout)["unreachable"]["gpu2"] == "the Docker daemon is not running"
+        table = forge(inv, "ps")
+        assert "gpu2" in table.stdout and "sh -c" not in table.stdout and "unreachable" not in table.stdout
+        r = forge(inv, "migrate", "--env", env, "--to", "gpu2")
+        assert r.returncode != 0 and "gpu2: the Docker daemon is not running" in r.stderr, r.stderr
+        assert len(r.stderr) < 400 and "sh -c" not in r.stderr
+    assert forge(inv, "stop", env).returncode == 0

@@ -233,3 +233,37 @@ def test_closing_the_transport_ends_its_running_streams(inv: inventory.Inventory
     th.join(20)
     assert not th.is_alive()
     assert len(results) == 1 and isinstance(results[0], ConnectError), results
+
+
+def test_a_timed_out_command_ends_on_the_host_too(inv: inventory.Inventory) -> None:
+    """Issue 11 #6: closing the channel alone left the command running on the host."""
+    from forge.errors import CommandTimeout
+    from forge.transport.base import REMOTE_GRACE_S
+
+    marker = f"/tmp/forge-timeout-{time.monotonic_ns()}"
+    with connect(inv.hosts[0]) as t:
+        with pytest.raises(CommandTimeout):
+            # a child of the command (what a docker CLI or a pipeline would be) writes its pid
+            t.run(["sh", "-c", f"sleep 300 & echo $! > {marker}.pid; wait; touch {marker}"], timeout=1)
+        deadline = time.monotonic() + REMOTE_GRACE_S + 8
+        while time.monotonic() < deadline:
+            alive = t.run(["sh", "-c", f'kill -0 "$(cat {marker}.pid)"'], timeout=10).ok
+            if not alive:
+                break
+            time.sleep(0.5)
+        assert not alive, "the timed-out command's child still runs on the host"
+        assert not t.run(["test", "-e", marker]).ok
+        t.run(["rm", "-f", f"{marker}.pid"])
+
+
+def test_output_beyond_the_bound_is_an_error_and_the_connection_lives_on(
+    inv: inventory.Inventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11 #6: 400 MB of output used to take 4 GB of memory."""
+    from forge.transport import base
+
+    monkeypatch.setattr(base, "MAX_OUTPUT", 1 << 20)
+    with connect(inv.hosts[0]) as t:
+        with pytest.raises(base.OutputTooLarge, match="more than 1 MiB"):
+            t.run(["head", "-c", str(32 << 20), "/dev/zero"], timeout=60)
+        assert t.run(["echo", "still here"], check=True).stdout == "still here\n"

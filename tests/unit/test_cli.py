@@ -76,3 +76,64 @@ def test_unreachable_fleet_exit_code(tmp_path: Path) -> None:
     r = forge_cli("-i", str(p), "hosts", "--check")
     assert r.returncode == 5, r.stdout + r.stderr
     assert "connection refused" in r.stdout
+
+
+def test_a_port_that_never_sends_an_ssh_banner_is_one_clean_line(tmp_path: Path) -> None:
+    """Issue 11 #6: paramiko's failed handshake used to print its traceback to stderr."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:  # accept and say nothing, as a wedged service does
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        port = server.getsockname()[1]
+        inv = tmp_path / "hosts.toml"
+        inv.write_text(
+            f'[defaults]\nconnect_timeout = 1\nknown_hosts = "{tmp_path}/kh"\n'
+            f'[[hosts]]\nname = "mute"\naddress = "127.0.0.1"\nport = {port}\n'
+        )
+        r = forge_cli("-i", str(inv), "hosts", "--check", "--json")
+    finally:
+        stop.set()
+        for s in held:
+            s.close()
+        server.close()
+    assert r.returncode == 5, r.stderr
+    assert r.stderr == ""  # no traceback, no paramiko log line
+    (row,) = json.loads(r.stdout)["hosts"]
+    assert row["reachable"] is False and "no SSH server answered" in row["error"], row
+
+
+def test_what_a_host_prints_cannot_drive_the_terminal() -> None:
+    """Issue 11 #6: escape sequences in labels, names or command output reached the terminal."""
+    from forge.cli import output
+
+    evil = "dev\x1b]0;pwned\x07\x1b[2J\r\u202eexe.txt\x9b31m"
+    shown = output.clean(evil)
+    assert "\x1b" not in shown and "\x07" not in shown and "\r" not in shown and "\u202e" not in shown
+    assert shown == "dev\\x1b]0;pwned\\x07\\x1b[2J\\x0d\\u202eexe.txt\\x9b31m"
+    assert output.clean("a\nb\tc") == "a\nb\tc" and output.clean("a\nb\tc", one_line=True) == "a\\nb c"
+    table = output.table([["gpu1", evil]], ["HOST", "ENV"])
+    assert "\x1b" not in table and len(table.splitlines()) == 3
+
+    import io
+
+    sink = io.BytesIO()
+    w = output.CleanWriter(sink)
+    data = "step 1/2\n\x1b[1A\x1b[2Kdoné\n".encode()
+    for i in range(len(data)):  # byte by byte: a UTF-8 character split across writes
+        w.write(data[i : i + 1])
+    assert sink.getvalue().decode() == "step 1/2\n\\x1b[1A\\x1b[2Kdoné\n"

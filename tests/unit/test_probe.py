@@ -15,6 +15,7 @@ import pytest
 from forge import shell
 from forge.gpu import nvsmi, probe
 from forge.gpu.model import ProbeStatus
+from forge.gpu.policy import FreePolicy, assess, select
 from forge.lab import fake_gpu
 from forge.transport.base import CommandResult
 from forge.transport.local import LocalTransport
@@ -278,15 +279,24 @@ def test_cgroups_outside_docker(cgroup: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "status"),
+    ("text", "status", "unknown"),
     [
         # Real: docker CLI 28.2.2 with no daemon, captured on this machine (exit 1).
-        ("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?\n", 1),
-        ("permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock\n", 1),
-        ("", 127),  # docker not installed
+        (
+            "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?\n",
+            1,
+            "the Docker daemon is not running",
+        ),
+        (
+            "permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock\n",
+            1,
+            "the SSH user may not use the Docker daemon (permission denied on its socket)",
+        ),
+        ("", 127, None),  # docker not installed: no environment there either
+        ("1700000000\nsomething else went wrong\n", 1, "docker ps failed: something else went wrong"),
     ],
 )
-def test_docker_unavailable_leaves_labels_unknown(text: str, status: int) -> None:
+def test_docker_unavailable_leaves_labels_unknown(text: str, status: int, unknown: str | None) -> None:
     stdout = (
         section("gpus", GPUS)
         + section("apps", APPS)
@@ -299,6 +309,11 @@ def test_docker_unavailable_leaves_labels_unknown(text: str, status: int) -> Non
     assert host.status is ProbeStatus.OK
     (proc,) = host.processes
     assert (proc.user, proc.container_id, proc.env_name, proc.env_owner) == ("alice", CID, None, None)
+    # Issue 11 #10: which GPUs forge environments hold is unknown, so none of them is free
+    assert host.holds_unknown == unknown
+    lax = FreePolicy(max_memory_used_mib=10**9, max_utilization_pct=100, max_foreign_processes=10)
+    assert [v.free for v in assess(host, policy=lax, me="alice")] == [unknown is None] * len(host.gpus)
+    assert bool(select([host], count=1, policy=lax, me="alice")) == (unknown is None)
 
 
 def ctr(

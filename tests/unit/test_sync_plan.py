@@ -145,8 +145,24 @@ def test_any_id_prefix_docker_accepts_is_an_id_not_a_name() -> None:
 def test_an_unusable_lock_directory_is_a_forge_error_naming_it(tmp_path: Path) -> None:
     # It used to surface as "internal error: NotADirectoryError" (exit 1, no hint).
     (tmp_path / "file").write_text("")
-    with pytest.raises(ForgeError, match=r"cannot create the lock file .*file/sub/sync\.lock.*FORGE_LOCK_DIR"):
+    with pytest.raises(ForgeError, match=r"cannot use the lock file .*file/sub/sync\.lock.*FORGE_LOCK_DIR"):
         FileLock("sync", tmp_path / "file" / "sub").acquire()
+
+
+def test_the_lock_file_is_never_opened_through_a_symlink(tmp_path: Path) -> None:
+    """Issue 11 #6: the lock followed a symlink and truncated its target with the holder's pid."""
+    precious = tmp_path / "precious"
+    precious.write_text("my notes\n")
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    (locks / "sync.lock").symlink_to(precious)
+    with pytest.raises(ForgeError, match="it is a symlink"):
+        FileLock("sync", locks).acquire()
+    assert precious.read_text() == "my notes\n"
+    (locks / "sync.lock").unlink()
+    (locks / "sync.lock").mkdir()
+    with pytest.raises(ForgeError, match="cannot use the lock file"):
+        FileLock("sync", locks).acquire()
 
 
 def test_the_lock_hint_does_not_suggest_wait_to_a_run_that_waited(tmp_path: Path) -> None:
