@@ -62,6 +62,24 @@ def host_facts(host: Host, t: Transport) -> HostFacts:
         raise LaunchError(host.name, f"the SSH user's id is not usable: {e}") from None
 
 
+IMAGE_FORMAT = "{{json .Config.Entrypoint}} {{json .Config.Cmd}}"
+
+
+def check_image(host: Host, t: Transport, image: str) -> None:
+    """Refuse, before anything is created, an image that runs nothing by default: the
+    environment's sshd is its default command (a bare base image fails later with docker's
+    "No command specified")."""
+    r = t.run(docker_argv(host, "image", "inspect", "-f", IMAGE_FORMAT, image), timeout=60)
+    if not r.ok:
+        raise LaunchError(host.name, f"cannot inspect the image {image!r}: {' '.join(r.stderr.split())[:200]}")
+    if r.stdout.split() == ["null", "null"]:
+        raise LaunchError(
+            host.name,
+            f"the image {image!r} has no default command, so it would start no sshd: it is not a dev environment image",
+            hint="build one with `forge build` (see docs/image.md) and name it in [environment].image or --image",
+        )
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     env: str

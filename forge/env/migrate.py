@@ -348,6 +348,7 @@ def migrate(inv: Inventory, req: Request, pool: Pool, *, progress: Progress = _q
                 progress(f"{target.name} has no image {image}; trying the next host")
                 lacking.append(target.name)
                 continue
+            launch.check_image(target, t, image)
             facts = launch.host_facts(target, t)
 
             step = "volume"

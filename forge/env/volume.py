@@ -4,7 +4,8 @@ Three drivers, chosen with ``[data].driver``:
 
 - ``sshfs`` (default): forge mounts the data host's directory with ``sshfs`` on the GPU host,
   as the SSH user, with strict host-key checking against ``[data].known_hosts`` and the key
-  ``[data].identity_file``; the volume is a ``local`` bind volume of that mount point. Nothing
+  ``[data].identity_file``, and file modes enforced for the host's other users
+  (``default_permissions``); the volume is a ``local`` bind volume of that mount point. Nothing
   but paths shows in ``docker volume inspect``; no Docker plugin is needed; a dead mount is
   seen and remounted.
 - ``rclone``: the rclone Docker volume plugin with its sftp backend. forge refuses it without
@@ -129,7 +130,13 @@ def sshfs_argv(spec: VolumeSpec) -> list[str]:
         opts.append(f"UserKnownHostsFile={spec.known_hosts}")
     if spec.identity_file:
         opts += [f"IdentityFile={spec.identity_file}", "IdentitiesOnly=yes"]
-    opts += ["allow_other", "reconnect", "ServerAliveInterval=15", "ServerAliveCountMax=3", "ConnectTimeout=10"]
+    # allow_other: the Docker daemon (root) must reach the mount to bind it into containers.
+    # default_permissions: the kernel then checks every access against the files' modes, as on
+    # a local disk; without it any local user of the GPU host could read and write through the
+    # mount as its owner. idmap=user: the data host user's files show as the mounting user's,
+    # so the container (run as that uid) keeps its access and nobody else gets it.
+    opts += ["allow_other", "default_permissions", "idmap=user"]
+    opts += ["reconnect", "ServerAliveInterval=15", "ServerAliveCountMax=3", "ConnectTimeout=10"]
     if spec.port != 22:
         opts.append(f"port={spec.port}")
     opts += [f"{k}={v}" if v else k for k, v in spec.options.items()]

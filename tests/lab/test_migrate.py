@@ -408,3 +408,63 @@ def test_a_host_whose_docker_daemon_is_down_is_passed_over(lab: LabHandle, env_l
         assert r.returncode != 0 and "gpu2: the Docker daemon is not running" in r.stderr, r.stderr
         assert len(r.stderr) < 400 and "sh -c" not in r.stderr
     assert forge(inv, "stop", env).returncode == 0
+
+
+def test_another_local_user_cannot_read_or_write_through_the_data_mount(
+    lab: LabHandle, env_lab: dict[str, Any]
+) -> None:
+    """Issue 11 #4: the sshfs mount had allow_other without default_permissions: another user
+    of the GPU host read a 0600 file and wrote into the data host through it."""
+    inv = inventory.load_file(env_lab["inventory"])
+    host = inv.host("gpu1")
+    secret = lab.lab.config.data_dir / f"secret-{uuid.uuid4().hex[:8]}"
+    secret.write_text("mine only\n")
+    subprocess.run(["chown", f"{lab.user}:{lab.user}", str(secret)], check=True)
+    secret.chmod(0o600)
+    with Pool() as pool:
+        t = pool.get(host)
+        facts = host_facts(host, t)
+        spec = volume.spec_for(inv.data, host_name=host.name, user=facts.user, home=facts.home)
+        kw = {"check_image": IMAGE, "uid": facts.uid, "gid": facts.gid, "marker": DATA_MARKER}
+        try:
+            volume.ensure(host, t, spec, **kw)  # type: ignore[arg-type]
+            mnt = Path(str(spec.mountpoint))
+            # The GPU hosts share this machine's users and mounts: `nobody` is another local user.
+            as_other = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+            # the mount point may be reachable (a home of 0755); what is behind it is not
+            r = subprocess.run([*as_other, "cat", str(mnt / secret.name)], capture_output=True, text=True)
+            assert r.returncode != 0 and "Permission denied" in r.stderr, r
+            r = subprocess.run([*as_other, "touch", str(mnt / "planted")], capture_output=True, text=True)
+            assert r.returncode != 0, r
+            assert not (lab.lab.config.data_dir / "planted").exists()
+            # the owner, and its container (same uid), keep their access
+            assert t.run(["cat", str(mnt / secret.name)], check=True).stdout == "mine only\n"
+            r = lab.docker(
+                "gpu1",
+                "run",
+                "--rm",
+                "-u",
+                f"{facts.uid}:{facts.gid}",
+                "-v",
+                f"{spec.name}:/d",
+                IMAGE,
+                "sh",
+                "-c",
+                f"cat /d/{secret.name} && touch /d/{secret.name}.w && rm /d/{secret.name}.w",
+            )
+            assert r.returncode == 0 and r.stdout == "mine only\n", r.stderr
+        finally:
+            volume.remove(host, t, spec)
+            secret.unlink()
+
+
+def test_an_image_that_runs_nothing_is_refused_with_what_to_do(lab: LabHandle, env_lab: dict[str, Any]) -> None:
+    """Issue 11 #8: on a fresh lab, the inventory's bare base image failed at docker run with
+    "No command specified"; forge now says what the image lacks and how to build one."""
+    inv, env = env_lab["inventory"], new_env(env_lab)
+    base = lab.load_base_image("gpu2")
+    r = forge(inv, "migrate", "--env", env, "--to", "gpu2", "--image", base, "--image-from", "gpu2")
+    assert r.returncode != 0
+    assert "has no default command" in r.stderr and "forge build" in r.stderr, r.stderr
+    assert "No command specified" not in r.stderr
+    assert envs_on(lab, "gpu2", env) == [] and claims_on(lab, "gpu2", env) == []

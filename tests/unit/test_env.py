@@ -39,7 +39,7 @@ def test_sshfs_is_a_host_mount_bound_into_a_local_volume() -> None:
         "sshfs",
         "-o",
         "StrictHostKeyChecking=yes,BatchMode=yes,UserKnownHostsFile=/home/alice/.ssh/known_hosts,"
-        "IdentityFile=/home/alice/.ssh/id_ed25519,IdentitiesOnly=yes,allow_other,reconnect,"
+        "IdentityFile=/home/alice/.ssh/id_ed25519,IdentitiesOnly=yes,allow_other,default_permissions,idmap=user,reconnect,"
         "ServerAliveInterval=15,ServerAliveCountMax=3,ConnectTimeout=10",
         "alice@data.lab:/srv/data",
     ]
