@@ -2,7 +2,12 @@
 
 ``survey`` lists every image of the host's daemon (``-a``, so intermediate build images
 count too) with its ID, size, tags and RootFS diff IDs, plus which decompressors the host
-has. The layers a host has are the chain IDs of every prefix of every image's RootFS.
+has and which image store its daemon keeps. The layers a host has are the chain IDs of every
+prefix of every image's RootFS.
+
+An image's ID depends on the store: with the classic store (Engine 20.10, and later ones by
+default) it is the digest of the image's config; with the containerd image store (an option
+of Engine 24+, the default of newer ones) it is the digest of its manifest (or index).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from forge import shell
+from forge import dockercli, shell
 from forge.dockercli import docker_argv
 from forge.errors import HostError
 from forge.images.layers import chain_ids
@@ -27,6 +32,7 @@ TOOLS = ("zstd", "bzip2", "gzip")
 _SURVEY = """
 fmt=$1; shift
 for t in zstd bzip2 gzip; do command -v "$t" >/dev/null 2>&1 && echo "tool $t"; done
+printf 'daemon '; "$@" info --format '{{json .ServerVersion}} {{json .DriverStatus}}' || exit 3
 ids=$("$@" image ls -aq --no-trunc) || exit 3
 [ -z "$ids" ] && exit 0
 "$@" image inspect --format "$fmt" $ids
@@ -50,12 +56,18 @@ class ImageInfo:
         return tuple(chain_ids(self.layers))
 
 
+CLASSIC = "classic"
+CONTAINERD = "containerd"
+
+
 @dataclass(frozen=True)
 class HostImages:
-    """Every image of one host's daemon, and the decompressors it can run."""
+    """Every image of one host's daemon, the decompressors it can run, and its image store."""
 
     images: tuple[ImageInfo, ...] = ()
     tools: frozenset[str] = field(default_factory=frozenset)
+    store: str = CLASSIC  # CLASSIC or CONTAINERD
+    engine: str = ""  # the daemon's version, e.g. "26.1.5+dfsg1"
 
     @cached_property
     def chain_ids(self) -> frozenset[str]:
@@ -104,15 +116,31 @@ def parse_image_line(line: str) -> ImageInfo | None:
     return ImageInfo(image_id, size_bytes, tuple(tag_list), tuple(layer_list))
 
 
+def parse_daemon(line: str) -> tuple[str, str]:
+    """``docker info``'s ``{{json .ServerVersion}} {{json .DriverStatus}}`` -> (engine, store)."""
+    decoder = json.JSONDecoder()
+    try:
+        engine, end = decoder.raw_decode(line)
+        status, _ = decoder.raw_decode(line[end:].lstrip())
+    except ValueError:
+        return "", CLASSIC
+    pairs = status if isinstance(status, list) else []
+    containerd = any(isinstance(p, list) and "io.containerd.snapshotter.v1" in p for p in pairs)
+    return (engine if isinstance(engine, str) else ""), (CONTAINERD if containerd else CLASSIC)
+
+
 def parse_survey(stdout: str) -> HostImages:
     images: dict[str, ImageInfo] = {}
     tools: set[str] = set()
+    engine, store = "", CLASSIC
     for line in stdout.splitlines():
         if line.startswith("tool "):
             tools.add(line.split(" ", 1)[1].strip())
+        elif line.startswith("daemon "):
+            engine, store = parse_daemon(line[len("daemon ") :])
         elif (info := parse_image_line(line)) is not None:
             images.setdefault(info.id, info)
-    return HostImages(tuple(images.values()), frozenset(tools))
+    return HostImages(tuple(images.values()), frozenset(tools), store, engine)
 
 
 def survey_command(host: Host) -> shell.Script:
@@ -120,11 +148,14 @@ def survey_command(host: Host) -> shell.Script:
 
 
 def survey(host: Host, transport: Transport, *, timeout: float | None = None) -> HostImages:
-    """The host's images and tools, in one round trip."""
+    """The host's images, tools and image store, in one round trip."""
     result = transport.run(survey_command(host), timeout=timeout)
     if not result.ok:
+        failed = dockercli.failure(host, result.stderr + result.stdout, result.exit_status)
+        if failed is not None:
+            raise failed
         tail = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.exit_status}"]
-        raise HostError(host.name, f"cannot list Docker images: {tail[0]}", hint="is dockerd running there?")
+        raise HostError(host.name, f"cannot list Docker images: {tail[0]}")
     return parse_survey(result.stdout)
 
 

@@ -15,8 +15,8 @@ tar headers and padding as "segments", and for each file its name and size), and
 themselves in the storage driver's directory (overlay2: ``overlay2/<cache-id>/diff``). Forge
 reassembles each layer tar the way the daemon's own ``TarStream`` does, so it has the layer's
 diff ID; the image config comes byte for byte from ``imagedb`` (its SHA-256 is the image ID).
-The archive is what ``docker load`` reads: the config, ``<chain ID>/layer.tar`` for each layer
-to send, and ``manifest.json`` *last*, so that a stream cut anywhere loads nothing at all.
+The archive is forge's load archive (:mod:`forge.images.oci`): the config, the blob of each layer
+to send, then the manifest and both indexes *last*, so that a stream cut anywhere loads nothing.
 
 Nothing is trusted blindly: the config's digest must equal the image ID, every layer's
 recorded diff ID must match the image's, every file must be a regular file of the recorded
@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import stat
-import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -42,6 +41,7 @@ from pathlib import Path
 
 from forge.dockercli import docker_argv
 from forge.errors import ForgeError
+from forge.images import oci
 from forge.images.inspect import ImageInfo
 from forge.images.layers import chain_ids
 from forge.inventory import Host
@@ -137,12 +137,13 @@ class _Files:
             raise LayerStoreError(f"layer file {name.decode(errors='replace')!r}: {e.strerror}") from e
 
 
-def layer_tar_size(tar_split: Path, files: Path) -> int:
-    """Bytes of the reassembled layer tar; checks every file it will read is there, intact."""
+def layer_tar_size(tar_split: Path, files: Path, *, check: bool = True) -> int:
+    """Bytes of the reassembled layer tar; with ``check``, every file it will read must be
+    there, intact."""
     getter = _Files(files)
     total = 0
     for e in read_tar_split(tar_split):
-        if e.size:
+        if e.size and check:
             getter.check(e.name, e.size)
         total += len(e.segment) + e.size
     return total
@@ -197,7 +198,7 @@ class LayerStore:
             raise LayerStoreError(f"{path} does not hash to the image ID")
         return data
 
-    def layer(self, chain_id: str, diff_id: str) -> Layer:
+    def layer(self, chain_id: str, diff_id: str, *, check: bool = True) -> Layer:
         d = self._db / "layerdb" / "sha256" / chain_id.removeprefix("sha256:")
         try:
             recorded = (d / "diff").read_text().strip()
@@ -212,29 +213,34 @@ class LayerStore:
         tar_split = d / "tar-split.json.gz"
         if not files.is_dir():
             raise LayerStoreError(f"layer {chain_id[:19]}: no directory {files}")
-        return Layer(chain_id, diff_id, tar_split, files, layer_tar_size(tar_split, files))
+        return Layer(chain_id, diff_id, tar_split, files, layer_tar_size(tar_split, files, check=check))
 
 
 @dataclass(frozen=True)
 class Archive:
-    """The ``docker load`` archive of one image for one set of layers to leave out."""
+    """The load archive of one image for one set of layers to leave out (:mod:`forge.images.oci`)."""
 
     image: ImageInfo
     config: bytes
-    layers: tuple[Layer, ...]  # the layers to send, bottom first
+    layers: tuple[Layer, ...]  # every layer of the image, bottom first
+    send: tuple[Layer, ...]  # the ones to send
+
+    @cached_property
+    def manifest(self) -> oci.Manifest:
+        """The image's OCI manifest (uncompressed layers): its digest is the image's ID on a
+        daemon with the containerd image store."""
+        config = oci.Blob(self.image.id, len(self.config), oci.CONFIG)
+        return oci.canonical(config, [oci.Blob(layer.diff_id, layer.size) for layer in self.layers])
 
     def parts(self) -> Iterator[bytes | Layer]:
         """The archive in order: tar headers and small members as bytes, each layer's tar as
         its :class:`Layer` (read when written). One layout for :attr:`size` and :meth:`write`."""
-        hexid = self.image.id.removeprefix("sha256:")
-        yield _member_header(f"{hexid}.json", len(self.config)) + _padded(self.config)
-        for layer in self.layers:
-            directory = layer.chain_id.removeprefix("sha256:")
-            yield _dir_header(directory) + _member_header(f"{directory}/layer.tar", layer.size)
+        yield oci.member(oci.blob_path(self.image.id), self.config)
+        for layer in self.send:
+            yield oci.header(oci.blob_path(layer.diff_id), layer.size)
             yield layer
-            yield bytes(-layer.size % BLOCK)
-        manifest = _manifest(self.image)
-        yield _member_header("manifest.json", len(manifest)) + _padded(manifest) + bytes(2 * BLOCK)
+            yield oci.padding(layer.size)
+        yield oci.tail(self.manifest)
 
     @cached_property
     def size(self) -> int:
@@ -282,37 +288,13 @@ class _Coalesce:
             self._buf.clear()
 
 
-def _manifest(image: ImageInfo) -> bytes:
-    """``docker load``'s manifest: every layer listed; those the daemon has are not opened."""
-    hexid = image.id.removeprefix("sha256:")
-    layers = [c.removeprefix("sha256:") + "/layer.tar" for c in chain_ids(image.layers)]
-    return json.dumps([{"Config": f"{hexid}.json", "RepoTags": None, "Layers": layers}]).encode()
-
-
-def _padded(data: bytes) -> bytes:
-    return data + bytes(-len(data) % BLOCK)
-
-
-def _member_header(name: str, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mode = 0o644
-    return info.tobuf(format=tarfile.PAX_FORMAT)
-
-
-def _dir_header(name: str) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.type = tarfile.DIRTYPE
-    info.mode = 0o755
-    return info.tobuf(format=tarfile.PAX_FORMAT)
-
-
 def plan_archive(store: LayerStore, image: ImageInfo, skip: Sequence[str] | frozenset[str]) -> Archive:
-    """The archive for a host that has the layers ``skip`` (chain IDs): checked, not yet read."""
+    """The archive for a host that has the layers ``skip`` (chain IDs): checked, not yet read
+    (the files of the layers to send are checked; the others only sized, for the manifest)."""
     config = store.config(image.id)
     chains = chain_ids(image.layers)
-    layers = tuple(store.layer(c, d) for c, d in zip(chains, image.layers, strict=True) if c not in skip)
-    return Archive(image, config, layers)
+    layers = tuple(store.layer(c, d, check=c not in skip) for c, d in zip(chains, image.layers, strict=True))
+    return Archive(image, config, layers, tuple(layer for layer in layers if layer.chain_id not in skip))
 
 
 # --------------------------------------------------------------------------- finding the store

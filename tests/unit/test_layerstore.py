@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from forge.images import oci
 from forge.images.inspect import ImageInfo
 from forge.images.layers import chain_ids
 from forge.images.layerstore import (
@@ -165,22 +166,30 @@ def test_the_archive_loads_config_then_layers_then_the_manifest(daemon: FakeDaem
     archive = plan_archive(daemon.store, daemon.image, frozenset())
     data = _bytes(archive.write)
     assert len(data) == archive.size
+    image = daemon.image
+    manifest = archive.manifest
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as t:
-        names = t.getnames()
-        hexid = daemon.image.id.removeprefix("sha256:")
-        chains = [c.removeprefix("sha256:") for c in daemon.image.chains]
-        assert names == [
-            f"{hexid}.json",
-            chains[0],
-            f"{chains[0]}/layer.tar",
-            chains[1],
-            f"{chains[1]}/layer.tar",
+        assert t.getnames() == [
+            oci.blob_path(image.id),
+            oci.blob_path(image.layers[0]),
+            oci.blob_path(image.layers[1]),
+            oci.blob_path(manifest.digest),
+            "oci-layout",
+            "index.json",
             "manifest.json",
         ]
-        assert _read(t, f"{hexid}.json") == daemon.config
-        assert _read(t, f"{chains[1]}/layer.tar") == daemon.layer_tars[1]
-        manifest = json.loads(_read(t, "manifest.json"))
-    assert manifest == [{"Config": f"{hexid}.json", "RepoTags": None, "Layers": [f"{c}/layer.tar" for c in chains]}]
+        assert _read(t, oci.blob_path(image.id)) == daemon.config
+        assert _read(t, oci.blob_path(image.layers[1])) == daemon.layer_tars[1]
+        assert _read(t, oci.blob_path(manifest.digest)) == manifest.data
+        docker = json.loads(_read(t, "manifest.json"))
+    assert docker == [
+        {"Config": oci.blob_path(image.id), "RepoTags": [], "Layers": [oci.blob_path(d) for d in image.layers]}
+    ]
+    # the canonical manifest of the uncompressed layers, with their tar sizes
+    assert manifest.config.digest == image.id and manifest.config.size == len(daemon.config)
+    assert [(b.digest, b.size) for b in manifest.layers] == [
+        (d, len(tar)) for d, tar in zip(image.layers, daemon.layer_tars, strict=True)
+    ]
 
 
 def _read(t: tarfile.TarFile, name: str) -> bytes:
@@ -206,11 +215,12 @@ def test_small_pieces_reach_the_stream_gathered_not_one_by_one(daemon: FakeDaemo
 def test_layers_the_host_has_are_left_out_but_still_listed(daemon: FakeDaemon) -> None:
     base_chain = daemon.image.chains[0]
     archive = plan_archive(daemon.store, daemon.image, frozenset({base_chain}))
-    assert [layer.chain_id for layer in archive.layers] == [daemon.image.chains[1]]
+    assert [layer.chain_id for layer in archive.send] == [daemon.image.chains[1]]
+    assert archive.manifest == plan_archive(daemon.store, daemon.image, frozenset()).manifest
     data = _bytes(archive.write)
     assert len(data) == archive.size < len(daemon.layer_tars[0])
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as t:
-        assert base_chain.removeprefix("sha256:") + "/layer.tar" not in t.getnames()
+        assert oci.blob_path(daemon.image.layers[0]) not in t.getnames()
         manifest = json.loads(_read(t, "manifest.json"))
     assert len(manifest[0]["Layers"]) == 2
 
