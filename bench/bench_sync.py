@@ -155,7 +155,7 @@ def store_read_alone(ref: str) -> float:
         store, why = open_store(SOURCE, pool.get(SOURCE))
         if store is None:
             raise SystemExit(f"cannot read the layer store: {why}")
-        image = inspect_image(SOURCE, pool.get(SOURCE), ref)
+        image = inspect_image(pool.get(SOURCE), ref)
     t = time.monotonic()
     plan_archive(store, image, frozenset()).write(lambda _: None)
     return time.monotonic() - t

@@ -10,34 +10,22 @@ logs in (docs/image.md).
 from __future__ import annotations
 
 import io
-import os
 import re
 import tarfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from forge.dockercli import docker_argv
 from forge.errors import CommandFailed, ForgeError, HostError
-from forge.inventory import Host
-from forge.transport import Transport
+from forge.session import HostSession
 
 #: The image's files in a checkout of forge.
 DEFAULT_CONTEXT = Path(__file__).resolve().parent / "devimage"  # shipped with the package
 DEFAULT_TAG = "forge/dev:latest"
 DEFAULT_TIMEOUT_S = 3600.0
 
-_KEY_TYPES = (
-    "ssh-ed25519",
-    "ssh-rsa",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-)
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _MIRROR = re.compile(r"^[A-Za-z0-9._:/-]+$")
 
@@ -119,43 +107,6 @@ class BuildResult:
     duration_s: float
 
 
-# --------------------------------------------------------------------------- public keys
-
-
-def parse_public_keys(text: str, *, source: str) -> list[str]:
-    """The OpenSSH public key lines of a file's text; refuses private keys and junk."""
-    if "PRIVATE KEY" in text:
-        raise BuildError(f"{source} is a private key", hint="give the .pub file")
-    keys = []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        kind = line.split()[0]
-        if kind not in _KEY_TYPES or len(line.split()) < 2:
-            raise BuildError(f"{source}, line {n}: not an OpenSSH public key (starts with {kind[:30]!r})")
-        keys.append(line)
-    return keys
-
-
-def read_public_keys(paths: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
-    keys: list[str] = []
-    for p in paths:
-        path = Path(p).expanduser()
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise BuildError(f"cannot read public key {path}: {e.strerror}") from e
-        keys.extend(k for k in parse_public_keys(text, source=str(path)) if k not in keys)
-    return tuple(keys)
-
-
-def default_public_key_files(home: Path | None = None) -> list[Path]:
-    """``~/.ssh/id_*.pub``: the keys ssh offers by default."""
-    ssh_dir = (home or Path.home()) / ".ssh"
-    return sorted(ssh_dir.glob("id_*.pub"))
-
-
 # --------------------------------------------------------------------------- context and argv
 
 
@@ -189,9 +140,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def build_argv(host: Host, spec: BuildSpec) -> list[str]:
-    """``docker build`` reading its context as a tar from stdin."""
-    argv = docker_argv(host, "build", "-t", spec.tag)
+def build_args(spec: BuildSpec) -> list[str]:
+    """``docker`` arguments of a build reading its context as a tar from stdin."""
+    argv = ["build", "-t", spec.tag]
     if spec.no_cache:
         argv.append("--no-cache")
     for name, value in spec.build_args().items():
@@ -223,19 +174,18 @@ class _Tail(io.BytesIO):
 
 
 def build(
-    transport: Transport,
-    host: Host,
+    s: HostSession,
     spec: BuildSpec,
     *,
     log: IO[bytes] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> BuildResult:
-    """Build ``spec`` with the docker CLI on ``host``; docker's output goes to ``log``."""
+    """Build ``spec`` with the docker CLI on the host; docker's output goes to ``log``."""
     started = time.monotonic()
     context = context_tar(spec)
     tail = _Tail(log)
-    argv = build_argv(host, spec)
-    result = transport.stream(argv, source=io.BytesIO(context), sink=tail, timeout=timeout_s)
+    result = s.stream(s.docker(*build_args(spec)), source=io.BytesIO(context), sink=tail, timeout=timeout_s)
+    host = s.host
     if not result.ok:
         output = tail.data.decode("utf-8", "replace") + result.stderr
         where = "this machine" if host.local else host.name
@@ -244,7 +194,7 @@ def build(
         if _NO_DAEMON in output:
             raise BuildError(f"no Docker daemon answers on {where}: {_last_line(output, _NO_DAEMON)}", hint=_ELSEWHERE)
         raise CommandFailed(host.name, result.command, result.exit_status, output)
-    inspect = transport.run(docker_argv(host, "image", "inspect", "-f", "{{.Id}}", spec.tag), check=True)
+    inspect = s.run(s.docker("image", "inspect", "-f", "{{.Id}}", spec.tag), check=True)
     image_id = inspect.stdout.strip()
     if not image_id.startswith("sha256:"):
         raise HostError(host.name, f"docker built {spec.tag} but reports no image ID for it")

@@ -1,4 +1,5 @@
-"""argv for the docker CLI on a host, pointed at that host's daemon; and what its failures mean."""
+"""What the docker CLI's failures mean, in words a person can act on (the commands themselves
+are built by :class:`forge.session.HostSession`)."""
 
 from __future__ import annotations
 
@@ -34,9 +35,3 @@ def failure(host: Host, text: str, exit_status: int | None = None) -> DockerUnav
     if "permission" in why:
         hint = "add the SSH user to the host's docker group"
     return DockerUnavailable(host.name, why + where, hint=hint)
-
-
-def docker_argv(host: Host, *args: str) -> list[str]:
-    """``docker [-H DOCKER_HOST] ARGS...`` for ``host`` (its inventory's docker_host, if set)."""
-    prefix = ["-H", host.docker_host] if host.docker_host else []
-    return ["docker", *prefix, *args]

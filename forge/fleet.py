@@ -1,7 +1,8 @@
 """Fleet operations: one function run on many hosts in parallel, one result per host.
 
 An unreachable or failing host is a result with its reason, never an exception that hides
-the other hosts. Connections are opened once per host and kept for every command of a run.
+the other hosts. Connections are opened once per host and kept for every command of a run;
+each operation is handed the host's :class:`~forge.session.HostSession`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from forge.errors import ForgeError, HostError
+from forge.errors import ExitCode, ForgeError, HostError
 from forge.inventory import Host
+from forge.session import HostSession
 from forge.transport import Transport, connect
 
 T = TypeVar("T")
@@ -71,21 +73,33 @@ class FleetResult(Generic[T]):
     def failed(self) -> list[HostResult[T]]:
         return [r for r in self.results if not r.ok]
 
+    def exit_code(self, served: Callable[[HostResult[T]], bool] | None = None) -> ExitCode:
+        """The fleet exit code: 0 every host served, 4 some not (the others were), 5 none
+        answered. ``served``: whether a host that answered was served (default: it was)."""
+        return exit_code([(r.ok, r.ok and (served is None or served(r))) for r in self.results])
+
+
+def exit_code(hosts: Sequence[tuple[bool, bool]]) -> ExitCode:
+    """From (answered, served) per host: the one rule every fleet command's exit status follows."""
+    if hosts and not any(answered for answered, _ in hosts):
+        return ExitCode.UNREACHABLE
+    return ExitCode.OK if all(served for _, served in hosts) else ExitCode.PARTIAL
+
 
 class Pool:
     """Open connections, one per host, shared by the operations of one forge run."""
 
     def __init__(self, connector: Callable[[Host], Transport] = connect) -> None:
         self._connector = connector
-        self._transports: dict[str, Transport] = {}
+        self._transports: dict[str, HostSession] = {}
         self._lock = threading.Lock()
 
-    def get(self, host: Host) -> Transport:
+    def get(self, host: Host) -> HostSession:
         with self._lock:
-            t = self._transports.get(host.name)
-            if t is None:
-                t = self._transports[host.name] = self._connector(host)
-            return t
+            s = self._transports.get(host.name)
+            if s is None:
+                s = self._transports[host.name] = HostSession(host, self._connector(host))
+            return s
 
     def close(self) -> None:
         with self._lock:
@@ -102,14 +116,14 @@ class Pool:
 
 def run(
     hosts: Sequence[Host],
-    fn: Callable[[Transport], T],
+    fn: Callable[[HostSession], T],
     *,
     pool: Pool,
     concurrency: int = DEFAULT_CONCURRENCY,
     deadline_s: float | None = None,
     on_done: Callable[[HostResult[T]], None] | None = None,
 ) -> FleetResult[T]:
-    """Run ``fn(transport)`` for every host, ``concurrency`` at a time.
+    """Run ``fn(session)`` for every host, ``concurrency`` at a time.
 
     Each host's own timeouts (connect, command) bound its work; ``deadline_s`` additionally
     bounds the whole call: a host still busy then is reported as timed out.

@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from forge.dockercli import docker_argv
-from forge.inventory import Host
-from forge.transport import Transport
+from forge import dockercli
+from forge.session import HostSession
 
 
 @dataclass(frozen=True)
@@ -18,15 +17,16 @@ class HostCheck:
     docker_error: str | None = None
 
 
-def check_host(host: Host, transport: Transport, *, timeout: float = 10.0) -> HostCheck:
+def check_host(s: HostSession, *, timeout: float = 10.0) -> HostCheck:
     started = time.monotonic()
-    transport.run(["true"], timeout=timeout, check=True)
+    s.run(["true"], timeout=timeout, check=True)
     connect_ms = (time.monotonic() - started) * 1000
     started = time.monotonic()
-    transport.run(["true"], timeout=timeout, check=True)
+    s.run(["true"], timeout=timeout, check=True)
     latency_ms = (time.monotonic() - started) * 1000
-    r = transport.run(docker_argv(host, "version", "--format", "{{.Server.Version}}"), timeout=timeout)
+    r = s.run(s.docker("version", "--format", "{{.Server.Version}}"), timeout=timeout)
     if r.ok and r.stdout.strip():
         return HostCheck(connect_ms, latency_ms, r.stdout.strip())
-    reason = (r.stderr.strip().splitlines() or [f"exit status {r.exit_status}"])[-1]
+    why = dockercli.unavailable(r.stderr + r.stdout, r.exit_status)
+    reason = why or (r.stderr.strip().splitlines() or [f"exit status {r.exit_status}"])[-1]
     return HostCheck(connect_ms, latency_ms, None, reason)

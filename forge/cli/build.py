@@ -8,15 +8,13 @@ from typing import IO, cast
 
 import click
 
+from forge import keys
 from forge.build import (
     DEFAULT_CONTEXT,
     DEFAULT_TAG,
     DEFAULT_TIMEOUT_S,
-    BuildError,
     BuildSpec,
     build,
-    default_public_key_files,
-    read_public_keys,
 )
 from forge.cli import output
 from forge.cli.main import State, pass_state
@@ -88,15 +86,10 @@ def build_cmd(
     inv = state.inventory
     env = inv.environment
     host = inv.host(host_name) if host_name else _local(inv.hosts)
-    key_files = list(public_keys) or _default_keys(host)
-    if not key_files:
-        raise BuildError(
-            "no public key given and none in ~/.ssh/id_*.pub",
-            hint="give --public-key FILE, or create a key with ssh-keygen",
-        )
+    authorized = keys.read(public_keys) if public_keys else keys.default_keys(host.identity_file)
     transport = state.pool.get(host)
     if user_name is None or uid is None or gid is None:
-        facts = host_facts(host, transport)
+        facts = host_facts(transport)
         user_name = user_name or env.user or facts.user
         uid = facts.uid if uid is None else uid
         gid = facts.gid if gid is None else gid
@@ -105,7 +98,7 @@ def build_cmd(
         user=user_name,
         uid=uid,
         gid=gid,
-        public_keys=read_public_keys(key_files),
+        public_keys=authorized,
         base=base,
         toolchain=toolchain,
         install_packages=not no_packages,
@@ -116,20 +109,11 @@ def build_cmd(
         no_cache=no_cache,
     )
     log = None if quiet else cast(IO[bytes], output.CleanWriter(sys.stderr.buffer))
-    result = build(transport, host, spec, log=log, timeout_s=timeout_s)
+    result = build(transport, spec, log=log, timeout_s=timeout_s)
     output.echo(
         f"{result.host}: built {result.tag} ({result.image_id}) for {spec.user} "
         f"{spec.uid}:{spec.gid} in {result.duration_s:.1f} s"
     )
-
-
-def _default_keys(host: Host) -> list[Path]:
-    """The inventory key's .pub (what forge itself logs in with), else ~/.ssh/id_*.pub."""
-    if host.identity_file:
-        pub = Path(host.identity_file + ".pub").expanduser()
-        if pub.is_file():
-            return [pub]
-    return default_public_key_files()
 
 
 def _local(hosts: tuple[Host, ...]) -> Host:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import getpass
 import os
-from pathlib import Path
 
 import click
 
+from forge import keys
 from forge.cli import output
 from forge.cli.main import State, pass_state
-from forge.env import access, sshconfig
+from forge.env import access, envs, sshconfig
 from forge.env import migrate as mig
 from forge.env.errors import EnvError
 from forge.env.launch import wait_ready
 from forge.env.listing import Environment
+from forge.env.names import check_name
 from forge.errors import ConnectError, ExitCode
 
 PS_HEADERS = ["HOST", "ENV", "OWNER", "GPUS", "PORT", "IMAGE", "AGE", "STATE"]
@@ -55,7 +56,7 @@ def _age(seconds: int | None) -> str:
     type=click.Path(dir_okay=False, exists=True),
     metavar="FILE",
     help="Public keys the container's sshd accepts. Default: the inventory key's .pub, "
-    "else the first of ~/.ssh/id_{ed25519,ecdsa,rsa}.pub.",
+    "else every ~/.ssh/id_*.pub (as forge build).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
@@ -91,11 +92,8 @@ def migrate(
     name = env or inv.environment.name
     target = inv.host(to) if to != "idle" else None
     key_host = target or inv.hosts[0]
-    keys = (
-        Path(authorized_keys).read_text().strip()
-        if authorized_keys
-        else sshconfig.local_public_keys(key_host.identity_file)
-    )
+    # public keys only: a private key given by mistake is refused, never copied anywhere
+    authorized = keys.read([authorized_keys]) if authorized_keys else keys.default_keys(key_host.identity_file)
     req = mig.request_from(
         inv,
         env=name,
@@ -106,7 +104,7 @@ def migrate(
         image_from=image_from,
         keep_changes=keep_changes,
         among=tuple(among.split(",")) if among else None,
-        authorized_keys=keys,
+        authorized_keys="\n".join(authorized),
     )
     result = mig.migrate(inv, req, state.pool, progress=output.progress)
     # forge started this container and read its keys over its own verified connection: the
@@ -176,7 +174,7 @@ def ps(ctx: click.Context, state: State, targets: tuple[str, ...], as_json: bool
 
     Exit status: 0 when every host answered, 4 when some did not, 5 when none did."""
     inv = state.inventory
-    listings = mig.list_fleet(inv.select(list(targets) or None), state.pool)
+    listings = envs.list_fleet(inv.select(list(targets) or None), state.pool)
     rows, items = [], []
     for r in listings:
         if r.value is None:
@@ -204,8 +202,7 @@ def ps(ctx: click.Context, state: State, targets: tuple[str, ...], as_json: bool
         output.emit_json({"environments": items, "unreachable": {r.host.name: r.reason for r in listings.failed}})
     else:
         output.echo(output.table(rows, PS_HEADERS))
-    answered = len(listings.succeeded)
-    ctx.exit(ExitCode.OK if answered == len(listings) else ExitCode.UNREACHABLE if answered == 0 else ExitCode.PARTIAL)
+    ctx.exit(listings.exit_code())
 
 
 @click.command()
@@ -216,7 +213,7 @@ def stop(state: State, env: str | None, ssh_config: bool) -> None:
     """Stop and remove the environment ENV (default: [environment].name) and release its GPUs."""
     inv = state.inventory
     name = env or inv.environment.name
-    gone = mig.stop(inv, name, state.pool)
+    gone = envs.stop(inv, name, state.pool)
     if gone is None:
         raise EnvError(f"environment {name!r} runs on no reachable host")
     if ssh_config:
@@ -249,26 +246,26 @@ def ssh(state: State, trust_new_keys: bool, env: str | None, command: tuple[str,
     unchecked: the port is the one docker publishes, the user must be a plain user name."""
     inv = state.inventory
     name = env or inv.environment.name
-    sshconfig.check_name(name)
+    check_name(name)
     if command[:1] == ("--",):  # `forge ssh dev -- ls -l`: options ended at ENV already
         command = command[1:]
-    found = mig.locate(inv, name, state.pool)
+    found = envs.locate(inv, name, state.pool)
     if found is None:
         raise EnvError(f"environment {name!r} runs on no reachable host")
     port = found.published_port
     if port is None:
         raise EnvError(f"environment {name!r} on {found.host} publishes no SSH port (is it running?)")
     host = inv.host(found.host)
-    keys = wait_ready(host, state.pool.get(host), found.container.id, port, timeout_s=10)
+    live = wait_ready(state.pool.get(host), found.container.id, port, timeout_s=10)
     pinned = sshconfig.pinned_keys(name)
-    if pinned and set(keys) != set(pinned) and not trust_new_keys:
+    if pinned and set(live) != set(pinned) and not trust_new_keys:
         raise EnvError(
             f"the SSH host key of environment {name!r} on {found.host} is not the one pinned when it was "
             "started; another container may be answering for it",
             hint="if it was started or moved from another machine, run `forge ssh --trust-new-keys "
             f"{name}` once; else check `forge ps` on {found.host}",
         )
-    known = sshconfig.pin_keys(name, keys)
+    known = sshconfig.pin_keys(name, live)
     user = found.user or host.user or getpass.getuser()
     argv = access.ssh_argv(access.access(host, env=name, port=port, user=user, known_hosts=known), list(command))
     state.pool.close()

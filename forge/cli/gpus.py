@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from forge import fleet
 from forge.cli import output
 from forge.cli.main import State, pass_state
 from forge.errors import ExitCode
@@ -152,10 +153,7 @@ def served(r: HostReport) -> bool:
 
 
 def exit_code(reports: list[HostReport]) -> ExitCode:
-    answered = sum(r.answered for r in reports)
-    if answered == 0 and reports:
-        return ExitCode.UNREACHABLE
-    return ExitCode.OK if all(served(r) for r in reports) else ExitCode.PARTIAL
+    return fleet.exit_code([(r.answered, served(r)) for r in reports])
 
 
 @click.command()

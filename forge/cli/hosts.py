@@ -9,7 +9,6 @@ import click
 from forge import fleet
 from forge.cli import output
 from forge.cli.main import State, pass_state
-from forge.errors import ExitCode
 from forge.hostcheck import HostCheck, check_host
 
 
@@ -57,11 +56,10 @@ def hosts(
         )
         return
 
-    by_name = {h.name: h for h in selected}
     with output.HostCounter("checked", len(selected)) as counter:
         results = fleet.run(
             selected,
-            lambda t: check_host(by_name[t.name], t, timeout=timeout),
+            lambda s: check_host(s, timeout=timeout),
             pool=state.pool,
             deadline_s=timeout + max(h.connect_timeout for h in selected) if selected else None,
             on_done=counter,
@@ -99,8 +97,4 @@ def hosts(
                 ["HOST", "SSH", "UP", "LATENCY", "DOCKER", "PROBLEM"],
             )
         )
-    failed = len(results.failed)
-    if failed == len(results) and failed:
-        ctx.exit(ExitCode.UNREACHABLE)
-    if failed:
-        ctx.exit(ExitCode.PARTIAL)
+    ctx.exit(results.exit_code())

@@ -278,11 +278,12 @@ def _log_line(ref: str, r: HostResult[HostSync], read: str = "") -> str:
 
 
 def _exit(ctx: click.Context, failed: list[HostResult[Any]], total: int) -> None:
-    if not failed:
-        return
-    if len(failed) == total and all(isinstance(r.error, ConnectError) for r in failed):
-        ctx.exit(ExitCode.UNREACHABLE)
-    ctx.exit(ExitCode.PARTIAL)
+    """The fleet rule: a host that could not be reached did not answer; one whose transfer
+    failed answered but was not served."""
+    reached = [not isinstance(r.error, ConnectError) for r in failed]
+    code = fleet.exit_code([*[(True, True)] * (total - len(failed)), *[(ok, False) for ok in reached]])
+    if code != ExitCode.OK:
+        ctx.exit(code)
 
 
 def _check(

@@ -18,12 +18,10 @@ import re
 from collections.abc import Iterable, Sequence
 
 from forge import labels
-from forge.dockercli import docker_argv
 from forge.env.errors import ClaimConflict
 from forge.env.listing import CLAIM, CLAIM_CONTAINER, CLAIM_ENV, CLAIM_OWNER, HostListing
 from forge.errors import CommandFailed
-from forge.inventory import Host
-from forge.transport import Transport
+from forge.session import HostSession
 
 PREFIX = "forge-claim-"
 DEFAULT_GRACE_S = labels.CLAIM_GRACE_S
@@ -35,10 +33,9 @@ def claim_name(gpu: str) -> str:
     return PREFIX + _UNSAFE.sub("_", gpu)
 
 
-def claim_argv(host: Host, gpu: str, *, image: str, env: str, owner: str, container: str) -> list[str]:
-    """``docker create`` of the claim container: no network, never started."""
-    return docker_argv(
-        host,
+def claim_args(gpu: str, *, image: str, env: str, owner: str, container: str) -> list[str]:
+    """``docker`` arguments creating the claim container: no network, never started."""
+    return [
         "create",
         "--name",
         claim_name(gpu),
@@ -55,16 +52,11 @@ def claim_argv(host: Host, gpu: str, *, image: str, env: str, owner: str, contai
         "--entrypoint",
         "true",
         image,
-    )
-
-
-def release_argv(host: Host, ids: Sequence[str]) -> list[str]:
-    return docker_argv(host, "rm", "-f", *ids)
+    ]
 
 
 def claim(
-    host: Host,
-    t: Transport,
+    s: HostSession,
     gpus: Iterable[str],
     *,
     image: str,
@@ -79,20 +71,20 @@ def claim(
     """
     taken: list[str] = []
     for gpu in sorted(gpus):
-        r = t.run(claim_argv(host, gpu, image=image, env=env, owner=owner, container=container), timeout=timeout)
+        r = s.run(s.docker(*claim_args(gpu, image=image, env=env, owner=owner, container=container)), timeout=timeout)
         if not r.ok:
-            release(host, t, taken)
+            release(s, taken)
             if any(word in r.stderr for word in _CONFLICT):
-                raise ClaimConflict(host.name, gpu)
-            raise CommandFailed(host.name, r.command, r.exit_status, r.stderr)
+                raise ClaimConflict(s.name, gpu)
+            raise CommandFailed(s.name, r.command, r.exit_status, r.stderr)
         taken.append(r.stdout.strip().splitlines()[-1])
     return tuple(taken)
 
 
-def release(host: Host, t: Transport, ids: Sequence[str], *, timeout: float = 60.0) -> None:
+def release(s: HostSession, ids: Sequence[str], *, timeout: float = 60.0) -> None:
     """Remove claims by container ID (a claim already gone is fine)."""
     if ids:
-        t.run(release_argv(host, ids), timeout=timeout)
+        s.run(s.docker("rm", "-f", *ids), timeout=timeout)
 
 
 def claimed_gpus(listing: HostListing, *, grace_s: float = DEFAULT_GRACE_S) -> frozenset[str]:
@@ -100,10 +92,10 @@ def claimed_gpus(listing: HostListing, *, grace_s: float = DEFAULT_GRACE_S) -> f
     return frozenset(c.gpu for c in listing.live_claims(grace_s=grace_s))
 
 
-def remove_stale(host: Host, t: Transport, listing: HostListing, *, grace_s: float = DEFAULT_GRACE_S) -> list[str]:
+def remove_stale(s: HostSession, listing: HostListing, *, grace_s: float = DEFAULT_GRACE_S) -> list[str]:
     """Remove the host's stale claims; returns the GPUs they were for."""
     stale = listing.stale_claims(grace_s=grace_s)
-    release(host, t, [c.container.id for c in stale])
+    release(s, [c.container.id for c in stale])
     return [c.gpu for c in stale]
 
 

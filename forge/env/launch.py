@@ -19,11 +19,9 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from forge import shell
-from forge.dockercli import docker_argv
 from forge.env.errors import LaunchError
-from forge.env.listing import ENV, GPUS, OWNER, SSH_PORT, USER, USER_NAME, HostListing, docker_env
-from forge.inventory import Host
-from forge.transport import Transport
+from forge.env.listing import ENV, GPUS, OWNER, SSH_PORT, USER, USER_NAME, HostListing
+from forge.session import HostSession
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
 _KEY_TYPE = re.compile(r"^(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+)$")
@@ -54,27 +52,27 @@ def parse_facts(stdout: str) -> HostFacts:
     return HostFacts(int(uid), int(gid), user, home)
 
 
-def host_facts(host: Host, t: Transport) -> HostFacts:
-    stdout = t.run(shell.script(FACTS_SCRIPT), timeout=30, check=True).stdout
+def host_facts(s: HostSession) -> HostFacts:
+    stdout = s.run(shell.script(FACTS_SCRIPT), timeout=30, check=True).stdout
     try:
         return parse_facts(stdout)
     except ValueError as e:
-        raise LaunchError(host.name, f"the SSH user's id is not usable: {e}") from None
+        raise LaunchError(s.name, f"the SSH user's id is not usable: {e}") from None
 
 
 IMAGE_FORMAT = "{{json .Config.Entrypoint}} {{json .Config.Cmd}}"
 
 
-def check_image(host: Host, t: Transport, image: str) -> None:
+def check_image(s: HostSession, image: str) -> None:
     """Refuse, before anything is created, an image that runs nothing by default: the
     environment's sshd is its default command (a bare base image fails later with docker's
     "No command specified")."""
-    r = t.run(docker_argv(host, "image", "inspect", "-f", IMAGE_FORMAT, image), timeout=60)
+    r = s.run(s.docker("image", "inspect", "-f", IMAGE_FORMAT, image), timeout=60)
     if not r.ok:
-        raise LaunchError(host.name, f"cannot inspect the image {image!r}: {' '.join(r.stderr.split())[:200]}")
+        raise LaunchError(s.name, f"cannot inspect the image {image!r}: {' '.join(r.stderr.split())[:200]}")
     if r.stdout.split() == ["null", "null"]:
         raise LaunchError(
-            host.name,
+            s.name,
             f"the image {image!r} has no default command, so it would start no sshd: it is not a dev environment image",
             hint="build one with `forge build` (see docs/image.md) and name it in [environment].image or --image",
         )
@@ -108,7 +106,8 @@ def gpus_arg(gpus: Sequence[str]) -> str:
     return f'"device={",".join(gpus)}"'
 
 
-def run_argv(host: Host, spec: LaunchSpec, port: int) -> list[str]:
+def run_args(spec: LaunchSpec, port: int) -> list[str]:
+    """The ``docker run`` arguments of the environment's container."""
     argv = ["run", "-d", "-t", "--name", spec.name]
     if spec.gpus:
         argv += ["--gpus", gpus_arg(spec.gpus)]
@@ -130,7 +129,7 @@ def run_argv(host: Host, spec: LaunchSpec, port: int) -> list[str]:
     for k, v in env.items():
         argv += ["-e", f"{k}={v}"]
     argv += [*spec.extra_args, spec.image]
-    return docker_argv(host, *argv)
+    return argv
 
 
 # --------------------------------------------------------------------------- ports
@@ -166,14 +165,13 @@ def choose_port(low: int, high: int, used: Collection[int], *, fixed: int = 0, s
     raise LaunchError("-", f"no free port in {low}-{high}", hint="widen [environment].ssh_port_range")
 
 
-def listening_ports(host: Host, t: Transport) -> set[int]:
-    r = t.run(["ss", "-Htln"], timeout=30, check=True)
+def listening_ports(s: HostSession) -> set[int]:
+    r = s.run(["ss", "-Htln"], timeout=30, check=True)
     return parse_listening(r.stdout)
 
 
 def start(
-    host: Host,
-    t: Transport,
+    s: HostSession,
     spec: LaunchSpec,
     *,
     listing: HostListing,
@@ -183,35 +181,37 @@ def start(
     timeout: float = 120.0,
 ) -> int:
     """``docker run`` the container on a free port (another port when one is taken meanwhile)."""
-    used = used_ports(listening_ports(host, t), listing)
+    used = used_ports(listening_ports(s), listing)
     tried: set[int] = set()
     for _ in range(attempts):
         port = choose_port(*port_range, used, fixed=fixed_port, skip=tried)
-        r = t.run(run_argv(host, spec, port), timeout=timeout)
+        r = s.run(s.docker(*run_args(spec, port)), timeout=timeout)
         if r.ok:
             return port
-        remove(host, t, spec.name)  # a failed run can leave the container created
+        remove(s, spec.name)  # a failed run can leave the container created
         if fixed_port or not any(w in r.stderr for w in _PORT_TAKEN):
             tail = "\n".join(r.stderr.strip().splitlines()[-3:])
-            raise LaunchError(host.name, f"docker run failed: {tail}")
+            raise LaunchError(s.name, f"docker run failed: {tail}")
         tried.add(port)
-    raise LaunchError(host.name, f"no port could be published after {attempts} tries")
+    raise LaunchError(s.name, f"no port could be published after {attempts} tries")
 
 
-def remove(host: Host, t: Transport, name: str, *, timeout: float = 60.0) -> bool:
+def remove(s: HostSession, name: str, *, timeout: float = 60.0) -> bool:
     """Stop and remove a container; False when there was none."""
-    return t.run(docker_argv(host, "rm", "-f", name), timeout=timeout).ok
+    return s.run(s.docker("rm", "-f", name), timeout=timeout).ok
 
 
 # --------------------------------------------------------------------------- readiness
 
+# $1: the container, $2: its SSH port, then docker's words for the host.
 READY_SCRIPT = r"""
-s=$(docker inspect -f '{{.State.Status}} {{.RestartCount}}' "$1") || exit 3
+c=$1; port=$2; shift 2
+s=$("$@" inspect -f '{{.State.Status}} {{.RestartCount}}' "$c") || exit 3
 case "$s" in
   "running 0") ;;
-  *) echo "forge-state: $s"; docker logs --tail 5 "$1" 2>&1; exit 4 ;;
+  *) echo "forge-state: $s"; "$@" logs --tail 5 "$c" 2>&1; exit 4 ;;
 esac
-ssh-keyscan -T 3 -p "$2" 127.0.0.1 2>/dev/null
+ssh-keyscan -T 3 -p "$port" 127.0.0.1 2>/dev/null
 exit 0
 """
 
@@ -227,8 +227,7 @@ def parse_keyscan(stdout: str) -> list[tuple[str, str]]:
 
 
 def wait_ready(
-    host: Host,
-    t: Transport,
+    s: HostSession,
     name: str,
     port: int,
     *,
@@ -241,16 +240,16 @@ def wait_ready(
 
     Fails at once when the container stops or restarts (its command exited)."""
     deadline = clock() + timeout_s
-    command = shell.render(["sh", "-c", READY_SCRIPT, "forge", name, str(port)], env=docker_env(host))
+    command = shell.script(READY_SCRIPT, name, str(port), *s.docker_words)
     while True:
-        r = t.run(command, timeout=30)
+        r = s.run(command, timeout=30)
         if r.exit_status == 3:
-            raise LaunchError(host.name, f"container {name} is gone")
+            raise LaunchError(s.name, f"container {name} is gone")
         if r.exit_status == 4:
-            raise LaunchError(host.name, f"container {name} is not running: {r.stdout.strip()[13:]}")
+            raise LaunchError(s.name, f"container {name} is not running: {r.stdout.strip()[13:]}")
         keys = parse_keyscan(r.stdout)
         if keys:
             return keys
         if clock() > deadline:
-            raise LaunchError(host.name, f"the sshd of {name} did not answer on port {port} within {timeout_s:g} s")
+            raise LaunchError(s.name, f"the sshd of {name} did not answer on port {port} within {timeout_s:g} s")
         sleep(interval_s)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from forge import dockercli, shell
 from forge.errors import CommandFailed, HostError
-from forge.inventory import Host
 from forge.labels import (  # the env modules name them from here
     CLAIM,
     CLAIM_CONTAINER,
@@ -31,7 +30,7 @@ from forge.labels import (  # the env modules name them from here
     USER,
     parse_created,
 )
-from forge.transport import Transport
+from forge.session import HostSession
 
 LABELS = (ENV, OWNER, SSH_PORT, GPUS, USER, CLAIM, CLAIM_ENV, CLAIM_OWNER, CLAIM_CONTAINER)
 _FIXED = ("ID", "Names", "Image", "State", "Status", "CreatedAt", "Ports")
@@ -169,25 +168,20 @@ def parse_listing(host: str, stdout: str) -> HostListing:
     return HostListing(host, int(lines[0]), tuple(containers))
 
 
-def docker_env(host: Host) -> dict[str, str]:
-    """Environment for a remote script that runs ``docker``: the host's daemon, if set."""
-    return {"DOCKER_HOST": host.docker_host} if host.docker_host else {}
-
-
-def listing_command(host: Host) -> shell.Script:
-    return shell.render(
-        ["sh", "-c", 'date +%s && exec docker ps -a --no-trunc --format "$1"', "forge", PS_FORMAT],
-        env=docker_env(host),
+def listing_command(s: HostSession) -> shell.Script:
+    """``date +%s`` and ``docker ps -a`` in one round trip ($1: the format, then docker's words)."""
+    return shell.script(
+        'fmt=$1; shift; date +%s && exec "$@" ps -a --no-trunc --format "$fmt"', PS_FORMAT, *s.docker_words
     )
 
 
-def list_host(host: Host, t: Transport, *, timeout: float = 60.0) -> HostListing:
-    r = t.run(listing_command(host), timeout=timeout)
+def list_host(s: HostSession, *, timeout: float = 60.0) -> HostListing:
+    r = s.run(listing_command(s), timeout=timeout)
     if not r.ok:
-        raise dockercli.failure(host, r.stderr + r.stdout, r.exit_status) or CommandFailed(
-            host.name, r.command, r.exit_status, r.stderr
+        raise dockercli.failure(s.host, r.stderr + r.stdout, r.exit_status) or CommandFailed(
+            s.name, r.command, r.exit_status, r.stderr
         )
     try:
-        return parse_listing(host.name, r.stdout)
+        return parse_listing(s.name, r.stdout)
     except ValueError as e:
-        raise HostError(host.name, f"cannot read the container listing: {e}") from None
+        raise HostError(s.name, f"cannot read the container listing: {e}") from None

@@ -14,7 +14,8 @@ Steps, each named in errors (:class:`MigrateFailed.step`):
 7. **finish**: stop and remove the old container and release its claims.
 
 Until step 7 the old environment is untouched; when a step fails, what this run created on the
-target (container, claims, a volume it created, the committed image) is removed.
+target (container, claims, a volume it created, the committed image) is removed: each step
+registers its undo as it goes (:mod:`forge.env.steps`).
 """
 
 from __future__ import annotations
@@ -26,20 +27,20 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from forge import fleet
-from forge.dockercli import docker_argv
-from forge.env import claims, launch, volume
+from forge.env import claims, envs, launch, volume
 from forge.env.errors import ClaimConflict, EnvError, MigrateFailed
 from forge.env.listing import Environment, HostListing, list_host
-from forge.env.sshconfig import check_name
+from forge.env.names import check_name
+from forge.env.steps import Steps
 from forge.errors import ForgeError
 from forge.fleet import FleetResult, Pool
 from forge.gpu.model import HostGpus
 from forge.gpu.policy import Candidate, gpu_is_free, select
 from forge.gpu.probe import probe_host
-from forge.gpu.survey import me_on, policies, policy_for
+from forge.gpu.survey import policies, policy_for
 from forge.images.sync import sync_image
 from forge.inventory import Host, Inventory
-from forge.transport import Transport
+from forge.session import HostSession, user_on
 
 Progress = Callable[[str], None]
 _REPO_UNSAFE = re.compile(r"[^a-z0-9_./-]")
@@ -117,46 +118,6 @@ class Result:
     warnings: list[str] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------- locate
-
-
-def list_fleet(hosts: Sequence[Host], pool: Pool) -> FleetResult[HostListing]:
-    return fleet.run(hosts, lambda t: list_host(_host_of(hosts, t.name), t), pool=pool)
-
-
-def _host_of(hosts: Sequence[Host], name: str) -> Host:
-    return next(h for h in hosts if h.name == name)
-
-
-def _listing_of(listings: FleetResult[HostListing], host: str) -> HostListing:
-    return next(r.value for r in listings.succeeded if r.host.name == host and r.value is not None)
-
-
-def find(listings: FleetResult[HostListing], env: str) -> list[Environment]:
-    """The containers of environment ``env`` owned by the SSH user of their host."""
-    found = []
-    for r in listings.succeeded:
-        assert r.value is not None
-        found += [e for e in r.value.environments if e.name == env and e.owner == me_on(r.host)]
-    return found
-
-
-def locate(
-    inv: Inventory,
-    env: str,
-    pool: Pool,
-    *,
-    hosts: Sequence[Host] | None = None,
-    listings: FleetResult[HostListing] | None = None,
-) -> Environment | None:
-    """Where ``env`` runs now (None: nowhere). Unreachable hosts are ignored."""
-    found = find(listings if listings is not None else list_fleet(hosts or inv.hosts, pool), env)
-    if len(found) > 1:
-        where = ", ".join(f"{e.host}:{e.container.name}" for e in found)
-        raise EnvError(f"environment {env!r} runs more than once ({where})", hint="stop the extra one: forge stop")
-    return found[0] if found else None
-
-
 # --------------------------------------------------------------------------- choose
 
 
@@ -165,9 +126,20 @@ def _excluded_gpus(listings: FleetResult[HostListing], pool: Pool, grace_s: floa
     out: set[str] = set()
     for r in listings.succeeded:
         assert r.value is not None
-        claims.remove_stale(r.host, pool.get(r.host), r.value, grace_s=grace_s)
+        claims.remove_stale(pool.get(r.host), r.value, grace_s=grace_s)
         out |= claims.claimed_gpus(r.value, grace_s=grace_s)
     return out
+
+
+def _target_hosts(inv: Inventory, req: Request, current: Environment | None) -> list[Host]:
+    if req.to == "idle":
+        hosts = inv.select(list(req.among)) if req.among else list(inv.hosts)
+        hosts = [h for h in hosts if not current or h.name != current.host]  # idle never keeps it
+    else:
+        hosts = [inv.host(req.to)]
+    if not hosts:
+        raise EnvError("no host to migrate to", hint="name one with --to HOST")
+    return hosts
 
 
 def candidates(
@@ -179,104 +151,96 @@ def candidates(
     listings: FleetResult[HostListing] | None = None,
 ) -> list[Candidate]:
     """Target hosts, best first, with the GPUs to use on each. ``listings``: the fleet as
-    :func:`locate` just listed it (not listed again)."""
-    if req.to == "idle":
-        hosts = inv.select(list(req.among)) if req.among else list(inv.hosts)
-        exclude_hosts = {current.host} if current else set()
-    else:
-        hosts = [inv.host(req.to)]
-        exclude_hosts = set()
-    hosts = [h for h in hosts if h.name not in exclude_hosts]
-    if not hosts:
-        raise EnvError("no host to migrate to", hint="name one with --to HOST")
+    :func:`~forge.env.envs.locate` just listed it (not listed again)."""
+    hosts = _target_hosts(inv, req, current)
     wanted = {h.name for h in hosts}
     if listings is not None and wanted <= {r.host.name for r in listings}:
         listings = FleetResult(tuple(r for r in listings if r.host.name in wanted))
     else:
-        listings = list_fleet(hosts, pool)
+        listings = envs.list_fleet(hosts, pool)
     excluded = _excluded_gpus(listings, pool, req.claim_grace_s)
-    reachable = [r.host for r in listings.succeeded]
-    by_name = {h.name: h for h in reachable}
-    snapshots = fleet.run(
-        reachable, lambda t: probe_host(t, timeout=30, docker_host=by_name[t.name].docker_host), pool=pool
-    )
+    snapshots = fleet.run([r.host for r in listings.succeeded], lambda s: probe_host(s, timeout=30), pool=pool)
     found = select(
         [r.value for r in snapshots.succeeded if r.value is not None],
         count=req.gpus,
         min_free_memory_mib=req.min_free_memory_mib,
         policy=policies(inv, hosts),
-        me=me_on(hosts[0]),
+        me=user_on(hosts[0]),
         exclude_gpus=excluded,
     )
     if not found:
         failed: dict[str, ForgeError] = {r.host.name: r.error for r in listings.failed if r.error is not None}
         failed.update({r.host.name: r.error for r in snapshots.failed if r.error is not None})
-        if req.to in failed:  # a named host that did not answer: say so, not "no free GPUs"
-            raise failed[req.to]
-        what = f"no host has {req.gpus}" if req.to == "idle" else f"{req.to} has no {req.gpus}"
-        hints = ["see `forge gpus --free`"]
-        if excluded:
-            hints.append(f"{len(excluded)} GPU(s) are held by forge environments, idle or not (`forge ps`)")
-        if failed:
-            hints.append(f"unreachable: {', '.join(failed)}")
-        raise EnvError(f"{what} free GPU(s) right now", hint="; ".join(hints))
+        raise _no_candidate(req, failed, excluded)
     return found
 
 
-def _pick_on_host(inv: Inventory, req: Request, host: Host, gpus: HostGpus, excluded: set[str]) -> Candidate | None:
-    found = select(
-        [gpus],
-        count=req.gpus,
-        min_free_memory_mib=req.min_free_memory_mib,
-        policy=policy_for(inv, host),
-        me=me_on(host),
-        exclude_gpus=excluded,
-    )
-    return found[0] if found else None
+def _no_candidate(req: Request, failed: dict[str, ForgeError], excluded: set[str]) -> ForgeError:
+    if req.to in failed:  # a named host that did not answer: say so, not "no free GPUs"
+        return failed[req.to]
+    what = f"no host has {req.gpus}" if req.to == "idle" else f"{req.to} has no {req.gpus}"
+    hints = ["see `forge gpus --free`"]
+    if excluded:
+        hints.append(f"{len(excluded)} GPU(s) are held by forge environments, idle or not (`forge ps`)")
+    if failed:
+        hints.append(f"unreachable: {', '.join(failed)}")
+    return EnvError(f"{what} free GPU(s) right now", hint="; ".join(hints))
 
 
-def still_free(inv: Inventory, host: Host, gpus: HostGpus, chosen: Sequence[str]) -> list[str]:
+def still_free(inv: Inventory, s: HostSession, gpus: HostGpus, chosen: Sequence[str]) -> list[str]:
     """The chosen GPUs that are no longer free on a fresh probe (pure)."""
-    policy = policy_for(inv, host)
+    policy = policy_for(inv, s.host)
     lost = []
     for uuid in chosen:
         gpu = gpus.gpu(uuid)
-        if gpu is None or not gpu_is_free(gpu, gpus.processes, policy=policy, me=me_on(host))[0]:
+        if gpu is None or not gpu_is_free(gpu, gpus.processes, policy=policy, me=s.me)[0]:
             lost.append(uuid)
     return lost
 
 
+@dataclass(frozen=True)
+class Claimed:
+    candidate: Candidate
+    ids: tuple[str, ...]  # the claim containers
+    listing: HostListing | None  # the host's containers, when it had to be listed again
+
+
 def claim_gpus(
-    inv: Inventory,
-    req: Request,
-    host: Host,
-    pool: Pool,
-    *,
-    image: str,
-    owner: str,
-    container: str,
-    attempts: int = 6,
-) -> tuple[Candidate, tuple[str, ...]] | None:
-    """Claim free GPUs on ``host``: (the GPUs, the claim IDs), or None when it has none left."""
-    t = pool.get(host)
+    inv: Inventory, req: Request, s: HostSession, *, image: str, container: str, attempts: int = 6
+) -> Claimed | None:
+    """Claim free GPUs on the host, or None when it has none left.
+
+    The probe sees which GPUs forge environments hold (claims included) and the claim is
+    atomic (a container name), so the host is listed again only after losing a race to another
+    claimer (to clear stale claims before choosing again)."""
     lost: set[str] = set()
+    listing: HostListing | None = None
     for _ in range(attempts):
-        listing = list_host(host, t)
-        claims.remove_stale(host, t, listing, grace_s=req.claim_grace_s)
-        excluded = set(claims.claimed_gpus(listing, grace_s=req.claim_grace_s)) | lost
-        gpus = probe_host(t, timeout=30, docker_host=host.docker_host)
-        cand = _pick_on_host(inv, req, host, gpus, excluded)
-        if cand is None:
+        excluded = set(lost)
+        if listing is not None:
+            claims.remove_stale(s, listing, grace_s=req.claim_grace_s)
+            excluded |= claims.claimed_gpus(listing, grace_s=req.claim_grace_s)
+        gpus = probe_host(s, timeout=30)
+        found = select(
+            [gpus],
+            count=req.gpus,
+            min_free_memory_mib=req.min_free_memory_mib,
+            policy=policy_for(inv, s.host),
+            me=s.me,
+            exclude_gpus=excluded,
+        )
+        if not found:
             return None
         try:
-            ids = claims.claim(host, t, cand.gpu_uuids, image=image, env=req.env, owner=owner, container=container)
+            ids = claims.claim(s, found[0].gpu_uuids, image=image, env=req.env, owner=s.me, container=container)
         except ClaimConflict:
-            continue  # someone else was faster: list again, choose again
+            listing = list_host(s)  # someone else was faster: list again, choose again
+            continue
         # Re-check after claiming: a process may have started on a GPU since the probe.
-        gone = still_free(inv, host, probe_host(t, timeout=30, docker_host=host.docker_host), cand.gpu_uuids)
+        gone = still_free(inv, s, probe_host(s, timeout=30), found[0].gpu_uuids)
         if not gone:
-            return cand, ids
-        claims.release(host, t, ids)
+            return Claimed(found[0], ids, listing)
+        claims.release(s, ids)
         lost |= set(gone)
     return None
 
@@ -284,221 +248,193 @@ def claim_gpus(
 # --------------------------------------------------------------------------- migrate
 
 
-KEEP_REPO = "forge-keep"
-
-
 def keep_tag(env: str, owner: str) -> str:
-    repo = _REPO_UNSAFE.sub("-", f"{KEEP_REPO}/{owner}-{env}".lower())
+    repo = _REPO_UNSAFE.sub("-", f"{envs.KEEP_REPO}/{owner}-{env}".lower())
     return f"{repo}:{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-class _Undo:
-    """What this run created, removed in reverse order when a step fails."""
-
-    def __init__(self) -> None:
-        self.actions: list[tuple[str, Callable[[], object]]] = []
-
-    def add(self, what: str, fn: Callable[[], object]) -> None:
-        self.actions.append((what, fn))
-
-    def run(self) -> tuple[str, ...]:
-        done = []
-        for what, fn in reversed(self.actions):
-            try:
-                fn()
-                done.append(what)
-            except ForgeError:
-                pass
-        self.actions.clear()
-        return tuple(done)
 
 
 def migrate(inv: Inventory, req: Request, pool: Pool, *, progress: Progress = _quiet) -> Result:
     """Run the steps above; on failure raise :class:`MigrateFailed` with the old env untouched."""
-    step = "locate"
-    undo = _Undo()  # the whole run's (the committed image)
-    here = _Undo()  # the current candidate host's
-    current: Environment | None = None
+    run = _Migration(inv, req, pool, progress)
     try:
-        progress(f"looking for environment {req.env!r} on {len(inv.hosts)} host(s)")
-        listings = list_fleet(inv.hosts, pool)  # one round trip per host, for locate and choose
-        current = locate(inv, req.env, pool, listings=listings)
-        old_host = inv.host(current.host) if current else None
+        return run.go()
+    except ForgeError as e:
+        cleaned = run.steps.rollback()
+        raise MigrateFailed(run.steps.current, e, old=run.current.host if run.current else None, cleaned=cleaned) from e
 
-        step = "choose"
-        cands = candidates(inv, req, pool, current=current, listings=listings)
-        progress(f"candidates: {', '.join(c.host for c in cands[:3])}")
 
-        step = "image"
-        image, source = _image_source(inv, req, current, pool, undo, progress)
+class _Migration:
+    """One ``forge migrate``: its steps, in order, each registering what undoes it."""
 
+    def __init__(self, inv: Inventory, req: Request, pool: Pool, progress: Progress) -> None:
+        self.inv, self.req, self.pool, self.progress = inv, req, pool, progress
+        self.steps = Steps()
+        self.current: Environment | None = None
+        self.listings: FleetResult[HostListing] | None = None
+
+    def go(self) -> Result:
+        with self.steps.step("locate"):
+            self.progress(f"looking for environment {self.req.env!r} on {len(self.inv.hosts)} host(s)")
+            self.listings = envs.list_fleet(self.inv.hosts, self.pool)  # one round trip a host: locate and choose
+            self.current = envs.locate(self.inv, self.req.env, self.pool, listings=self.listings)
+        with self.steps.step("choose"):
+            cands = candidates(self.inv, self.req, self.pool, current=self.current, listings=self.listings)
+            self.progress(f"candidates: {', '.join(c.host for c in cands[:3])}")
+        with self.steps.step("image"):
+            image, source = self._image_source()
         lacking: list[str] = []  # candidates without the image, when there is no host to ship it from
         for cand in cands[:3]:
-            target = inv.host(cand.host)
-            t = pool.get(target)
-            owner = me_on(target)
-            step = "image"
-            if source is not None and source.name != target.name:
-                progress(f"syncing {image} from {source.name} to {target.name}")
-                report = sync_image(image, source=source, targets=[target], pool=pool)
-                r = report.results[target.name]
-                if r.error is not None:
-                    raise r.error
-            elif source is None and not t.run(docker_argv(target, "image", "inspect", image), timeout=60).ok:
-                progress(f"{target.name} has no image {image}; trying the next host")
-                lacking.append(target.name)
-                continue
-            launch.check_image(target, t, image)
-            facts = launch.host_facts(target, t)
-
-            step = "volume"
-            vol_state = None
-            if req.with_volume:
-                spec = volume.spec_for(inv.data, host_name=target.name, user=facts.user, home=facts.home)
-                progress(f"ensuring data volume {spec.name} on {target.name} ({spec.driver})")
-                vol_state = volume.ensure(
-                    target, t, spec, check_image=image, uid=facts.uid, gid=facts.gid, marker=inv.data.marker
-                )
-                if vol_state.created and vol_state.mount != "alive":
-                    here.add(f"volume {spec.name}", partial(_drop_volume, target, t, spec))
-
-            step = "claim"
-            name = launch.container_name(req.env, owner)
-            got = claim_gpus(inv, req, target, pool, image=image, owner=owner, container=name)
-            if got is None:
-                progress(f"{target.name} has no free GPUs left; trying the next host")
-                here.run()
-                continue
-            chosen, claim_ids = got
-            here.add(f"claims on {target.name}", partial(claims.release, target, t, claim_ids))
-
-            step = "container"
-            spec_l = launch.LaunchSpec(
-                env=req.env,
-                owner=owner,
-                image=image,
-                name=name,
-                gpus=chosen.gpu_uuids,
-                uid=facts.uid,
-                gid=facts.gid,
-                user=req.user or facts.user,
-                hostname=req.hostname or req.env,
-                volume=vol_state.name if vol_state else None,
-                mount=req.mount,
-                authorized_keys=req.authorized_keys,
-                shm_size=req.shm_size,
-                extra_args=req.extra_args,
-            )
-            progress(f"starting {name} on {target.name} with GPU(s) {','.join(map(str, chosen.gpu_indexes))}")
-            here.add(f"container {name}", partial(launch.remove, target, t, name))
-            listing = list_host(target, t)
-            port = launch.start(
-                target, t, spec_l, listing=listing, port_range=req.ssh_port_range, fixed_port=req.ssh_port
-            )
-            progress(f"waiting for sshd of {name} on port {port}")
-            keys = launch.wait_ready(target, t, name, port, timeout_s=req.ready_timeout_s)
-
-            step = "finish"
-            here.actions.clear()  # the new environment is up: from here on, nothing is rolled back
-            undo.actions.clear()
-            result = Result(
-                env=req.env,
-                owner=owner,
-                host=target.name,
-                address=target.address,
-                container=name,
-                port=port,
-                gpus=chosen.gpu_uuids,
-                gpu_indexes=chosen.gpu_indexes,
-                image=image,
-                user=spec_l.user,
-                host_keys=keys,
-                volume=vol_state,
-            )
-            if current is not None and old_host is not None:
-                result.old_host, result.old_container = current.host, current.container.name
-                progress(f"removing the old container {current.container.name} on {current.host}")
-                old_listing = _listing_of(listings, current.host)
-                keep = image if req.keep_changes else None
-                result.warnings += _retire(old_host, pool, current, old_listing, keep_image=keep)
-            return result
+            s = self.pool.get(self.inv.host(cand.host))
+            mark = self.steps.mark()
+            result = self._try(s, image, source, lacking)
+            if result is not None:
+                self.steps.keep()  # the new environment is up: from here on, nothing is rolled back
+                with self.steps.step("finish"):
+                    return self._finish(result)
+            self.steps.rollback(mark)
         if lacking and len(lacking) == len(cands[:3]):
             raise EnvError(
                 f"no candidate host ({', '.join(lacking)}) has the image {image!r}",
                 hint="give --image-from HOST to ship it, or forge sync it first",
             )
         raise EnvError("every candidate host's GPUs were claimed by others meanwhile", hint="run again")
-    except ForgeError as e:
-        cleaned = here.run() + undo.run()
-        raise MigrateFailed(step, e, old=current.host if current else None, cleaned=cleaned) from e
 
+    # ------------------------------------------------------------------ steps on one candidate
 
-def _drop_volume(host: Host, t: Transport, spec: volume.VolumeSpec) -> None:
-    r = t.run(docker_argv(host, "volume", "rm", spec.name), timeout=60)
-    if r.ok and spec.mountpoint:  # still used by someone: leave the mount
-        volume.unmount(host, t, spec.mountpoint)
+    def _try(self, s: HostSession, image: str, source: Host | None, lacking: list[str]) -> Result | None:
+        """Image, volume, claim and container on one candidate; None: try the next one."""
+        with self.steps.step("image"):
+            if not self._ship(s, image, source):
+                lacking.append(s.name)
+                return None
+            launch.check_image(s, image)
+            facts = launch.host_facts(s)
+        with self.steps.step("volume"):
+            vol = self._volume(s, image, facts)
+        with self.steps.step("claim"):
+            name = launch.container_name(self.req.env, s.me)
+            got = claim_gpus(self.inv, self.req, s, image=image, container=name)
+            if got is None:
+                self.progress(f"{s.name} has no free GPUs left; trying the next host")
+                return None
+            self.steps.undo(f"claims on {s.name}", partial(claims.release, s, got.ids))
+        with self.steps.step("container"):
+            spec = self._spec(s, image, name, got.candidate, facts, vol)
+            self.progress(f"starting {name} on {s.name} with GPU(s) {','.join(map(str, got.candidate.gpu_indexes))}")
+            self.steps.undo(f"container {name}", partial(launch.remove, s, name))
+            listing = got.listing or envs.listing_of(self.listings, s.name) if self.listings else list_host(s)
+            port = launch.start(
+                s, spec, listing=listing, port_range=self.req.ssh_port_range, fixed_port=self.req.ssh_port
+            )
+            self.progress(f"waiting for sshd of {name} on port {port}")
+            keys = launch.wait_ready(s, name, port, timeout_s=self.req.ready_timeout_s)
+        return Result(
+            env=self.req.env,
+            owner=s.me,
+            host=s.name,
+            address=s.host.address,
+            container=name,
+            port=port,
+            gpus=got.candidate.gpu_uuids,
+            gpu_indexes=got.candidate.gpu_indexes,
+            image=image,
+            user=spec.user,
+            host_keys=keys,
+            volume=vol,
+        )
 
+    def _listing(self, s: HostSession) -> HostListing:
+        """The host's containers as the fleet listing saw them (ports in use by forge)."""
+        if self.listings is not None and s.name in {r.host.name for r in self.listings.succeeded}:
+            return envs.listing_of(self.listings, s.name)
+        return list_host(s)
 
-def _image_source(
-    inv: Inventory, req: Request, current: Environment | None, pool: Pool, undo: _Undo, progress: Progress
-) -> tuple[str, Host | None]:
-    """(image to launch, host to ship it from; None: it must already be on the target)."""
-    if req.keep_changes:
-        if current is None:
-            raise EnvError(f"--keep-changes: environment {req.env!r} does not run anywhere")
-        host = inv.host(current.host)
-        t = pool.get(host)
-        tag = keep_tag(req.env, current.owner or me_on(host))
-        progress(f"committing {current.container.name} on {host.name} as {tag}")
-        commit = ["commit", "-m", "forge migrate --keep-changes", current.container.id, tag]
-        t.run(docker_argv(host, *commit), timeout=600, check=True)
-        undo.add(f"image {tag} on {host.name}", lambda: t.run(docker_argv(host, "rmi", tag), timeout=120))
-        return tag, host
-    image = req.image
-    if not image:
-        raise EnvError("no image to run", hint="set [environment].image in hosts.toml or pass --image")
-    if req.image_from:
-        return image, inv.host(req.image_from)
-    return image, inv.host(current.host) if current else None
+    def _ship(self, s: HostSession, image: str, source: Host | None) -> bool:
+        """The image on the candidate: shipped from ``source``, or already there (False: it is not)."""
+        if source is not None and source.name != s.name:
+            self.progress(f"syncing {image} from {source.name} to {s.name}")
+            report = sync_image(image, source=source, targets=[s.host], pool=self.pool)
+            r = report.results[s.name]
+            if r.error is not None:
+                raise r.error
+            return True
+        if source is None and not s.run(s.docker("image", "inspect", image), timeout=60).ok:
+            self.progress(f"{s.name} has no image {image}; trying the next host")
+            return False
+        return True
 
+    def _volume(self, s: HostSession, image: str, facts: launch.HostFacts) -> volume.VolumeState | None:
+        if not self.req.with_volume:
+            return None
+        spec = volume.spec_for(self.inv.data, host_name=s.name, user=facts.user, home=facts.home)
+        self.progress(f"ensuring data volume {spec.name} on {s.name} ({spec.driver})")
+        state = volume.ensure(s, spec, check_image=image, uid=facts.uid, gid=facts.gid, marker=self.inv.data.marker)
+        if state.created and state.mount != "alive":
+            self.steps.undo(f"volume {spec.name}", partial(volume.drop, s, spec, unmount_in_use=False))
+        return state
 
-def _retire(host: Host, pool: Pool, env: Environment, listing: HostListing, *, keep_image: str | None) -> list[str]:
-    """Remove the old container, its claims (found in ``listing``, the host as :func:`locate`
-    listed it) and the committed image; problems become warnings."""
-    warnings = []
-    try:
-        t = pool.get(host)
-        if not launch.remove(host, t, env.container.id):
-            warnings.append(f"could not remove the old container {env.container.name} on {host.name}")
-        claims.release(host, t, claims.claims_for(listing, env.container.name))
-        images = [i for i in (keep_image, _kept_image(env)) if i]
-        if images:
-            t.run(docker_argv(host, "rmi", *dict.fromkeys(images)), timeout=120)
-    except ForgeError as e:
-        warnings.append(f"{host.name}: cleaning up the old environment: {e}")
-    return warnings
+    def _spec(
+        self,
+        s: HostSession,
+        image: str,
+        name: str,
+        cand: Candidate,
+        facts: launch.HostFacts,
+        vol: volume.VolumeState | None,
+    ) -> launch.LaunchSpec:
+        req = self.req
+        return launch.LaunchSpec(
+            env=req.env,
+            owner=s.me,
+            image=image,
+            name=name,
+            gpus=cand.gpu_uuids,
+            uid=facts.uid,
+            gid=facts.gid,
+            user=req.user or facts.user,
+            hostname=req.hostname or req.env,
+            volume=vol.name if vol else None,
+            mount=req.mount,
+            authorized_keys=req.authorized_keys,
+            shm_size=req.shm_size,
+            extra_args=req.extra_args,
+        )
 
+    # ------------------------------------------------------------------ whole-run steps
 
-def _kept_image(env: Environment) -> str | None:
-    """The ``--keep-changes`` commit the container runs, which forge made and nothing else uses
-    (``docker rmi`` without -f still refuses if something does)."""
-    image = env.container.image
-    return image if image.startswith(KEEP_REPO + "/") else None
+    def _image_source(self) -> tuple[str, Host | None]:
+        """(image to launch, host to ship it from; None: it must already be on the target)."""
+        req, current = self.req, self.current
+        if req.keep_changes:
+            if current is None:
+                raise EnvError(f"--keep-changes: environment {req.env!r} does not run anywhere")
+            s = self.pool.get(self.inv.host(current.host))
+            tag = keep_tag(req.env, current.owner or s.me)
+            self.progress(f"committing {current.container.name} on {s.name} as {tag}")
+            s.run(
+                s.docker("commit", "-m", "forge migrate --keep-changes", current.container.id, tag),
+                timeout=600,
+                check=True,
+            )
+            self.steps.undo(f"image {tag} on {s.name}", lambda: s.run(s.docker("rmi", tag), timeout=120))
+            return tag, s.host
+        if not req.image:
+            raise EnvError("no image to run", hint="set [environment].image in hosts.toml or pass --image")
+        if req.image_from:
+            return req.image, self.inv.host(req.image_from)
+        return req.image, self.inv.host(current.host) if current else None
 
-
-def stop(inv: Inventory, env: str, pool: Pool, *, hosts: Sequence[Host] | None = None) -> Environment | None:
-    """Stop and remove ``env``'s container, release its claims, and remove the ``--keep-changes``
-    image it ran; None when it runs nowhere."""
-    listings = list_fleet(hosts or inv.hosts, pool)
-    current = locate(inv, env, pool, listings=listings)
-    if current is None:
-        return None
-    host = inv.host(current.host)
-    t = pool.get(host)
-    launch.remove(host, t, current.container.id)
-    # Its claims were made before it started: the listing that found it has them all.
-    claims.release(host, t, claims.claims_for(_listing_of(listings, current.host), current.container.name))
-    kept = _kept_image(current)
-    if kept:
-        t.run(docker_argv(host, "rmi", kept), timeout=120)
-    return current
+    def _finish(self, result: Result) -> Result:
+        """Remove the old environment (its container, claims, committed image)."""
+        current = self.current
+        if current is None or self.listings is None:
+            return result
+        result.old_host, result.old_container = current.host, current.container.name
+        self.progress(f"removing the old container {current.container.name} on {current.host}")
+        keep = result.image if self.req.keep_changes else None
+        try:
+            s = self.pool.get(self.inv.host(current.host))
+            result.warnings += envs.retire(s, current, envs.listing_of(self.listings, current.host), keep_image=keep)
+        except ForgeError as e:
+            result.warnings.append(f"{current.host}: cleaning up the old environment: {e}")
+        return result

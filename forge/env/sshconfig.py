@@ -9,26 +9,11 @@ keys). Nothing outside the block is touched.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from forge.env.errors import EnvError
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def valid_name(env: str) -> bool:
-    """An environment name is one word in ~/.ssh/config, known_hosts and container labels."""
-    return bool(_NAME.match(env))
-
-
-def check_name(env: str) -> None:
-    if not valid_name(env):
-        raise EnvError(
-            f"environment name {env!r} may only hold letters, digits, '_', '.' and '-', "
-            "and starts with a letter or digit"
-        )
+from forge.env.names import check_name, valid_name
 
 
 def begin_marker(env: str) -> str:
@@ -171,17 +156,3 @@ def remove(env: str, *, config: Path | None = None, known_hosts: Path | None = N
         _replace(config, lambda text: replace_block(text, env, None))
     if known_hosts.exists():
         _replace(known_hosts, lambda text: replace_known_hosts(text, env, []))
-
-
-def local_public_keys(identity_file: str | None) -> str:
-    """The public keys the container's sshd accepts: the inventory key's .pub, else the first of
-    ~/.ssh/id_{ed25519,ecdsa,rsa}.pub."""
-    candidates = [Path(identity_file + ".pub").expanduser()] if identity_file else []
-    candidates += [Path.home() / ".ssh" / f"id_{kind}.pub" for kind in ("ed25519", "ecdsa", "rsa")]
-    for p in candidates:
-        if p.is_file():
-            return p.read_text().strip()
-    raise EnvError(
-        "no public key to put in the container's authorized_keys",
-        hint="create one with ssh-keygen, or pass --authorized-keys FILE",
-    )

@@ -25,16 +25,15 @@ with that user's key, and volume names are shared by everyone on a host.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from forge import shell
-from forge.dockercli import docker_argv
 from forge.env.errors import VolumeError
 from forge.errors import CommandFailed
-from forge.inventory import DataSettings, Host
-from forge.transport import Transport
+from forge.inventory import DataSettings
+from forge.session import HostSession
 
 Driver = Literal["sshfs", "rclone", "vieux-sshfs"]
 VIEUX_PLUGIN = "vieux/sshfs"
@@ -165,12 +164,12 @@ def rclone_options(spec: VolumeSpec) -> dict[str, str]:
     return opts
 
 
-def vieux_install_argv(host: Host, spec: VolumeSpec) -> list[str]:
-    """Install the plugin once per host, giving it the directory of the key."""
+def vieux_install_args(spec: VolumeSpec) -> list[str]:
+    """``docker`` arguments that install the plugin once per host, giving it the key's directory."""
     if not spec.identity_file:
-        raise VolumeError(host.name, "the vieux-sshfs driver needs [data].identity_file (it never takes passwords)")
+        raise VolumeError("-", "the vieux-sshfs driver needs [data].identity_file (it never takes passwords)")
     keydir = posixpath.dirname(spec.identity_file)
-    return docker_argv(host, "plugin", "install", "--grant-all-permissions", VIEUX_PLUGIN, f"sshkey.source={keydir}")
+    return ["plugin", "install", "--grant-all-permissions", VIEUX_PLUGIN, f"sshkey.source={keydir}"]
 
 
 def vieux_options(spec: VolumeSpec) -> dict[str, str]:
@@ -196,22 +195,23 @@ def driver_options(spec: VolumeSpec) -> tuple[str, dict[str, str]]:
     return VIEUX_PLUGIN, vieux_options(spec)
 
 
-def create_argv(host: Host, spec: VolumeSpec) -> list[str]:
-    """``docker volume create --driver D -o K=V ... NAME``."""
+def create_args(spec: VolumeSpec) -> list[str]:
+    """``docker`` arguments ``volume create --driver D -o K=V ... NAME``."""
     driver, opts = driver_options(spec)
     refuse_passwords(opts)
     argv = ["volume", "create", "--driver", driver]
     for k, v in opts.items():
         argv += ["-o", f"{k}={v}" if v else k]
-    return docker_argv(host, *argv, spec.name)
+    return [*argv, spec.name]
 
 
-def check_argv(host: Host, spec: VolumeSpec, *, image: str, uid: int, gid: int, marker: str | None) -> list[str]:
-    """A throwaway container, as the user, that reads the marker file (or lists the root)."""
+def check_args(spec: VolumeSpec, *, image: str, uid: int, gid: int, marker: str | None) -> list[str]:
+    """``docker`` arguments of a throwaway container, as the user, that reads the marker file
+    (or lists the root)."""
     base = ["run", "--rm", "--network", "none", "-u", f"{uid}:{gid}", "-v", f"{spec.name}:{CHECK_MOUNT}:ro"]
     if marker:
-        return docker_argv(host, *base, "--entrypoint", "cat", image, posixpath.join(CHECK_MOUNT, marker))
-    return docker_argv(host, *base, "--entrypoint", "ls", image, "-A", CHECK_MOUNT)
+        return [*base, "--entrypoint", "cat", image, posixpath.join(CHECK_MOUNT, marker)]
+    return [*base, "--entrypoint", "ls", image, "-A", CHECK_MOUNT]
 
 
 # Mount idempotently, as the SSH user: $1 = mount point, $2 = USER@HOST:PATH, then the sshfs
@@ -254,10 +254,10 @@ class VolumeState:
     created: bool  # the docker volume was created (or recreated) by this call
 
 
-def _inspect_options(host: Host, t: Transport, name: str) -> dict[str, str] | None:
+def _inspect_options(s: HostSession, name: str) -> dict[str, str] | None:
     import json
 
-    r = t.run(docker_argv(host, "volume", "inspect", "-f", "{{json .Driver}} {{json .Options}}", name), timeout=60)
+    r = s.run(s.docker("volume", "inspect", "-f", "{{json .Driver}} {{json .Options}}", name), timeout=60)
     if not r.ok:
         return None
     driver_json, _, opts_json = r.stdout.strip().partition(" ")
@@ -265,34 +265,33 @@ def _inspect_options(host: Host, t: Transport, name: str) -> dict[str, str] | No
     return {"__driver__": json.loads(driver_json), **{k: str(v) for k, v in opts.items()}}
 
 
-def _fail(host: Host, what: str, e: CommandFailed) -> VolumeError:
+def _fail(s: HostSession, what: str, e: CommandFailed) -> VolumeError:
     """What failed and why (stderr's last lines), without the command: the mount script
     alone is 20 lines, and the user can do nothing with it."""
     hint = None
     if DEAD_MOUNT in e.stderr:
         hint = "the sshfs mount is dead; run again to remount it"
     tail = "; ".join(line.strip() for line in e.stderr.strip().splitlines()[-3:] if line.strip())
-    return VolumeError(host.name, f"{what} (exit status {e.exit_status}): {tail or 'no error output'}", hint=hint)
+    return VolumeError(s.name, f"{what} (exit status {e.exit_status}): {tail or 'no error output'}", hint=hint)
 
 
-def mount(host: Host, t: Transport, spec: VolumeSpec, *, timeout: float = 60.0) -> str:
-    """Mount the data host on ``host`` (sshfs driver); 'alive', 'mounted' or 'remounted'."""
+def mount(s: HostSession, spec: VolumeSpec, *, timeout: float = 60.0) -> str:
+    """Mount the data host on the host (sshfs driver); 'alive', 'mounted' or 'remounted'."""
     assert spec.mountpoint is not None
     try:
         script = shell.script(MOUNT_SCRIPT, spec.mountpoint, spec.remote, *sshfs_argv(spec))
-        r = t.run(script, timeout=timeout, check=True)
+        r = s.run(script, timeout=timeout, check=True)
     except CommandFailed as e:
-        raise _fail(host, f"mounting {spec.remote} with sshfs failed", e) from e
+        raise _fail(s, f"mounting {spec.remote} with sshfs failed", e) from e
     return r.stdout.strip().rsplit("forge-volume: ", 1)[-1]
 
 
-def unmount(host: Host, t: Transport, mountpoint: str, *, timeout: float = 60.0) -> None:
-    t.run(shell.script(UNMOUNT_SCRIPT, mountpoint), timeout=timeout, check=True)
+def unmount(s: HostSession, mountpoint: str, *, timeout: float = 60.0) -> None:
+    s.run(shell.script(UNMOUNT_SCRIPT, mountpoint), timeout=timeout, check=True)
 
 
 def ensure(
-    host: Host,
-    t: Transport,
+    s: HostSession,
     spec: VolumeSpec,
     *,
     check_image: str,
@@ -301,71 +300,61 @@ def ensure(
     marker: str | None,
     timeout: float = 120.0,
 ) -> VolumeState:
-    """Make ``spec``'s volume exist and work on ``host``, idempotently; read the marker through it.
+    """Make ``spec``'s volume exist and work on the host, idempotently; read the marker through it.
 
     On failure, what this call created (mount, volume) is removed again and VolumeError raised.
     """
     mount_state = "-"
     if spec.driver == "sshfs":
-        mount_state = mount(host, t, spec, timeout=timeout)
+        mount_state = mount(s, spec, timeout=timeout)
     elif spec.driver == "vieux-sshfs":
-        if not t.run(docker_argv(host, "plugin", "inspect", VIEUX_PLUGIN), timeout=60).ok:
+        if not s.run(s.docker("plugin", "inspect", VIEUX_PLUGIN), timeout=60).ok:
             try:
-                t.run(vieux_install_argv(host, spec), timeout=timeout, check=True)
+                s.run(s.docker(*vieux_install_args(spec)), timeout=timeout, check=True)
             except CommandFailed as e:
-                raise _fail(host, f"installing the {VIEUX_PLUGIN} plugin failed", e) from e
+                raise _fail(s, f"installing the {VIEUX_PLUGIN} plugin failed", e) from e
     driver, opts = driver_options(spec)
-    have = _inspect_options(host, t, spec.name)
+    have = _inspect_options(s, spec.name)
     created = False
     try:
         if have is not None and have != {"__driver__": driver, **opts}:
             # Another definition under our name (e.g. an older mount point): replace it.
-            r = t.run(docker_argv(host, "volume", "rm", spec.name), timeout=60)
+            r = s.run(s.docker("volume", "rm", spec.name), timeout=60)
             if not r.ok:
                 raise VolumeError(
-                    host.name,
+                    s.name,
                     f"volume {spec.name} exists with other options and cannot be replaced: {r.stderr.strip()}",
                     hint="stop the containers that use it, or remove it with `docker volume rm`",
                 )
             have = None
         if have is None:
             try:
-                t.run(create_argv(host, spec), timeout=timeout, check=True)
+                s.run(s.docker(*create_args(spec)), timeout=timeout, check=True)
             except CommandFailed as e:
-                raise _fail(host, f"creating volume {spec.name} failed", e) from e
+                raise _fail(s, f"creating volume {spec.name} failed", e) from e
             created = True
         try:
-            argv = check_argv(host, spec, image=check_image, uid=uid, gid=gid, marker=marker)
-            t.run(argv, timeout=timeout, check=True)
+            args = check_args(spec, image=check_image, uid=uid, gid=gid, marker=marker)
+            s.run(s.docker(*args), timeout=timeout, check=True)
         except CommandFailed as e:
             what = f"reading {marker!r} through volume {spec.name} failed" if marker else f"{spec.name} is unreadable"
-            raise _fail(host, what, e) from e
+            raise _fail(s, what, e) from e
     except VolumeError:
         if created:
-            t.run(docker_argv(host, "volume", "rm", spec.name), timeout=60)
-        if mount_state in ("mounted", "remounted") and spec.mountpoint:
-            t.run(shell.script(UNMOUNT_SCRIPT, spec.mountpoint), timeout=60)
+            drop(s, spec, unmount_in_use=False)
+        elif mount_state in ("mounted", "remounted") and spec.mountpoint:
+            s.run(shell.script(UNMOUNT_SCRIPT, spec.mountpoint), timeout=60)
         raise
     return VolumeState(spec.name, spec.driver, spec.mountpoint, mount_state, created)
 
 
-def remove(host: Host, t: Transport, spec: VolumeSpec, *, timeout: float = 60.0) -> None:
-    """Remove the volume and, for sshfs, unmount it (containers using it must be gone)."""
-    t.run(docker_argv(host, "volume", "rm", "-f", spec.name), timeout=timeout)
-    if spec.mountpoint:
-        unmount(host, t, spec.mountpoint, timeout=timeout)
+def drop(s: HostSession, spec: VolumeSpec, *, unmount_in_use: bool = True, timeout: float = 60.0) -> bool:
+    """Remove the volume and, for sshfs, its mount; True when the volume is gone.
 
-
-def render_all(host: Host, spec: VolumeSpec) -> Sequence[str]:
-    """The commands forge runs for ``spec``, for --dry-run output and docs."""
-    lines = []
-    if spec.driver == "sshfs":
-        assert spec.mountpoint is not None
-        lines.append(shell.display([*sshfs_argv(spec), spec.mountpoint]))
-    if spec.driver == "vieux-sshfs":
-        lines.append(shell.display(vieux_install_argv(host, spec)))
-    lines.append(shell.display(create_argv(host, spec)))
-    return lines
-
-
-__all__ = ["VolumeSpec", "VolumeState", "ensure", "remove", "spec_for"]
+    A volume some container still uses is not removed (``docker volume rm`` refuses); its
+    mount is then left too, unless ``unmount_in_use`` (containers using it must be gone)."""
+    r = s.run(s.docker("volume", "rm", spec.name), timeout=timeout)
+    gone = r.ok or "no such volume" in r.stderr.lower()
+    if spec.mountpoint and (gone or unmount_in_use):
+        unmount(s, spec.mountpoint, timeout=timeout)
+    return gone

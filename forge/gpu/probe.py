@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from forge import labels, shell
@@ -44,7 +44,8 @@ from forge.gpu.nvsmi import (
     parse_apps,
     parse_gpus,
 )
-from forge.transport.base import CommandResult, Transport
+from forge.session import HostSession
+from forge.transport.base import CommandResult
 
 MARKER = "@@forge-gpu-probe"
 _FORMAT_FIELDS = ("{{.ID}}", "{{json .State}}", "{{json .CreatedAt}}") + tuple(
@@ -54,8 +55,8 @@ _FORMAT_FIELDS = ("{{.ID}}", "{{json .State}}", "{{json .CreatedAt}}") + tuple(
 # One line per container: "<64-hex id> <JSON state> <JSON created> <JSON label>..." ("" = no label).
 DOCKER_FORMAT = " ".join(_FORMAT_FIELDS)
 
-# $1: --query-gpu fields, $2: --query-compute-apps fields, $3: docker ps --format,
-# $4: the host's docker_host from the inventory (empty: docker's default).
+# $1: --query-gpu fields, $2: --query-compute-apps fields, $3: docker ps --format, then the
+# words of the host's docker command (``docker``, or ``docker -H DOCKER_HOST``).
 # A constant: nothing from the inventory or the command line is ever spliced into it.
 #
 # The three slow calls run at once: each nvidia-smi call costs ~25 ms with persistence mode on
@@ -73,8 +74,9 @@ DOCKER_FORMAT = " ".join(_FORMAT_FIELDS)
 _SCRIPT = r"""M=@@forge-gpu-probe
 containers() {
   date +%s
-  if command -v docker >/dev/null 2>&1; then
-    GOMAXPROCS=1 docker ${4:+-H "$4"} ps -a --no-trunc --format "$3" 2>&1
+  fmt=$3; shift 3
+  if command -v "$1" >/dev/null 2>&1; then
+    GOMAXPROCS=1 "$@" ps -a --no-trunc --format "$fmt" 2>&1
     echo "$M status $?"
   else
     echo "$M status 127"
@@ -146,9 +148,9 @@ containers "$@" | {
 _DOCKER_CGROUP = re.compile(r"docker[-/]([0-9a-f]{64})")
 
 
-def probe_command(docker_host: str | None = None) -> shell.Script:
+def probe_command(docker_words: Sequence[str] = ("docker",)) -> shell.Script:
     """The one command that probes a host's GPUs, processes, owners and forge containers."""
-    return shell.script(_SCRIPT, ",".join(GPU_FIELDS), ",".join(APP_FIELDS), DOCKER_FORMAT, docker_host or "")
+    return shell.script(_SCRIPT, ",".join(GPU_FIELDS), ",".join(APP_FIELDS), DOCKER_FORMAT, *docker_words)
 
 
 @dataclass(frozen=True)
@@ -377,8 +379,8 @@ def _first(text: str) -> str:
     return lines[0][:200] if lines else ""
 
 
-def probe_host(transport: Transport, *, timeout: float, docker_host: str | None = None) -> HostGpus:
+def probe_host(s: HostSession, *, timeout: float) -> HostGpus:
     """Run the probe on one host and parse it. Transport errors (connect, timeout) propagate:
     the fleet layer collects them per host."""
-    result = transport.run(probe_command(docker_host), timeout=timeout)
-    return parse_probe(result.host or transport.name, result)
+    result = s.run(probe_command(s.docker_words), timeout=timeout)
+    return parse_probe(result.host or s.name, result)

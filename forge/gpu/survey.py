@@ -7,7 +7,6 @@ host is the built-in default, then the inventory's ``[gpu_policy]``, then the ho
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ from forge.gpu.model import HostGpus
 from forge.gpu.policy import FreePolicy, GpuVerdict, assess
 from forge.gpu.probe import probe_host
 from forge.inventory import Host, Inventory
+from forge.session import user_on
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,6 @@ def policy_for(inv: Inventory, host: Host, overrides: Mapping[str, int] | None =
     return FreePolicy().merged(inv.gpu_policy.as_overrides(), host.gpu_policy.as_overrides(), overrides)
 
 
-def me_on(host: Host) -> str:
-    """The user whose processes are not foreign on ``host``: its SSH user, else the local one."""
-    return host.user or getpass.getuser()
-
-
 def survey(
     inv: Inventory,
     hosts: Sequence[Host],
@@ -54,10 +49,9 @@ def survey(
     on_done: Callable[[fleet.HostResult[HostGpus]], None] | None = None,
 ) -> list[HostReport]:
     """Probe ``hosts`` (one round trip each, in parallel) and assess every GPU."""
-    by_name = {h.name: h for h in hosts}
     results = fleet.run(
         hosts,
-        lambda t: probe_host(t, timeout=timeout, docker_host=by_name[t.name].docker_host),
+        lambda s: probe_host(s, timeout=timeout),
         pool=pool,
         concurrency=concurrency,
         deadline_s=timeout + max((h.connect_timeout for h in hosts), default=0) + 5,
@@ -66,7 +60,7 @@ def survey(
     reports = []
     for r in results:
         policy = policy_for(inv, r.host, overrides)
-        me = me_on(r.host)
+        me = user_on(r.host)
         if r.value is None:
             reports.append(HostReport(r.host, me, policy, None, r.reason))
             continue

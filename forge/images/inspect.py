@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from forge import dockercli, shell
-from forge.dockercli import docker_argv
 from forge.errors import HostError
 from forge.images.layers import chain_ids
-from forge.inventory import Host
-from forge.transport import Transport
+from forge.session import HostSession
 
 #: One line per image: ``image ID SIZE TAGS_JSON LAYERS_JSON`` (``json`` output has no spaces).
 FORMAT = "image {{.Id}} {{.Size}} {{json .RepoTags}} {{json .RootFS.Layers}}"
@@ -143,29 +141,29 @@ def parse_survey(stdout: str) -> HostImages:
     return HostImages(tuple(images.values()), frozenset(tools), store, engine)
 
 
-def survey_command(host: Host) -> shell.Script:
-    return shell.script(_SURVEY, FORMAT, *docker_argv(host))
+def survey_command(s: HostSession) -> shell.Script:
+    return shell.script(_SURVEY, FORMAT, *s.docker_words)
 
 
-def survey(host: Host, transport: Transport, *, timeout: float | None = None) -> HostImages:
+def survey(s: HostSession, *, timeout: float | None = None) -> HostImages:
     """The host's images, tools and image store, in one round trip."""
-    result = transport.run(survey_command(host), timeout=timeout)
+    result = s.run(survey_command(s), timeout=timeout)
     if not result.ok:
-        failed = dockercli.failure(host, result.stderr + result.stdout, result.exit_status)
+        failed = dockercli.failure(s.host, result.stderr + result.stdout, result.exit_status)
         if failed is not None:
             raise failed
         tail = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.exit_status}"]
-        raise HostError(host.name, f"cannot list Docker images: {tail[0]}")
+        raise HostError(s.name, f"cannot list Docker images: {tail[0]}")
     return parse_survey(result.stdout)
 
 
-def inspect_image(host: Host, transport: Transport, ref: str, *, timeout: float | None = None) -> ImageInfo:
+def inspect_image(s: HostSession, ref: str, *, timeout: float | None = None) -> ImageInfo:
     """One image on one host, by name or ID."""
-    result = transport.run(docker_argv(host, "image", "inspect", "--format", FORMAT, ref), timeout=timeout)
+    result = s.run(s.docker("image", "inspect", "--format", FORMAT, ref), timeout=timeout)
     info = parse_image_line(result.stdout.strip().splitlines()[0]) if result.ok and result.stdout.strip() else None
     if info is None:
         if "no such image" in result.stderr.lower():
-            raise ImageNotFound(host.name, f"has no image {ref!r}")
+            raise ImageNotFound(s.name, f"has no image {ref!r}")
         tail = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.exit_status}"]
-        raise HostError(host.name, f"cannot inspect image {ref!r}: {tail[0]}")
+        raise HostError(s.name, f"cannot inspect image {ref!r}: {tail[0]}")
     return info

@@ -39,13 +39,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from forge.dockercli import docker_argv
 from forge.errors import ForgeError
 from forge.images import oci
 from forge.images.inspect import ImageInfo
 from forge.images.layers import chain_ids
-from forge.inventory import Host
-from forge.transport import Transport
+from forge.session import HostSession
 
 BLOCK = 512
 _CHUNK = 1 << 20
@@ -303,13 +301,14 @@ def plan_archive(store: LayerStore, image: ImageInfo, skip: Sequence[str] | froz
 INFO_FORMAT = "[{{json .DockerRootDir}},{{json .Driver}}]"
 
 
-def open_store(host: Host, transport: Transport) -> tuple[LayerStore | None, str]:
+def open_store(s: HostSession) -> tuple[LayerStore | None, str]:
     """The source daemon's layer store when forge can read it here, else None and why not."""
+    host = s.host
     if not host.local:
         return None, "the source is another machine"
     if host.docker_host and not host.docker_host.startswith("unix://"):
         return None, f"the source daemon is reached over {host.docker_host.split(':', 1)[0]}"
-    r = transport.run(docker_argv(host, "info", "--format", INFO_FORMAT))
+    r = s.run(s.docker("info", "--format", INFO_FORMAT))
     try:
         root_dir, driver = json.loads(r.stdout) if r.ok else ("", "")
     except (ValueError, TypeError):

@@ -19,13 +19,12 @@ import json
 from dataclasses import dataclass
 
 from forge import shell
-from forge.dockercli import docker_argv
 from forge.errors import HostError
 from forge.images import oci
 from forge.images.inspect import CLASSIC, CONTAINERD, ImageInfo, inspect_image, parse_daemon
 from forge.images.layerstore import LayerStore, LayerStoreError, open_store, plan_archive
 from forge.inventory import Host
-from forge.transport import Transport
+from forge.session import HostSession
 
 # $1: image ID, $2: the blob's hex digest, then the docker command for the host.
 _BLOB = 'id=$1; blob=$2; shift 2; "$@" save "$id" | tar -xOf - "blobs/sha256/$blob"'
@@ -56,55 +55,54 @@ class Source:
         return self.manifest.digest if self.manifest is not None else None
 
 
-def describe(host: Host, t: Transport, ref: str, *, read: str) -> Source:
+def describe(s: HostSession, ref: str, *, read: str) -> Source:
     """Inspect ``ref`` on its source and learn what :class:`Source` holds (for a containerd
     source, with the pre-pass)."""
-    image = inspect_image(host, t, ref)
+    image = inspect_image(s, ref)
     if not image.layers:
-        raise SourceError(host.name, f"image {ref!r} has no layers to send")
-    r = t.run(docker_argv(host, "info", "--format", _DAEMON), timeout=60)
+        raise SourceError(s.name, f"image {ref!r} has no layers to send")
+    r = s.run(s.docker("info", "--format", _DAEMON), timeout=60)
     store = parse_daemon(r.stdout.strip())[1] if r.ok else CLASSIC
     if store == CONTAINERD:
-        pulled = read_manifest(host, t, image)
+        pulled = read_manifest(s, image)
         note = "the source keeps the containerd image store, which has no layer store"
-        return Source(host, image, store, pulled.config.digest, pulled, store_note=note)
-    layer_store, note = (None, "--read save") if read == "save" else open_store(host, t)
+        return Source(s.host, image, store, pulled.config.digest, pulled, store_note=note)
+    layer_store, note = (None, "--read save") if read == "save" else open_store(s)
     manifest: oci.Manifest | None = None
     if layer_store is not None:
         try:
             manifest = plan_archive(layer_store, image, frozenset(image.chains)).manifest
         except LayerStoreError as e:
             layer_store, note = None, str(e)
-    return Source(host, image, store, image.id, manifest, layer_store, note)
+    return Source(s.host, image, store, image.id, manifest, layer_store, note)
 
 
-def read_manifest(host: Host, t: Transport, image: ImageInfo) -> oci.Manifest:
+def read_manifest(s: HostSession, image: ImageInfo) -> oci.Manifest:
     """The pre-pass: the manifest of a containerd-store image, read on its host; for an index,
     the manifest of the platform the image was inspected as."""
-    data = _blob(host, t, image.id, image.id)
+    data = _blob(s, image.id, image.id)
     if oci.is_index(data):
-        data = _blob(host, t, image.id, _platform_manifest(host, t, image, data))
+        data = _blob(s, image.id, _platform_manifest(s, image, data))
     try:
         manifest = oci.parse_manifest(data)
     except oci.ManifestError as e:
-        raise SourceError(host.name, f"cannot use the manifest of {image.id[:19]}: {e}") from None
+        raise SourceError(s.name, f"cannot use the manifest of {image.id[:19]}: {e}") from None
     if len(manifest.layers) != len(image.layers):
-        raise SourceError(host.name, f"the manifest of {image.id[:19]} does not list the image's layers")
+        raise SourceError(s.name, f"the manifest of {image.id[:19]} does not list the image's layers")
     return manifest
 
 
-def _blob(host: Host, t: Transport, image_id: str, digest: str) -> bytes:
-    argv = ["sh", "-c", _BLOB, "forge", image_id, digest.removeprefix("sha256:"), *docker_argv(host)]
-    r = t.run(shell.render(argv), timeout=3600)
+def _blob(s: HostSession, image_id: str, digest: str) -> bytes:
+    r = s.run(shell.script(_BLOB, image_id, digest.removeprefix("sha256:"), *s.docker_words), timeout=3600)
     data = r.stdout.encode()
     if not r.ok or oci.digest_of(data) != digest:
         tail = " ".join(r.stderr.split())[-200:] or f"exit status {r.exit_status}"
-        raise SourceError(host.name, f"cannot read blob {digest[:19]} of image {image_id[:19]}: {tail}")
+        raise SourceError(s.name, f"cannot read blob {digest[:19]} of image {image_id[:19]}: {tail}")
     return data
 
 
-def _platform_manifest(host: Host, t: Transport, image: ImageInfo, index: bytes) -> str:
-    r = t.run(docker_argv(host, "image", "inspect", "--format", _PLATFORM, image.id), timeout=60)
+def _platform_manifest(s: HostSession, image: ImageInfo, index: bytes) -> str:
+    r = s.run(s.docker("image", "inspect", "--format", _PLATFORM, image.id), timeout=60)
     try:
         os_, arch, variant = json.loads(r.stdout) if r.ok else ("", "", "")
     except ValueError:
@@ -113,4 +111,4 @@ def _platform_manifest(host: Host, t: Transport, image: ImageInfo, index: bytes)
         if platform.get("os") == os_ and platform.get("architecture") == arch:
             if not variant or platform.get("variant") in (None, variant):
                 return blob.digest
-    raise SourceError(host.name, f"the index {image.id[:19]} lists no manifest for {os_}/{arch}")
+    raise SourceError(s.name, f"the index {image.id[:19]} lists no manifest for {os_}/{arch}")

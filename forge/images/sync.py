@@ -36,7 +36,7 @@ from forge.images.source import Source, describe
 from forge.images.wave import HostSync, SyncFailed, Wave, tag
 from forge.inventory import Host
 from forge.progress import NoProgress, Progress
-from forge.transport import Transport
+from forge.session import HostSession
 
 Action = Literal["current", "tag", "send"]
 READS = ("auto", "store", "save")
@@ -120,9 +120,8 @@ def plan(
 def _plan(
     ref: str, source: Host, targets: Sequence[Host], pool: Pool, compress: str, concurrency: int, read: str
 ) -> tuple[Source, tuple[str, ...], FleetResult[HostPlan]]:
-    by_name = {h.name: h for h in targets}
-    surveys = fleet.run(targets, lambda t: survey(by_name[t.name], t), pool=pool, concurrency=concurrency)
-    first = describe(source, pool.get(source), ref, read=read)
+    surveys = fleet.run(targets, survey, pool=pool, concurrency=concurrency)
+    first = describe(pool.get(source), ref, read=read)
     tags = wanted_tags(ref, first.image)
     results: list[HostResult[HostPlan]] = []
     for r in surveys:
@@ -193,13 +192,13 @@ def _finish_quick(
     """Hosts that have the image: tag where a tag is missing."""
     quick = {r.value.host.name: r.value for r in plans.succeeded if r.value is not None and r.value.action != "send"}
 
-    def finish(t: Transport) -> HostSync:
-        p = quick[t.name]
+    def finish(s: HostSession) -> HostSync:
+        p = quick[s.name]
         started = time.monotonic()
         if p.action == "tag" and p.image_id:
-            tag(p.host, t, p.image_id, tags)
+            tag(s, p.image_id, tags)
         return HostSync(
-            t.name,
+            s.name,
             p.action,
             layers_total=len(src.image.layers),
             seconds=time.monotonic() - started,

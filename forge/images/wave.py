@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, cast
 
 from forge import fleet, shell
-from forge.dockercli import docker_argv
 from forge.errors import ForgeError, HostError
 from forge.fleet import FleetResult, Pool
 from forge.images import codec as codecs
@@ -36,9 +35,8 @@ from forge.images.layerstore import Archive, LayerStoreError, plan_archive
 from forge.images.savetar import SaveTranscoder
 from forge.images.source import Source
 from forge.images.stream import Compressor, Direct, Fanout, HostFeed, StreamError, Tee
-from forge.inventory import Host
 from forge.progress import Progress
-from forge.transport import Transport
+from forge.session import HostSession
 
 if TYPE_CHECKING:  # sync imports this module
     from forge.images.sync import HostPlan
@@ -212,8 +210,9 @@ class Wave:
     def _read_save(self) -> None:
         src = self.src
         writers = [self._writer(g) for g in self.groups]
-        result = self.pool.get(src.host).stream(
-            docker_argv(src.host, "save", src.image.id),
+        session = self.pool.get(src.host)
+        result = session.stream(
+            session.docker("save", src.image.id),
             sink=cast(IO[bytes], Tee(writers, self._advance(list(self._feeds)))),
             timeout=self.timeout_s,
         )
@@ -253,31 +252,31 @@ class Wave:
 
     # ------------------------------------------------------------------ 4. each host
 
-    def _load(self, t: Transport) -> HostSync:
-        p, feed = self._plans[t.name], self._feeds[t.name]
+    def _load(self, s: HostSession) -> HostSync:
+        p, feed = self._plans[s.name], self._feeds[s.name]
         ok = False
         try:
-            value = self._load_one(p, t, feed)
+            value = self._load_one(p, s, feed)
             ok = True
             return value
         finally:
             feed.stop()
-            self.progress.finish(t.name, ok)
+            self.progress.finish(s.name, ok)
 
-    def _load_one(self, p: HostPlan, t: Transport, feed: HostFeed) -> HostSync:
+    def _load_one(self, p: HostPlan, s: HostSession, feed: HostFeed) -> HostSync:
         started = time.monotonic()
         g = self._group_of[p.host.name]
-        failure = self._stream(p, t, feed)
+        failure = self._stream(p, s, feed)
         expected = self._expected(p, g)
         if failure is not None:
-            removed = cleanup(p, t, self.src.image, expected)
+            removed = cleanup(p, s, self.src.image, expected)
             if removed is not None:  # else the image did arrive complete after all
                 note = f" (removed {len(removed)} leftover image(s))" if removed else ""
                 raise SyncFailed(p.host.name, _reason(failure) + note) from failure
         assert expected is not None
-        listed = verify(p.host, t, self.src.image, expected, store=p.have.store)
+        listed = verify(s, self.src.image, expected, store=p.have.store)
         if listed:
-            tag(p.host, t, expected, self.tags)
+            tag(s, expected, self.tags)
         image = self.src.image
         return HostSync(
             p.host.name,
@@ -292,12 +291,12 @@ class Wave:
             incomplete=not listed,
         )
 
-    def _stream(self, p: HostPlan, t: Transport, feed: HostFeed) -> ForgeError | None:
+    def _stream(self, p: HostPlan, s: HostSession, feed: HostFeed) -> ForgeError | None:
         """``decompress | docker load`` fed by the host's feed; the failure, if any."""
         stages: list[list[str]] = [list(p.codec.decompress)] if p.codec.decompress else []
-        stages.append(docker_argv(p.host, "load", "-q"))
+        stages.append(s.docker("load", "-q"))
         try:
-            result = t.stream(
+            result = s.stream(
                 shell.pipeline(*stages), source=cast(IO[bytes], feed), sink=io.BytesIO(), timeout=self.timeout_s
             )
         except ForgeError as e:
@@ -339,35 +338,35 @@ def _reason(e: BaseException) -> str:
 # --------------------------------------------------------------------------- on a target
 
 
-def verify(host: Host, t: Transport, image: ImageInfo, expected: str, *, store: str) -> bool:
+def verify(s: HostSession, image: ImageInfo, expected: str, *, store: str) -> bool:
     """The loaded image must be there under ``expected`` with the source's layers. Returns
     whether the daemon lists it: a containerd store that got a left-out layer under another
     blob keeps such an image out of its list (and ``docker save`` of it is empty)."""
-    r = t.run(docker_argv(host, "image", "inspect", "--format", FORMAT, expected))
+    r = s.run(s.docker("image", "inspect", "--format", FORMAT, expected))
     got = parse_image_line(r.stdout.strip()) if r.ok else None
     if got is None or got.id != expected or got.layers != image.layers:
-        raise SyncFailed(host.name, f"after loading, the image {expected[:19]} is not there intact; nothing was tagged")
+        raise SyncFailed(s.name, f"after loading, the image {expected[:19]} is not there intact; nothing was tagged")
     if store == CLASSIC:
         return True
-    listed = t.run(docker_argv(host, "image", "ls", "-a", "-q", "--no-trunc"), timeout=120)
+    listed = s.run(s.docker("image", "ls", "-a", "-q", "--no-trunc"), timeout=120)
     return listed.ok and expected in listed.stdout.split()
 
 
-def tag(host: Host, t: Transport, image_id: str, tags: Sequence[str]) -> None:
+def tag(s: HostSession, image_id: str, tags: Sequence[str]) -> None:
     for name in tags:
-        r = t.run(docker_argv(host, "tag", image_id, name))
+        r = s.run(s.docker("tag", image_id, name))
         if not r.ok:
-            raise SyncFailed(host.name, f"docker tag {name} failed: {r.stderr.strip()[-200:]}")
+            raise SyncFailed(s.name, f"docker tag {name} failed: {r.stderr.strip()[-200:]}")
 
 
 _CLEANUP_LOOKS = 10
 _CLEANUP_PAUSE_S = 0.3
 
 
-def cleanup(p: HostPlan, t: Transport, image: ImageInfo, expected: str | None) -> tuple[str, ...] | None:
+def cleanup(p: HostPlan, s: HostSession, image: ImageInfo, expected: str | None) -> tuple[str, ...] | None:
     """Remove what a failed load created. None: the image is there, complete."""
     try:
-        after = survey(p.host, t)
+        after = survey(s)
     except ForgeError:
         return ()  # the host is unreachable now; the next run's cleanup is the same
     done = after.by_id(expected) if expected else None
@@ -376,10 +375,7 @@ def cleanup(p: HostPlan, t: Transport, image: ImageInfo, expected: str | None) -
     removed: list[str] = []
     before = {i.id for i in p.have.images}
     if expected and expected not in before:  # a containerd store keeps a broken record
-        if (
-            t.run(docker_argv(p.host, "image", "inspect", expected)).ok
-            and t.run(docker_argv(p.host, "image", "rm", expected)).ok
-        ):
+        if s.run(s.docker("image", "inspect", expected)).ok and s.run(s.docker("image", "rm", expected)).ok:
             removed.append(expected)
     ours = set(image.chains)
     # Docker's legacy loader (an old-style archive cut before manifest.json) can still be
@@ -396,11 +392,11 @@ def cleanup(p: HostPlan, t: Transport, image: ImageInfo, expected: str | None) -
         if quiet >= 2:
             break
         for i in leftovers:
-            if t.run(docker_argv(p.host, "image", "rm", i.id)).ok:
+            if s.run(s.docker("image", "rm", i.id)).ok:
                 removed.append(i.id)
         time.sleep(_CLEANUP_PAUSE_S)
         try:
-            after = survey(p.host, t)
+            after = survey(s)
         except ForgeError:
             break
     return tuple(removed)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from forge.inventory import Host
-from forge.transport.base import CommandResult, Transport
+from forge.transport.base import Command, CommandResult, Transport
 
 
 def connect(host: Host) -> Transport:
@@ -20,4 +20,4 @@ def connect(host: Host) -> Transport:
     return SSHTransport(host)
 
 
-__all__ = ["CommandResult", "Transport", "connect"]
+__all__ = ["Command", "CommandResult", "Transport", "connect"]

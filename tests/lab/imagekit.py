@@ -87,8 +87,8 @@ class Images:
     def leftovers(self, host: str) -> list[str]:
         """Untagged images on ``host`` built from this test's layers."""
         mine = self._my_layers()
-        with connect(self._host(host)) as t:
-            have = survey(self._host(host), t)
+        with Pool() as pool:
+            have = survey(pool.get(self._host(host)))
         return [i.id for i in have.images if not i.repo_tags and set(i.layers) & mine]
 
     def _my_layers(self) -> set[str]:

@@ -95,14 +95,14 @@ def dev(lab: LabHandle) -> Iterator[Dev]:
     target = inv.host(host)
     with Pool() as pool:
         t = pool.get(target)
-        facts = host_facts(target, t)
+        facts = host_facts(t)
         vol = volume.spec_for(data, host_name=host, user=facts.user, home=facts.home)
-        volume.ensure(target, t, vol, check_image=base, uid=facts.uid, gid=facts.gid, marker=DATA_MARKER)
+        volume.ensure(t, vol, check_image=base, uid=facts.uid, gid=facts.gid, marker=DATA_MARKER)
     try:
         yield Dev(lab, host, tag, base, user.pw_uid, user.pw_gid, vol.name)
     finally:
         with Pool() as pool:
-            volume.remove(target, pool.get(target), vol)
+            volume.drop(pool.get(target), vol)
         lab.docker(host, "rmi", tag)
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from forge.env.volume import VolumeSpec, create_argv
-from forge.inventory import Host
+from forge.env.volume import VolumeSpec, create_args
 from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT, Lab, LabConfig, mounts, netns, state
 from forge.lab import image as lab_image
 from forge.lab.proc import pids_mentioning
@@ -180,7 +179,7 @@ def test_container_reads_data_host_through_sshfs_volume(lab: LabHandle, base_ima
         assert (mountpoint, "fuse.sshfs") in mounts.mounts_under(lab.root)
         # The bind volume of the mount point, as forge creates it.
         spec = VolumeSpec(vol, "sshfs", lab.data_address, str(data), user=lab.user, mountpoint=mountpoint)
-        r = lab.ssh(host, *create_argv(Host(name=host, address=lab.address(host)), spec))
+        r = lab.ssh(host, "docker", *create_args(spec))
         assert r.returncode == 0, r.stderr
         r = lab.ssh(host, "docker", "run", "--rm", "-v", f"{vol}:/data", base_image, "cat", f"/data/{DATA_MARKER}")
         assert r.returncode == 0, r.stderr

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from forge import inventory
+from forge.fleet import Pool
 from forge.images.inspect import FORMAT, parse_image_line
 from forge.images.layerstore import LayerStore, LayerStoreError, open_store, write_layer_tar
 from forge.inventory import Host
-from forge.transport import connect
 from tests.lab.imagekit import SOURCE, Images, cut_at, cut_before_manifest, cutting_pool, docker, sync
 
 pytestmark = pytest.mark.lab
@@ -32,8 +32,8 @@ def here(lab: Any) -> Host:
 
 
 def _store(here: Host) -> LayerStore:
-    with connect(here) as t:
-        store, why = open_store(here, t)
+    with Pool() as pool:
+        store, why = open_store(pool.get(here))
     assert store is not None, why
     return store
 

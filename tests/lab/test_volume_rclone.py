@@ -84,13 +84,13 @@ def test_rclone_volume_reads_the_data_host_with_host_keys_checked(lab: LabHandle
     image = lab.load_base_image(HOST)
     with Pool() as pool:
         t = pool.get(host)
-        facts = host_facts(host, t)
+        facts = host_facts(t)
         spec = volume.spec_for(data, host_name=HOST, user=facts.user, home=facts.home)
         try:
-            state = volume.ensure(host, t, spec, check_image=image, uid=facts.uid, gid=facts.gid, marker=DATA_MARKER)
+            state = volume.ensure(t, spec, check_image=image, uid=facts.uid, gid=facts.gid, marker=DATA_MARKER)
             assert (state.driver, state.created) == ("rclone", True)
             # Again: idempotent, nothing recreated.
-            again = volume.ensure(host, t, spec, check_image=image, uid=facts.uid, gid=facts.gid, marker=DATA_MARKER)
+            again = volume.ensure(t, spec, check_image=image, uid=facts.uid, gid=facts.gid, marker=DATA_MARKER)
             assert again.created is False
             r = lab.docker(
                 HOST,
@@ -111,7 +111,7 @@ def test_rclone_volume_reads_the_data_host_with_host_keys_checked(lab: LabHandle
             assert opts["sftp-key-file"] == inv.data.identity_file
             assert not [k for k in opts if "pass" in k.lower()]
         finally:
-            volume.remove(host, t, spec)
+            volume.drop(t, spec)
         assert lab.docker(HOST, "volume", "inspect", spec.name).returncode != 0
 
 
@@ -129,10 +129,10 @@ def test_rclone_volume_with_a_wrong_host_key_is_refused(lab: LabHandle, rclone_p
     try:
         with Pool() as pool:
             t = pool.get(host)
-            facts = host_facts(host, t)
+            facts = host_facts(t)
             spec = volume.spec_for(data, host_name=HOST, user=facts.user, home=facts.home)
             with pytest.raises(VolumeError) as ei:
-                volume.ensure(host, t, spec, check_image=image, uid=facts.uid, gid=facts.gid, marker=DATA_MARKER)
+                volume.ensure(t, spec, check_image=image, uid=facts.uid, gid=facts.gid, marker=DATA_MARKER)
             assert "knownhosts: key mismatch" in str(ei.value)
             assert lab.docker(HOST, "volume", "inspect", spec.name).returncode != 0
     finally:

@@ -6,7 +6,6 @@ import io
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import IO
 
 import pytest
 
@@ -16,15 +15,13 @@ from forge.build import (
     BuildError,
     BuildSpec,
     build,
-    build_argv,
+    build_args,
     context_tar,
-    default_public_key_files,
-    parse_public_keys,
-    read_public_keys,
 )
 from forge.errors import CommandFailed, HostError
 from forge.inventory import Host
-from forge.transport.base import Command, CommandResult, Transport, to_script
+from forge.session import HostSession
+from tests.unit.fakes import FakeTransport, session
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDq3Gm6bV5wDk0 alice@laptop"
 RSA = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 alice@old"
@@ -35,29 +32,6 @@ def spec(**kw: object) -> BuildSpec:
     base: dict[str, object] = {"tag": "lab/dev:1", "user": "alice", "uid": 1000, "gid": 100, "public_keys": (KEY,)}
     base.update(kw)
     return BuildSpec(**base)  # type: ignore[arg-type]
-
-
-def test_parse_public_keys_skips_comments_and_refuses_junk() -> None:
-    assert parse_public_keys(f"# mine\n{KEY}\n\n{RSA}\n", source="k") == [KEY, RSA]
-    with pytest.raises(BuildError, match="line 1: not an OpenSSH public key"):
-        parse_public_keys("hello world\n", source="k")
-    with pytest.raises(BuildError, match="private key"):
-        parse_public_keys("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n", source="id_ed25519")
-
-
-def test_read_public_keys_dedups_and_names_a_missing_file(tmp_path: Path) -> None:
-    (tmp_path / "a.pub").write_text(KEY + "\n")
-    (tmp_path / "b.pub").write_text(f"{KEY}\n{RSA}\n")
-    assert read_public_keys([tmp_path / "a.pub", tmp_path / "b.pub"]) == (KEY, RSA)
-    with pytest.raises(BuildError, match="cannot read public key .*nope.pub"):
-        read_public_keys([tmp_path / "nope.pub"])
-
-
-def test_default_public_key_files(tmp_path: Path) -> None:
-    (tmp_path / ".ssh").mkdir()
-    for name in ("id_rsa.pub", "id_ed25519.pub", "id_ed25519", "other.pub"):
-        (tmp_path / ".ssh" / name).write_text("x")
-    assert [p.name for p in default_public_key_files(tmp_path)] == ["id_ed25519.pub", "id_rsa.pub"]
 
 
 @pytest.mark.parametrize(
@@ -102,7 +76,7 @@ def test_build_args_carry_only_what_is_set() -> None:
 
 
 def test_build_argv_reads_the_context_from_stdin_and_uses_the_hosts_daemon() -> None:
-    argv = build_argv(HOST, spec(base="img:1", no_cache=True))
+    argv = session(HOST).docker(*build_args(spec(base="img:1", no_cache=True)))
     assert argv[:5] == ["docker", "-H", "unix:///run/user/1000/docker.sock", "build", "-t"]
     assert argv[-1] == "-"
     assert "--no-cache" in argv
@@ -133,59 +107,35 @@ def test_context_tar_without_a_dockerfile(tmp_path: Path) -> None:
         context_tar(spec(context_dir=tmp_path))
 
 
-class FakeTransport(Transport):
-    """Records what build() sends; answers `docker build` and `docker image inspect`."""
+IMAGE_ID = "sha256:" + "ab" * 32
+BUILD_LOG = b"Step 1/28 : ARG BASE_IMAGE\n" * 1000 + b"Step 9/28 : RUN cc fixuid.c\nboom\n"
 
-    def __init__(self, *, build_status: int = 0, image_id: str = "sha256:" + "ab" * 32) -> None:
-        self.name = "gpu1"
-        self.build_status = build_status
-        self.image_id = image_id
-        self.scripts: list[str] = []
-        self.stdin = b""
 
-    def run(
-        self, command: Command, *, timeout: float | None = None, stdin: bytes | None = None, check: bool = False
-    ) -> CommandResult:
-        script = to_script(command)
-        self.scripts.append(script)
-        return CommandResult("gpu1", script, 0, self.image_id + "\n", "", 0.0)
-
-    def stream(
-        self,
-        command: Command,
-        *,
-        source: IO[bytes] | None = None,
-        sink: IO[bytes] | None = None,
-        timeout: float | None = None,
-    ) -> CommandResult:
-        script = to_script(command)
-        self.scripts.append(script)
-        assert source is not None and sink is not None
-        self.stdin = source.read()
-        sink.write(b"Step 1/28 : ARG BASE_IMAGE\n" * 1000 + b"Step 9/28 : RUN cc fixuid.c\nboom\n")
-        err = "The command '/bin/sh -c cc' returned a non-zero code: 1" if self.build_status else ""
-        return CommandResult("gpu1", script, self.build_status, "", err, 0.0)
-
-    def close(self) -> None:
-        pass
+def builder(*, build_status: int = 0, image_id: str = IMAGE_ID, host: Host = HOST) -> tuple[HostSession, FakeTransport]:
+    """A host that answers `docker build` (with a long log) and `docker image inspect`."""
+    fake = FakeTransport(host.name)
+    err = "The command '/bin/sh -c cc' returned a non-zero code: 1" if build_status else ""
+    fake.on(" build ", status=build_status, sink=BUILD_LOG, stderr=err).on(" image inspect ", stdout=image_id + "\n")
+    return session(host, fake), fake
 
 
 def test_build_streams_the_context_and_returns_the_image_id() -> None:
-    t = FakeTransport()
+    s, fake = builder()
     log = io.BytesIO()
-    result = build(t, HOST, spec(), log=log)
-    assert result.tag == "lab/dev:1" and result.image_id == t.image_id and result.host == "gpu1"
-    assert t.scripts[0] == shell.render(build_argv(HOST, spec()))
-    assert t.scripts[1] == shell.render(
+    result = build(s, spec(), log=log)
+    assert result.tag == "lab/dev:1" and result.image_id == IMAGE_ID and result.host == "gpu1"
+    assert fake.scripts[0] == shell.render(s.docker(*build_args(spec())))
+    assert fake.scripts[0].startswith("docker -H unix:///run/user/1000/docker.sock build -t lab/dev:1")
+    assert fake.scripts[1] == shell.render(
         ["docker", "-H", "unix:///run/user/1000/docker.sock", "image", "inspect", "-f", "{{.Id}}", "lab/dev:1"]
     )
-    assert t.stdin == context_tar(spec())
+    assert fake.stdin == context_tar(spec())
     assert log.getvalue().endswith(b"boom\n")
 
 
 def test_a_failed_build_shows_the_last_output() -> None:
     with pytest.raises(CommandFailed) as e:
-        build(FakeTransport(build_status=1), HOST, spec())
+        build(builder(build_status=1)[0], spec())
     assert e.value.exit_status == 1
     assert "returned a non-zero code" in str(e.value)
     assert "boom" in e.value.stderr and len(e.value.stderr) < 10_000
@@ -193,25 +143,12 @@ def test_a_failed_build_shows_the_last_output() -> None:
 
 def test_no_image_id_after_build_is_an_error() -> None:
     with pytest.raises(HostError, match="no image ID"):
-        build(FakeTransport(image_id=""), HOST, spec())
+        build(builder(image_id="")[0], spec())
 
 
-class NoDaemon(FakeTransport):
+def no_daemon(host: Host, status: int, stderr: str) -> HostSession:
     """docker build where no daemon runs (this machine in the lab), or no docker at all."""
-
-    def __init__(self, status: int, stderr: str) -> None:
-        super().__init__()
-        self.status, self.stderr = status, stderr
-
-    def stream(
-        self,
-        command: Command,
-        *,
-        source: IO[bytes] | None = None,
-        sink: IO[bytes] | None = None,
-        timeout: float | None = None,
-    ) -> CommandResult:
-        return CommandResult("local", to_script(command), self.status, "", self.stderr, 0.0)
+    return session(host, FakeTransport(host.name).on(" build ", status=status, stderr=stderr))
 
 
 def test_no_docker_daemon_here_says_so_and_where_to_build() -> None:
@@ -223,11 +160,11 @@ def test_no_docker_daemon_here_says_so_and_where_to_build() -> None:
     )
     local = Host(name="local", address="localhost", local=True)
     with pytest.raises(BuildError) as e:
-        build(NoDaemon(1, stderr), local, spec())
+        build(no_daemon(local, 1, stderr), spec())
     assert str(e.value) == (
         "no Docker daemon answers on this machine: Cannot connect to the Docker daemon at "
         "unix:///var/run/docker.sock. Is the docker daemon running? "
         "(build on a host that runs Docker: forge build --host HOST)"
     )
     with pytest.raises(BuildError, match="^gpu1 has no docker command"):
-        build(NoDaemon(127, "sh: 1: docker: not found\n"), HOST, spec())
+        build(no_daemon(HOST, 127, "sh: 1: docker: not found\n"), spec())

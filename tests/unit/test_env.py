@@ -13,8 +13,8 @@ from forge import shell
 from forge.env import access, claims, launch, sshconfig, volume
 from forge.env.errors import EnvError, LaunchError, VolumeError
 from forge.env.listing import PS_FORMAT, parse_created, parse_listing
-from forge.errors import CommandFailed
 from forge.inventory import DataSettings, Host
+from tests.unit.fakes import FakeTransport, session
 
 HOST = Host(name="gpu1", address="10.0.0.1")
 DATA = DataSettings(
@@ -43,8 +43,7 @@ def test_sshfs_is_a_host_mount_bound_into_a_local_volume() -> None:
         "ServerAliveInterval=15,ServerAliveCountMax=3,ConnectTimeout=10",
         "alice@data.lab:/srv/data",
     ]
-    assert volume.create_argv(HOST, s) == [
-        "docker",
+    assert volume.create_args(s) == [
         "volume",
         "create",
         "--driver",
@@ -60,9 +59,9 @@ def test_sshfs_is_a_host_mount_bound_into_a_local_volume() -> None:
 
 
 def test_rclone_checks_the_host_key_or_is_refused() -> None:
-    argv = volume.create_argv(HOST, spec("rclone"))
-    assert argv[:5] == ["docker", "volume", "create", "--driver", "rclone"]
-    opts = dict(argv[i + 1].split("=", 1) for i in range(5, len(argv) - 1, 2))
+    argv = volume.create_args(spec("rclone"))
+    assert argv[:4] == ["volume", "create", "--driver", "rclone"]
+    opts = dict(argv[i + 1].split("=", 1) for i in range(4, len(argv) - 1, 2))
     assert opts == {
         "type": "sftp",
         "sftp-host": "data.lab",
@@ -74,20 +73,20 @@ def test_rclone_checks_the_host_key_or_is_refused() -> None:
         "allow-other": "true",
     }
     with pytest.raises(VolumeError, match="known_hosts"):
-        volume.create_argv(HOST, spec("rclone", known_hosts=None))  # type: ignore[arg-type]
+        volume.create_args(spec("rclone", known_hosts=None))  # type: ignore[arg-type]
 
 
 def test_vieux_sshfs_command_as_built() -> None:
     s = spec("vieux-sshfs")
-    assert shell.render(volume.vieux_install_argv(HOST, s)) == (
+    assert shell.render(session(HOST).docker(*volume.vieux_install_args(s))) == (
         "docker plugin install --grant-all-permissions vieux/sshfs sshkey.source=/home/alice/.ssh"
     )
-    assert shell.render(volume.create_argv(HOST, s)) == (
+    assert shell.render(session(HOST).docker(*volume.create_args(s))) == (
         "docker volume create --driver vieux/sshfs -o sshcmd=alice@data.lab:/srv/data -o port=22 "
         "-o IdentityFile=/root/.ssh/id_ed25519 -o allow_other forge-data-alice"
     )
     with pytest.raises(VolumeError, match="never takes passwords"):
-        volume.create_argv(HOST, spec("vieux-sshfs", identity_file=None))  # type: ignore[arg-type]
+        volume.create_args(spec("vieux-sshfs", identity_file=None))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("key", ["password", "sftp-pass", "Passphrase", "ask_password", "secret"])
@@ -102,8 +101,8 @@ def test_a_comma_cannot_hide_in_an_sshfs_option() -> None:
 
 
 def test_check_reads_the_marker_as_the_user() -> None:
-    argv = volume.check_argv(HOST, spec(), image="img", uid=1001, gid=1002, marker="MARK")
-    assert shell.render(argv) == (
+    argv = volume.check_args(spec(), image="img", uid=1001, gid=1002, marker="MARK")
+    assert shell.render(session(HOST).docker(*argv)) == (
         "docker run --rm --network none -u 1001:1002 -v forge-data-alice:/forge-check:ro --entrypoint cat img "
         "/forge-check/MARK"
     )
@@ -265,8 +264,8 @@ def test_labels_planted_by_other_docker_users_never_reach_a_command_line() -> No
 
 
 def test_claim_argv_is_a_never_started_named_container() -> None:
-    argv = claims.claim_argv(HOST, "GPU-1/x", image="img", env="dev", owner="alice", container="forge-alice-dev-1")
-    assert argv[:4] == ["docker", "create", "--name", "forge-claim-GPU-1_x"]
+    argv = claims.claim_args("GPU-1/x", image="img", env="dev", owner="alice", container="forge-alice-dev-1")
+    assert argv[:3] == ["create", "--name", "forge-claim-GPU-1_x"]
     assert "--entrypoint" in argv and argv[-1] == "img" and "start" not in argv
 
 
@@ -285,7 +284,7 @@ def test_launch_argv() -> None:
         mount="/data",
         authorized_keys="ssh-ed25519 AAAA me",
     )
-    argv = launch.run_argv(HOST, spec_l, 2201)
+    argv = session(HOST).docker(*launch.run_args(spec_l, 2201))
     text = shell.render(argv)
     assert text.startswith(
         "docker run -d -t --name forge-alice-dev-abc --gpus '\"device=GPU-a,GPU-b\"' --ipc=host -p 2201:22 "
@@ -436,7 +435,7 @@ def _forge_ssh(
     found = Environment(
         "gpu1", Container("c1", "forge-alice-dev-1", "img", "running", "Up", 0, labels, "0.0.0.0:2201->22/tcp")
     )
-    monkeypatch.setattr(cli_env.mig, "locate", lambda *a, **k: found)
+    monkeypatch.setattr(cli_env.envs, "locate", lambda *a, **k: found)
     monkeypatch.setattr(cli_env, "wait_ready", lambda *a, **k: keys or [("ssh-ed25519", "AAAA")])
     monkeypatch.setattr(cli_env.sshconfig, "default_paths", lambda: (tmp_path / "config", tmp_path / "known"))
     execs: list[list[str]] = []
@@ -480,12 +479,9 @@ def test_forge_ssh_refuses_a_container_whose_key_is_not_the_pinned_one(
 
 
 def test_a_failed_mount_says_why_without_the_mount_script() -> None:
-    class Refused:
-        def run(self, command: object, **kw: object) -> object:
-            raise CommandFailed("gpu1", str(command), 1, "read: Connection reset by peer\n")
-
+    refused = FakeTransport().on("sshfs", status=1, stderr="read: Connection reset by peer\n")
     with pytest.raises(VolumeError) as e:
-        volume.mount(HOST, Refused(), spec())  # type: ignore[arg-type]
+        volume.mount(session(HOST, refused), spec())
     assert str(e.value) == (
         "gpu1: mounting alice@data.lab:/srv/data with sshfs failed (exit status 1): read: Connection reset by peer"
     )

@@ -3,45 +3,23 @@
 from __future__ import annotations
 
 import time
-from typing import IO
 
 from forge import fleet
 from forge.errors import CommandFailed, ConnectError
 from forge.inventory import Host
-from forge.transport.base import Command, CommandResult, Transport
+from tests.unit.fakes import FakeTransport
 
 
-class Fake(Transport):
-    def __init__(self, name: str, behaviour: str) -> None:
-        self.name = name
-        self.behaviour = behaviour
-        self.closed = False
-
-    def run(
-        self, command: Command, *, timeout: float | None = None, stdin: bytes | None = None, check: bool = False
-    ) -> CommandResult:
-        if self.behaviour == "down":
-            raise ConnectError(self.name, "connection refused")
-        if self.behaviour == "slow":
-            time.sleep(5)
-        if self.behaviour == "bug":
-            raise ZeroDivisionError("oops")
-        status = 1 if self.behaviour == "fail" else 0
-        r = CommandResult(self.name, "cmd", status, self.name, "bad" if status else "", 0.0)
-        return r.check() if check else r
-
-    def stream(
-        self,
-        command: Command,
-        *,
-        source: IO[bytes] | None = None,
-        sink: IO[bytes] | None = None,
-        timeout: float | None = None,
-    ) -> CommandResult:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        self.closed = True
+def fake(name: str, behaviour: str) -> FakeTransport:
+    """A host that answers `x` as ``behaviour`` says: ok, down, fail, slow, or a bug in forge."""
+    answers: dict[str, dict[str, object]] = {
+        "ok": {"stdout": name},
+        "down": {"raises": ConnectError(name, "connection refused")},
+        "fail": {"status": 1, "stderr": "bad"},
+        "slow": {"stdout": name, "delay_s": 5.0},
+        "bug": {"raises": ZeroDivisionError("oops")},
+    }
+    return FakeTransport(name).on("x", **answers[behaviour])
 
 
 def hosts(*names: str) -> list[Host]:
@@ -50,10 +28,10 @@ def hosts(*names: str) -> list[Host]:
 
 def test_every_host_gets_a_result_in_order() -> None:
     behaviours = {"a": "ok", "b": "down", "c": "fail", "d": "bug", "e": "ok"}
-    fakes: dict[str, Fake] = {}
+    fakes: dict[str, FakeTransport] = {}
 
-    def connector(h: Host) -> Fake:
-        fakes[h.name] = Fake(h.name, behaviours[h.name])
+    def connector(h: Host) -> FakeTransport:
+        fakes[h.name] = fake(h.name, behaviours[h.name])
         return fakes[h.name]
 
     with fleet.Pool(connector) as pool:
@@ -69,7 +47,7 @@ def test_every_host_gets_a_result_in_order() -> None:
 
 def test_deadline_reports_the_slow_host_and_keeps_the_others() -> None:
     behaviours = {"fast": "ok", "slow": "slow"}
-    with fleet.Pool(lambda h: Fake(h.name, behaviours[h.name])) as pool:
+    with fleet.Pool(lambda h: fake(h.name, behaviours[h.name])) as pool:
         started = time.monotonic()
         res = fleet.run(hosts("slow", "fast"), lambda t: t.run(["x"]).stdout, pool=pool, deadline_s=0.5)
         elapsed = time.monotonic() - started
@@ -81,11 +59,32 @@ def test_deadline_reports_the_slow_host_and_keeps_the_others() -> None:
 def test_connections_are_reused_within_a_pool() -> None:
     made: list[str] = []
 
-    def connector(h: Host) -> Fake:
+    def connector(h: Host) -> FakeTransport:
         made.append(h.name)
-        return Fake(h.name, "ok")
+        return fake(h.name, "ok")
 
     with fleet.Pool(connector) as pool:
         for _ in range(3):
             fleet.run(hosts("a", "b"), lambda t: t.run(["x"]), pool=pool)
     assert sorted(made) == ["a", "b"]
+
+
+def test_one_exit_code_rule_for_every_fleet_command() -> None:
+    from forge.errors import ExitCode
+
+    assert fleet.exit_code([(True, True), (True, True)]) == ExitCode.OK
+    assert fleet.exit_code([(True, True), (False, False)]) == ExitCode.PARTIAL  # one did not answer
+    assert fleet.exit_code([(True, True), (True, False)]) == ExitCode.PARTIAL  # one answered, unserved
+    assert fleet.exit_code([(False, False), (False, False)]) == ExitCode.UNREACHABLE
+    assert fleet.exit_code([(True, False)]) == ExitCode.PARTIAL  # answered: not unreachable
+    assert fleet.exit_code([]) == ExitCode.OK
+
+
+def test_a_host_session_builds_its_daemons_docker_commands() -> None:
+    from tests.unit.fakes import session
+
+    plain = session(Host(name="a", address="a", user="ana"))
+    assert plain.docker("ps", "-a") == ["docker", "ps", "-a"] and plain.me == "ana"
+    socket = session(Host(name="b", address="b", docker_host="unix:///run/user/1000/docker.sock"))
+    assert socket.docker("ps") == ["docker", "-H", "unix:///run/user/1000/docker.sock", "ps"]
+    assert socket.docker_words == ["docker", "-H", "unix:///run/user/1000/docker.sock"]

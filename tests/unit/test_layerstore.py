@@ -31,7 +31,8 @@ from forge.images.layerstore import (
     write_layer_tar,
 )
 from forge.inventory import Host
-from forge.transport.base import CommandResult
+from forge.session import HostSession
+from tests.unit.fakes import FakeTransport, session
 
 
 def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
@@ -283,33 +284,24 @@ def test_a_layer_the_store_does_not_have_is_refused(daemon: FakeDaemon) -> None:
 # --------------------------------------------------------------------------- open_store
 
 
-class InfoTransport:
-    name = "local"
-
-    def __init__(self, stdout: str, status: int = 0) -> None:
-        self.stdout = stdout
-        self.status = status
-        self.commands: list[object] = []
-
-    def run(self, command: object, **_: object) -> CommandResult:
-        self.commands.append(command)
-        return CommandResult(
-            host="local", command=str(command), exit_status=self.status, stdout=self.stdout, stderr="", duration_s=0.0
-        )
+def info(stdout: str, host: Host | None = None) -> tuple[HostSession, FakeTransport]:
+    """A host whose `docker info` prints ``stdout``."""
+    fake = FakeTransport().on(" info ", stdout=stdout)
+    return session(host or LOCAL, fake), fake
 
 
 LOCAL = Host(name="here", address="localhost", local=True)
 
 
 def test_the_store_of_a_readable_local_overlay2_daemon_is_used(daemon: FakeDaemon) -> None:
-    t = InfoTransport(f'["{daemon.root}","overlay2"]\n')
-    store, why = open_store(LOCAL, t)  # type: ignore[arg-type]
+    s, fake = info(f'["{daemon.root}","overlay2"]\n')
+    store, why = open_store(s)
     assert store == LayerStore(daemon.root) and why == ""
-    assert t.commands == [["docker", "info", "--format", "[{{json .DockerRootDir}},{{json .Driver}}]"]]
+    assert fake.scripts == ["docker info --format '[{{json .DockerRootDir}},{{json .Driver}}]'"]
 
 
 @pytest.mark.parametrize(
-    ("host", "info", "reason"),
+    ("host", "answer", "reason"),
     [
         (Host(name="gpu1", address="10.0.0.1"), None, "another machine"),
         (Host(name="h", address="localhost", local=True, docker_host="tcp://10.0.0.2:2375"), None, "over tcp"),
@@ -322,10 +314,10 @@ def test_the_store_of_a_readable_local_overlay2_daemon_is_used(daemon: FakeDaemo
     ],
 )
 def test_the_store_is_not_used_where_it_cannot_be_read(
-    daemon: FakeDaemon, host: Host, info: str | None, reason: str
+    daemon: FakeDaemon, host: Host, answer: str | None, reason: str
 ) -> None:
-    t = InfoTransport((info or "").replace("{root}", str(daemon.root)))
-    store, why = open_store(host, t)  # type: ignore[arg-type]
+    s, fake = info((answer or "").replace("{root}", str(daemon.root)), host)
+    store, why = open_store(s)
     assert store is None and reason in why
-    if info is None:
-        assert t.commands == []  # decided without asking the daemon
+    if answer is None:
+        assert fake.scripts == []  # decided without asking the daemon

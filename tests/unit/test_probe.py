@@ -16,7 +16,9 @@ from forge import shell
 from forge.gpu import nvsmi, probe
 from forge.gpu.model import ProbeStatus
 from forge.gpu.policy import FreePolicy, assess, select
+from forge.inventory import Host
 from forge.lab import fake_gpu
+from forge.session import HostSession
 from forge.transport.base import CommandResult
 from forge.transport.local import LocalTransport
 
@@ -88,6 +90,10 @@ def _transport(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> LocalTra
     return LocalTransport("gpu1")
 
 
+def _session(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> HostSession:
+    return HostSession(Host(name="gpu1", address="localhost", local=True), _transport(monkeypatch, env))
+
+
 def _state(processes: list[dict[str, Any]]) -> dict[str, Any]:
     state = fake_gpu.default_state()
     state["processes"] = processes
@@ -110,7 +116,7 @@ def test_real_script_with_replayed_nvidia_smi(tmp_path: Path, monkeypatch: pytes
         ]
     )
     state["gpus"][1]["memory_used_mib"] = 20500
-    host = probe.probe_host(_transport(monkeypatch, _host(tmp_path, state)), timeout=30)
+    host = probe.probe_host(_session(monkeypatch, _host(tmp_path, state)), timeout=30)
     assert host.status is ProbeStatus.OK, host.reason
     assert [g.uuid for g in host.gpus] == [g["uuid"] for g in state["gpus"]]
     by_pid = {p.pid: p for p in host.processes}
@@ -122,7 +128,7 @@ def test_real_script_with_replayed_nvidia_smi(tmp_path: Path, monkeypatch: pytes
 
 @needs_tools
 def test_real_script_idle_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    host = probe.probe_host(_transport(monkeypatch, _host(tmp_path, _state([]))), timeout=30)
+    host = probe.probe_host(_session(monkeypatch, _host(tmp_path, _state([]))), timeout=30)
     assert host.status is ProbeStatus.OK and len(host.gpus) == 4 and host.processes == ()
 
 
