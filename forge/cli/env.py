@@ -79,14 +79,11 @@ def migrate(
     """Move the dev environment to another host, or start it where it does not run yet.
 
     \b
-    Steps: find the environment (container labels) across the fleet; choose the target;
-    ship the image (only missing layers); ensure the data volume and read its marker; claim
-    the GPUs atomically on the target; start the container (GPUs by UUID, --ipc=host,
-    -p PORT:22, -u UID:GID, -h, -v VOLUME:MOUNT, --restart=always); wait for its sshd;
-    then remove the old container. If any step fails, the old environment keeps running and
-    what was created for the new one is removed.
-
-    Prints the `ssh -X -p PORT USER@HOST` line to reach it. See docs/migrate.md.
+    Steps: find the environment across the fleet; choose the target; ship the image (only
+    missing layers); ensure the data volume; claim the GPUs atomically; start the container
+    (GPUs by UUID, --ipc=host, -p PORT:22, -u UID:GID, --restart=always); wait for its sshd;
+    then remove the old one. If a step fails, the old environment keeps running and what was
+    created for the new one is removed. Prints how to reach it (docs/migrate.md).
     """
     inv = state.inventory
     name = env or inv.environment.name
@@ -107,36 +104,11 @@ def migrate(
         authorized_keys="\n".join(authorized),
     )
     result = mig.migrate(inv, req, state.pool, progress=output.progress)
-    # forge started this container and read its keys over its own verified connection: the
-    # keys `forge ssh` and `ssh ENV` will check from now on.
-    known = sshconfig.pin_keys(name, result.host_keys)
-    way = access.access(inv.host(result.host), env=name, port=result.port, user=result.user, known_hosts=known)
-    config_path = None
-    if ssh_config or sshconfig.has_block(name):  # a block forge manages follows its environment
-        config_path = sshconfig.update(name, access.config_lines(way))
+    way, config_path = access.publish(inv.host(result.host), result, manage_config=ssh_config)
     for w in result.warnings:
         output.echo(f"forge: warning: {w}", err=True)
     if as_json:
-        output.emit_json(
-            {
-                "env": result.env,
-                "owner": result.owner,
-                "host": result.host,
-                "address": result.address,
-                "container": result.container,
-                "port": result.port,
-                "gpus": list(result.gpus),
-                "gpu_indexes": list(result.gpu_indexes),
-                "image": result.image,
-                "user": result.user,
-                "volume": result.volume.name if result.volume else None,
-                "old_host": result.old_host,
-                "old_container": result.old_container,
-                "ssh": access.display(way),
-                "host_keys": [f"{k} {v}" for k, v in result.host_keys],
-                "warnings": result.warnings,
-            }
-        )
+        output.emit_json({**result.to_json(), "ssh": access.display(way)})
     else:
         moved = f" (from {result.old_host})" if result.old_host else ""
         output.echo(
@@ -183,21 +155,7 @@ def ps(ctx: click.Context, state: State, targets: tuple[str, ...], as_json: bool
             continue
         for e in r.value.environments:
             rows.append(_row(e, r.value.now_s))
-            items.append(
-                {
-                    "host": e.host,
-                    "env": e.name,
-                    "owner": e.owner,
-                    "container": e.container.name,
-                    "gpus": list(e.gpus),
-                    "port": e.ssh_port,
-                    "user": e.user,
-                    "image": e.container.image,
-                    "created_s": e.container.created_s,
-                    "state": e.container.state,
-                    "status": e.container.status,
-                }
-            )
+            items.append(e.to_json())
     if as_json:
         output.emit_json({"environments": items, "unreachable": {r.host.name: r.reason for r in listings.failed}})
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -234,42 +235,9 @@ def gpus(
         with output.HostCounter("probed", len(hosts)) as counter:
             return survey(inv, hosts, pool=state.pool, overrides=overrides, timeout=timeout, on_done=counter)
 
-    def show(reports: list[HostReport]) -> ExitCode:
-        cands: list[Candidate] | None = None
-        if want is not None:
-            snapshots = [r.gpus for r in reports if r.gpus is not None]
-            cands = select(
-                snapshots,
-                count=want,
-                min_free_memory_mib=min_free_memory,
-                policy={r.host.name: r.policy for r in reports},
-                me=reports[0].me if reports else None,  # the SSH user (the same fleet-wide as a rule)
-            )
-        if as_json:
-            data = report_json(reports, free_only=free_only)
-            if cands is not None:
-                data["candidates"] = candidates_json(cands)
-            output.emit_json(data)
-        else:
-            output.echo(output.table(table_rows(reports, free_only=free_only), HEADERS))
-            if cands is not None:
-                output.echo()
-                if cands:
-                    output.echo(
-                        output.table(
-                            [
-                                [c.host, ",".join(map(str, c.gpu_indexes)), ",".join(c.gpu_uuids), str(c.free_gpus)]
-                                for c in cands
-                            ],
-                            ["BEST HOSTS", "GPUS", "UUIDS", "FREE"],
-                        )
-                    )
-                else:
-                    output.echo(f"No host has {want} free GPU(s) with {min_free_memory} MiB free each.")
-        return exit_code(reports)
-
+    view = View(free_only=free_only, as_json=as_json, want=want, min_free_memory=min_free_memory)
     if not watch:
-        ctx.exit(show(probe()))
+        ctx.exit(view.show(probe()))
     with output.Interrupt(on_first=state.pool.close) as stop:
         while not stop.is_set():
             reports = probe()
@@ -278,6 +246,47 @@ def gpus(
             if output.is_terminal():
                 click.clear()
             output.echo(f"forge gpus — {datetime.now():%H:%M:%S} — every {interval:g} s, Ctrl-C to stop")
-            show(reports)
+            view.show(reports)
             stop.wait(interval)
     ctx.exit(ExitCode.OK)
+
+
+@dataclass(frozen=True)
+class View:
+    """How `forge gpus` shows a survey: a table or JSON, with the best hosts for --gpus N."""
+
+    free_only: bool
+    as_json: bool
+    want: int | None
+    min_free_memory: int
+
+    def show(self, reports: list[HostReport]) -> ExitCode:
+        cands = self.candidates(reports)
+        if self.as_json:
+            data = report_json(reports, free_only=self.free_only)
+            if cands is not None:
+                data["candidates"] = candidates_json(cands)
+            output.emit_json(data)
+        else:
+            output.echo(output.table(table_rows(reports, free_only=self.free_only), HEADERS))
+            if cands is not None:
+                output.echo()
+                output.echo(self.best(cands))
+        return exit_code(reports)
+
+    def candidates(self, reports: list[HostReport]) -> list[Candidate] | None:
+        if self.want is None:
+            return None
+        return select(
+            [r.gpus for r in reports if r.gpus is not None],
+            count=self.want,
+            min_free_memory_mib=self.min_free_memory,
+            policy={r.host.name: r.policy for r in reports},
+            me=reports[0].me if reports else None,  # the SSH user (the same fleet-wide as a rule)
+        )
+
+    def best(self, cands: list[Candidate]) -> str:
+        if not cands:
+            return f"No host has {self.want} free GPU(s) with {self.min_free_memory} MiB free each."
+        rows = [[c.host, ",".join(map(str, c.gpu_indexes)), ",".join(c.gpu_uuids), str(c.free_gpus)] for c in cands]
+        return output.table(rows, ["BEST HOSTS", "GPUS", "UUIDS", "FREE"])

@@ -9,7 +9,9 @@ import click
 from forge import fleet
 from forge.cli import output
 from forge.cli.main import State, pass_state
+from forge.fleet import HostResult
 from forge.hostcheck import HostCheck, check_host
+from forge.inventory import Host
 
 
 @click.command()
@@ -30,32 +32,15 @@ def hosts(
     """
     inv = state.inventory
     selected = inv.select(list(targets) or None)
+    source = str(inv.path) if inv.path else None
     if not check:
         if as_json:
-            output.emit_json(
-                {
-                    "inventory": str(inv.path) if inv.path else None,
-                    "hosts": [
-                        {
-                            "name": h.name,
-                            "target": h.describe(),
-                            "tags": list(h.tags),
-                            "host_key_policy": h.host_key_policy,
-                        }
-                        for h in selected
-                    ],
-                }
-            )
-            return
-        output.echo(f"# {inv.source}")
-        output.echo(
-            output.table(
-                [[h.name, h.describe(), ",".join(h.tags), h.host_key_policy] for h in selected],
-                ["HOST", "SSH", "TAGS", "HOST KEYS"],
-            )
-        )
+            output.emit_json({"inventory": source, "hosts": [_host_json(h) for h in selected]})
+        else:
+            output.echo(f"# {inv.source}")
+            rows = [[h.name, h.describe(), ",".join(h.tags), h.host_key_policy] for h in selected]
+            output.echo(output.table(rows, ["HOST", "SSH", "TAGS", "HOST KEYS"]))
         return
-
     with output.HostCounter("checked", len(selected)) as counter:
         results = fleet.run(
             selected,
@@ -64,37 +49,33 @@ def hosts(
             deadline_s=timeout + max(h.connect_timeout for h in selected) if selected else None,
             on_done=counter,
         )
-    rows: list[dict[str, Any]] = []
-    for r in results:
-        c: HostCheck | None = r.value
-        rows.append(
-            {
-                "name": r.host.name,
-                "target": r.host.describe(),
-                "reachable": r.ok,
-                "connect_ms": round(c.connect_ms, 1) if c else None,
-                "latency_ms": round(c.latency_ms, 1) if c else None,
-                "docker": c.docker_version if c else None,
-                "error": r.reason if not r.ok else (c.docker_error if c and not c.docker_version else None),
-            }
-        )
+    checks = [_check_json(r) for r in results]
     if as_json:
-        output.emit_json({"inventory": str(inv.path) if inv.path else None, "hosts": rows})
+        output.emit_json({"inventory": source, "hosts": checks})
     else:
         output.echo(
-            output.table(
-                [
-                    [
-                        x["name"],
-                        x["target"],
-                        "yes" if x["reachable"] else "NO",
-                        "" if x["latency_ms"] is None else f"{x['latency_ms']:.1f} ms",
-                        x["docker"] or "-",
-                        x["error"] or "",
-                    ]
-                    for x in rows
-                ],
-                ["HOST", "SSH", "UP", "LATENCY", "DOCKER", "PROBLEM"],
-            )
+            output.table([_check_row(x) for x in checks], ["HOST", "SSH", "UP", "LATENCY", "DOCKER", "PROBLEM"])
         )
     ctx.exit(results.exit_code())
+
+
+def _host_json(h: Host) -> dict[str, Any]:
+    return {"name": h.name, "target": h.describe(), "tags": list(h.tags), "host_key_policy": h.host_key_policy}
+
+
+def _check_json(r: HostResult[HostCheck]) -> dict[str, Any]:
+    c = r.value
+    return {
+        "name": r.host.name,
+        "target": r.host.describe(),
+        "reachable": r.ok,
+        "connect_ms": round(c.connect_ms, 1) if c else None,
+        "latency_ms": round(c.latency_ms, 1) if c else None,
+        "docker": c.docker_version if c else None,
+        "error": r.reason if not r.ok else (c.docker_error if c and not c.docker_version else None),
+    }
+
+
+def _check_row(x: dict[str, Any]) -> list[str]:
+    latency = "" if x["latency_ms"] is None else f"{x['latency_ms']:.1f} ms"
+    return [x["name"], x["target"], "yes" if x["reachable"] else "NO", latency, x["docker"] or "-", x["error"] or ""]

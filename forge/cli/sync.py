@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
 import time
-from typing import Any
 
 import click
 
-from forge import fleet
 from forge.cli import output
 from forge.cli.main import State, pass_state
 from forge.cli.progressbar import TerminalProgress, human_bytes
-from forge.errors import ConnectError, ExitCode, ForgeError
-from forge.fleet import HostResult
+from forge.errors import ExitCode
 from forge.images import codec as codecs
-from forge.images.sync import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_TIMEOUT_S,
-    READS,
-    HostPlan,
-    HostSync,
-    SyncReport,
-    plan,
-    sync_image,
-)
+from forge.images.runs import ImageRun, Outcome, Status, check_images, exit_code, sync_images
+from forge.images.sync import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, READS, SyncReport
 from forge.inventory import LOCAL_NAME, Host, Inventory
 from forge.lock import FileLock
-from forge.progress import NoProgress, Progress
 
 
 def _source(inv: Inventory, name: str | None) -> Host:
@@ -134,14 +123,34 @@ def sync(
     source = _source(inv, from_)
     refs = _images(inv, images)
     if check:
-        _check(ctx, state, refs, source, targets, compress, as_json, quiet)
-        return
-    lock = FileLock("sync").acquire(wait_s)
-    try:
-        _sync_all(ctx, state, refs, source, targets, compress, read, concurrency, quiet, timeout_s, as_json, lock)
-    except KeyboardInterrupt:
-        _exit_on_second_interrupt()
-        raise
+        statuses = check_images(refs, source=source, targets=targets, pool=state.pool, compress=compress)
+        _show_check(statuses, as_json=as_json, quiet=quiet)
+        ctx.exit(exit_code(statuses))
+    with FileLock("sync").acquire(wait_s):
+        try:
+            runs = sync_images(
+                refs,
+                source=source,
+                targets=targets,
+                pool=state.pool,
+                progress=None if quiet or as_json or not sys.stderr.isatty() else _bar,
+                on_run=None if as_json else functools.partial(_show_run, quiet=quiet),
+                compress=compress,
+                concurrency=concurrency,
+                timeout_s=timeout_s,
+                read=read,
+            )
+        except KeyboardInterrupt:
+            _exit_on_second_interrupt()
+            raise
+    outcomes = [o for run in runs for o in run.outcomes]
+    if as_json:
+        output.emit_json({"results": [o.to_json() for o in outcomes]})
+    ctx.exit(exit_code(outcomes))
+
+
+def _bar(ref: str) -> TerminalProgress:
+    return TerminalProgress(sys.stderr)
 
 
 def _exit_on_second_interrupt() -> None:
@@ -150,81 +159,19 @@ def _exit_on_second_interrupt() -> None:
     signal.signal(signal.SIGINT, lambda *_: os._exit(ExitCode.INTERRUPTED))
 
 
-def _sync_all(
-    ctx: click.Context,
-    state: State,
-    refs: list[str],
-    source: Host,
-    targets: list[Host],
-    compress: str,
-    read: str,
-    concurrency: int,
-    quiet: bool,
-    timeout_s: float,
-    as_json: bool,
-    lock: FileLock,
-) -> None:
-    with lock:
-        failed: list[HostResult[HostSync]] = []
-        total = 0
-        rows: list[dict[str, Any]] = []
-        for ref in refs:
-            show: Progress = NoProgress()
-            bar: TerminalProgress | None = None
-            if not quiet and not as_json and sys.stderr.isatty():
-                bar = TerminalProgress(sys.stderr)
-                show = bar
-            try:
-                report = sync_image(
-                    ref,
-                    source=source,
-                    targets=targets,
-                    pool=state.pool,
-                    compress=compress,
-                    concurrency=concurrency,
-                    progress=show,
-                    timeout_s=timeout_s,
-                    read=read,
-                )
-            except ForgeError as e:  # the source itself failed: every target misses this image
-                if len(refs) == 1:
-                    raise
-                if not quiet:
-                    output.echo(f"forge: error: {ref}: {e}", err=True)
-                for r in _source_failed(e, source, targets):
-                    total += 1
-                    failed.append(r)
-                    rows.append(_row(ref, r))
-                    if quiet:
-                        output.echo(_log_line(ref, r))
-                continue
-            finally:
-                if bar is not None:
-                    bar.close()
-            for r in report.results:
-                total += 1
-                rows.append(_row(ref, r, report))
-                if not r.ok:
-                    failed.append(r)
-                if quiet:
-                    output.echo(_log_line(ref, r, report.read))
-            if not quiet and not as_json:
-                output.echo(f"# {ref} ({report.image.id[:19]}, {human_bytes(report.image.size_bytes)}){_how(report)}")
-                output.echo(
-                    output.table(
-                        [_table_row(x) for x in rows if x["image"] == ref],
-                        ["HOST", "RESULT", "LAYERS SENT", "ARCHIVE", "WIRE", "TIME", "PROBLEM"],
-                    )
-                )
-        if as_json:
-            output.emit_json({"results": rows})
-    _exit(ctx, failed, total)
-
-
-def _source_failed(e: ForgeError, source: Host, targets: list[Host]) -> list[HostResult[Any]]:
-    """One failed result per target when the image could not be read from the source."""
-    err = ForgeError(f"the source failed: {e}")
-    return [HostResult(h, error=err) for h in targets if h.name != source.name]
+def _show_run(run: ImageRun, *, quiet: bool) -> None:
+    """One image's results: a log line per host (--quiet, for cron) or a table."""
+    if quiet:
+        for o in run.outcomes:
+            output.echo(_log_line(o))
+        return
+    if run.report is None:
+        output.echo(f"forge: error: {run.ref}: {run.error}", err=True)
+        return
+    image = run.report.image
+    output.echo(f"# {run.ref} ({image.id[:19]}, {human_bytes(image.size_bytes)}){_how(run.report)}")
+    headers = ["HOST", "RESULT", "LAYERS SENT", "ARCHIVE", "WIRE", "TIME", "PROBLEM"]
+    output.echo(output.table([_table_row(o) for o in run.outcomes], headers))
 
 
 def _how(report: SyncReport) -> str:
@@ -235,140 +182,38 @@ def _how(report: SyncReport) -> str:
     return ""
 
 
-def _row(ref: str, r: HostResult[HostSync], report: SyncReport | None = None) -> dict[str, Any]:
-    v = r.value
-    return {
-        "image": ref,
-        "read": report.read if report and v and v.action == "send" else None,
-        "host": r.host.name,
-        "ok": r.ok,
-        "action": v.action if v else "failed",
-        "codec": v.codec if v else None,
-        "layers_sent": v.layers_sent if v else None,
-        "layers_total": v.layers_total if v else None,
-        "archive_bytes": v.tar_bytes if v else None,
-        "wire_bytes": v.wire_bytes if v else None,
-        "seconds": round(r.duration_s, 2),
-        "error": r.reason or None,
-    }
-
-
-def _table_row(x: dict[str, Any]) -> list[str]:
-    sent = f"{x['layers_sent']}/{x['layers_total']}" if x["ok"] else ""
+def _table_row(o: Outcome) -> list[str]:
     return [
-        x["host"],
-        {"current": "up to date", "tag": "tagged", "send": "loaded"}.get(x["action"], "FAILED"),
-        sent,
-        human_bytes(x["archive_bytes"]) if x["archive_bytes"] else "",
-        human_bytes(x["wire_bytes"]) + f" ({x['codec']})" if x["wire_bytes"] else "",
-        f"{x['seconds']:.1f} s",
-        x["error"] or "",
+        o.host,
+        {"current": "up to date", "tag": "tagged", "send": "loaded"}.get(o.action, "FAILED"),
+        f"{o.layers_sent}/{o.layers_total}" if o.ok else "",
+        human_bytes(o.archive_bytes) if o.archive_bytes else "",
+        human_bytes(o.wire_bytes) + f" ({o.codec})" if o.wire_bytes else "",
+        f"{o.seconds:.1f} s",
+        o.error or "",
     ]
 
 
-def _log_line(ref: str, r: HostResult[HostSync], read: str = "") -> str:
-    v = r.value
-    if v is None:
-        return f"{_stamp()} forge sync {ref} {r.host.name} FAILED {r.duration_s:.1f}s: {r.reason}"
+def _log_line(o: Outcome) -> str:
+    if not o.ok:
+        return f"{_stamp()} forge sync {o.image} {o.host} FAILED {o.seconds:.1f}s: {o.error}"
     detail = ""
-    if v.action == "send":
-        detail = f"layers={v.layers_sent}/{v.layers_total} wire={v.wire_bytes}B codec={v.codec}"
-        detail += f" read={read}" if read else ""
-    return f"{_stamp()} forge sync {ref} {r.host.name} ok {v.action} {detail} {r.duration_s:.1f}s".replace("  ", " ")
+    if o.action == "send":
+        detail = f"layers={o.layers_sent}/{o.layers_total} wire={o.wire_bytes}B codec={o.codec}"
+        detail += f" read={o.read}" if o.read else ""
+    return f"{_stamp()} forge sync {o.image} {o.host} ok {o.action} {detail} {o.seconds:.1f}s".replace("  ", " ")
 
 
-def _exit(ctx: click.Context, failed: list[HostResult[Any]], total: int) -> None:
-    """The fleet rule: a host that could not be reached did not answer; one whose transfer
-    failed answered but was not served."""
-    reached = [not isinstance(r.error, ConnectError) for r in failed]
-    code = fleet.exit_code([*[(True, True)] * (total - len(failed)), *[(ok, False) for ok in reached]])
-    if code != ExitCode.OK:
-        ctx.exit(code)
-
-
-def _check(
-    ctx: click.Context,
-    state: State,
-    refs: list[str],
-    source: Host,
-    targets: list[Host],
-    compress: str,
-    as_json: bool,
-    quiet: bool,
-) -> None:
-    rows: list[dict[str, Any]] = []
-    bad: list[HostResult[Any]] = []
-    total = 0
-    for ref in refs:
-        try:
-            image, tags, plans = plan(
-                ref,
-                source=source,
-                targets=[t for t in targets if t.name != source.name],
-                pool=state.pool,
-                compress=compress,
-                concurrency=fleet.DEFAULT_CONCURRENCY,
-            )
-        except ForgeError as e:  # the source failed: nothing to compare this image's hosts with
-            if len(refs) == 1:
-                raise
-            for r in _source_failed(e, source, targets):
-                total += 1
-                bad.append(r)
-                rows.append(
-                    {
-                        "image": ref,
-                        "host": r.host.name,
-                        "status": "error",
-                        "source_id": None,
-                        "host_id": None,
-                        "error": r.reason,
-                    }
-                )
-            continue
-        for r in plans:
-            total += 1
-            p: HostPlan | None = r.value
-            if p is None:
-                status = "unreachable" if isinstance(r.error, ConnectError) else "error"
-            else:
-                status = _status(p)
-            if status != "current":
-                bad.append(r)
-            rows.append(
-                {
-                    "image": ref,
-                    "host": r.host.name,
-                    "status": status,
-                    "source_id": image.id,
-                    "host_id": p.stale_id if p else None,
-                    "error": r.reason or None,
-                }
-            )
+def _show_check(statuses: list[Status], *, as_json: bool, quiet: bool) -> None:
     if as_json:
-        output.emit_json({"results": rows})
+        output.emit_json({"results": [x.to_json() for x in statuses]})
     elif quiet:
-        for x in rows:
-            output.echo(
-                f"{_stamp()} forge sync --check {x['image']} {x['host']} {x['status']}"
-                + (f": {x['error']}" if x["error"] else "")
-            )
+        for x in statuses:
+            problem = f": {x.error}" if x.error else ""
+            output.echo(f"{_stamp()} forge sync --check {x.image} {x.host} {x.status}{problem}")
     else:
-        output.echo(
-            output.table(
-                [[x["image"], x["host"], x["status"], (x["host_id"] or "")[:19], x["error"] or ""] for x in rows],
-                ["IMAGE", "HOST", "STATUS", "HOST HAS", "PROBLEM"],
-            )
-        )
-    _exit(ctx, bad, total)
-
-
-def _status(p: HostPlan) -> str:
-    if p.action == "current":
-        return "current"
-    if p.action == "tag":
-        return "untagged"
-    return "stale" if p.stale_id else "missing"
+        rows = [[x.image, x.host, x.status, (x.host_id or "")[:19], x.error or ""] for x in statuses]
+        output.echo(output.table(rows, ["IMAGE", "HOST", "STATUS", "HOST HAS", "PROBLEM"]))
 
 
 __all__ = ["sync"]

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from forge import shell
+from forge.env import sshconfig
 from forge.env.sshconfig import alias
 from forge.inventory import Host
 from forge.transport import openssh
 from forge.transport.route import Hop, Route, resolve
+
+if TYPE_CHECKING:  # migrate's result; migrate does not import this module
+    from forge.env.migrate import Result
 
 X11 = ("-X", "-o", "ForwardX11Trusted=no")
 
@@ -55,6 +60,19 @@ def access(host: Host, *, env: str, port: int, user: str, known_hosts: Path) -> 
         proxy_command=None,
     )
     return Access(env, Route((*hops, sshd)))
+
+
+def publish(host: Host, result: Result, *, manage_config: bool) -> tuple[Access, Path | None]:
+    """After a launch: pin the keys forge read of the container it started (over its own
+    verified connection: the keys ``forge ssh`` and ``ssh ENV`` check from now on), and write
+    the ``~/.ssh/config`` block when asked or when one is kept already (a block forge manages
+    follows its environment). Returns the way in and the config written, if any."""
+    known = sshconfig.pin_keys(result.env, result.host_keys)
+    way = access(host, env=result.env, port=result.port, user=result.user, known_hosts=known)
+    config = None
+    if manage_config or sshconfig.has_block(result.env):
+        config = sshconfig.update(result.env, config_lines(way))
+    return way, config
 
 
 def ssh_argv(a: Access, command: list[str] | None = None, *, ssh: str = "ssh") -> list[str]:

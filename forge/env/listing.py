@@ -95,6 +95,22 @@ class Environment:
         u = self.container.label(USER)
         return u if u and USER_NAME.match(u) else None
 
+    def to_json(self) -> dict[str, object]:
+        c = self.container
+        return {
+            "host": self.host,
+            "env": self.name,
+            "owner": self.owner,
+            "container": c.name,
+            "gpus": list(self.gpus),
+            "port": self.published_port or self.ssh_port,
+            "user": self.user,
+            "image": c.image,
+            "created_s": c.created_s,
+            "state": c.state,
+            "status": c.status,
+        }
+
 
 @dataclass(frozen=True)
 class Claim:

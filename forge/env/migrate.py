@@ -117,6 +117,25 @@ class Result:
     old_container: str | None = None
     warnings: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "env": self.env,
+            "owner": self.owner,
+            "host": self.host,
+            "address": self.address,
+            "container": self.container,
+            "port": self.port,
+            "gpus": list(self.gpus),
+            "gpu_indexes": list(self.gpu_indexes),
+            "image": self.image,
+            "user": self.user,
+            "volume": self.volume.name if self.volume else None,
+            "old_host": self.old_host,
+            "old_container": self.old_container,
+            "host_keys": [f"{k} {v}" for k, v in self.host_keys],
+            "warnings": self.warnings,
+        }
+
 
 # --------------------------------------------------------------------------- choose
 

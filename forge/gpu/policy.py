@@ -150,6 +150,21 @@ def _gpu_load(gpu: Gpu) -> tuple[int, int, int]:
     return (gpu.memory_used_mib or 0, gpu.utilization_gpu_pct or 0, gpu.index)
 
 
+def _usable(host: HostGpus, policy: FreePolicy, me: str | None, excluded: set[str], min_free_mib: int) -> list[Gpu]:
+    """The host's GPUs a request may take: free, not excluded, with the memory asked for."""
+    usable = []
+    for gpu in host.gpus:
+        if (
+            gpu.uuid in excluded
+            or not gpu_is_free(gpu, host.processes, policy=policy, me=me, hold=host.hold(gpu.uuid))[0]
+        ):
+            continue
+        if min_free_mib > 0 and (gpu.free_memory_mib is None or gpu.free_memory_mib < min_free_mib):
+            continue
+        usable.append(gpu)
+    return usable
+
+
 def select(
     hosts: Sequence[HostGpus],
     *,
@@ -185,7 +200,6 @@ def select(
     if min_free_memory_mib < 0:
         raise ValueError(f"min_free_memory_mib must be >= 0, got {min_free_memory_mib}")
     excluded_hosts = set(exclude_hosts)
-    excluded_gpus = set(exclude_gpus)
     names = [h.host for h in hosts]
     if len(set(names)) != len(names):
         raise ValueError("each host may appear only once")
@@ -193,19 +207,7 @@ def select(
     for host in hosts:
         if not host.ok or host.holds_unknown is not None or host.host in excluded_hosts:
             continue
-        host_policy = _policy_for(host.host, policy)
-        usable = []
-        for gpu in host.gpus:
-            if gpu.uuid in excluded_gpus:
-                continue
-            free, _ = gpu_is_free(gpu, host.processes, policy=host_policy, me=me, hold=host.hold(gpu.uuid))
-            if not free:
-                continue
-            if min_free_memory_mib > 0:
-                available = gpu.free_memory_mib
-                if available is None or available < min_free_memory_mib:
-                    continue
-            usable.append(gpu)
+        usable = _usable(host, _policy_for(host.host, policy), me, set(exclude_gpus), min_free_memory_mib)
         if len(usable) < count:
             continue
         chosen = sorted(sorted(usable, key=_gpu_load)[:count], key=lambda g: g.index)

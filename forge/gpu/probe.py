@@ -319,9 +319,7 @@ def parse_probe(host: str, result: CommandResult) -> HostGpus:
         tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:]
         detail = f": {tail[0]}" if tail else ""
         return _error(
-            host,
-            ProbeStatus.ERROR,
-            f"the GPU probe script failed (exit status {result.exit_status}){detail}",
+            host, ProbeStatus.ERROR, f"the GPU probe script failed (exit status {result.exit_status}){detail}"
         )
     failure = classify_failure(gpu_section.exit_status, gpu_section.text)
     if failure is not None:
@@ -336,34 +334,15 @@ def parse_probe(host: str, result: CommandResult) -> HostGpus:
     apps = sections.get("apps")
     if apps is None or apps.exit_status != 0:
         detail = apps.text.strip().splitlines()[0] if apps and apps.text.strip() else "no output"
-        return HostGpus(
-            host=host,
-            status=ProbeStatus.ERROR,
-            gpus=gpus,
-            reason=f"nvidia-smi could not list GPU processes: {detail}",
-        )
+        return HostGpus(host, ProbeStatus.ERROR, gpus, reason=f"nvidia-smi could not list GPU processes: {detail}")
     try:
         procs = parse_apps(apps.text)
     except NvsmiParseError as e:
-        return HostGpus(
-            host=host,
-            status=ProbeStatus.ERROR,
-            gpus=gpus,
-            reason=f"unexpected nvidia-smi process output: {e}",
-        )
+        return HostGpus(host, ProbeStatus.ERROR, gpus, reason=f"unexpected nvidia-smi process output: {e}")
     # Owners, cgroups and containers are best effort: a missing piece leaves fields None.
     owners = parse_owners(sections["owners"].text) if "owners" in sections else {}
     cgroups = parse_cgroups(sections["cgroups"].text) if "cgroups" in sections else {}
-    section = sections.get("containers")
-    now: float | None = None
-    containers: dict[str, Container] = {}
-    unknown: str | None = None
-    if section is not None and section.exit_status == 0:
-        now, containers = parse_containers(section.text)
-    elif section is None or section.exit_status != 127:  # 127: no docker, so no environment either
-        text = section.text if section is not None else ""
-        status = section.exit_status if section is not None else None
-        unknown = unavailable(text, status) or f"docker ps failed: {_first(text) or 'no answer'}"
+    now, containers, unknown = _containers(sections.get("containers"))
     return HostGpus(
         host=host,
         status=ProbeStatus.OK,
@@ -372,6 +351,19 @@ def parse_probe(host: str, result: CommandResult) -> HostGpus:
         holds=holds(gpus, containers, now),
         holds_unknown=unknown,
     )
+
+
+def _containers(section: Section | None) -> tuple[float | None, dict[str, Container], str | None]:
+    """The host's clock and containers, or why docker could not list them (127: no docker on
+    the host, so no forge environment either)."""
+    if section is not None and section.exit_status == 0:
+        now, containers = parse_containers(section.text)
+        return now, containers, None
+    if section is not None and section.exit_status == 127:
+        return None, {}, None
+    text = section.text if section is not None else ""
+    status = section.exit_status if section is not None else None
+    return None, {}, unavailable(text, status) or f"docker ps failed: {_first(text) or 'no answer'}"
 
 
 def _first(text: str) -> str:

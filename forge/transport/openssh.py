@@ -34,7 +34,7 @@ from typing import IO
 from forge import shell
 from forge.errors import CommandTimeout, ConnectError, ForgeError, HostKeyError
 from forge.inventory import Host
-from forge.transport.base import CommandResult
+from forge.transport.base import CommandResult, OutputLimit
 from forge.transport.route import Hop, Route
 
 _CHUNK = 1 << 20
@@ -141,23 +141,14 @@ def stream(
     process so that closing the transport can end it."""
     started = time.monotonic()
     deadline = started + timeout if timeout else None
-    try:
-        proc = subprocess.Popen(
-            command_argv,
-            stdin=subprocess.PIPE if source is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # a Ctrl-C reaches forge, which ends the stream itself
-        )
-    except OSError as e:
-        raise ConnectError(host.name, f"cannot run {command_argv[0]}: {e.strerror}") from e
+    proc = _start(host, command_argv, source)
     if track:
         track(None, proc)
     errors: list[BaseException] = []
-    err_chunks: list[bytes] = []
+    stderr = OutputLimit(host.name, keep="tail")
     threads = [
         threading.Thread(target=_pump, args=(proc.stdout, sink, errors), daemon=True),
-        threading.Thread(target=_pump, args=(proc.stderr, _Collect(err_chunks), errors), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, stderr, errors), daemon=True),
     ]
     if source is not None:
         threads.append(threading.Thread(target=_feed, args=(source, proc, errors), daemon=True))
@@ -177,7 +168,27 @@ def stream(
     finally:
         if track:
             track(proc, proc)
-    stderr = b"".join(err_chunks).decode("utf-8", "replace")
+    _check_outcome(host, proc, status, stderr.text(), errors)
+    return CommandResult(host.name, script, status, "", stderr.text(), time.monotonic() - started)
+
+
+def _start(host: Host, argv: list[str], source: IO[bytes] | None) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if source is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # a Ctrl-C reaches forge, which ends the stream itself
+        )
+    except OSError as e:
+        raise ConnectError(host.name, f"cannot run {argv[0]}: {e.strerror}") from e
+
+
+def _check_outcome(
+    host: Host, proc: subprocess.Popen[bytes], status: int, stderr: str, errors: list[BaseException]
+) -> None:
+    """Raise when ``ssh`` itself failed (not the remote command), or the input could not go."""
     if status < 0 or proc in _ENDED:
         raise ConnectError(host.name, f"the SSH connection was closed while running a command ({_tail(stderr)})")
     if status == 255 and _SSH_ERROR.search(stderr):
@@ -190,23 +201,6 @@ def stream(
         if isinstance(err, ForgeError):
             raise err
         raise ConnectError(host.name, f"sending data failed: {err}") from err
-    return CommandResult(
-        host=host.name,
-        command=script,
-        exit_status=status,
-        stdout="",
-        stderr=stderr,
-        duration_s=time.monotonic() - started,
-    )
-
-
-class _Collect:
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-
-    def write(self, data: bytes) -> int:
-        self.chunks.append(data)
-        return len(data)
 
 
 def _pump(pipe: IO[bytes] | None, sink: object, errors: list[BaseException]) -> None:

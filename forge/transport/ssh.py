@@ -263,23 +263,7 @@ class SSHTransport(Transport):
                 chan.shutdown_write()
             for t in readers:
                 t.start()
-            while True:
-                chan.settimeout(_remaining(deadline))
-                try:
-                    data = chan.recv(_CHUNK)
-                except TimeoutError:
-                    raise CommandTimeout(self.name, late) from None
-                if not data:
-                    break
-                if sink is not None:
-                    sink.write(data)
-            for t in readers:
-                t.join(_remaining(deadline))
-                if t.is_alive():
-                    raise CommandTimeout(self.name, late)
-            if not chan.status_event.wait(_remaining(deadline)):
-                raise CommandTimeout(self.name, late)
-            status = chan.recv_exit_status()
+            status = self._drain(chan, sink, readers, deadline, late)
         except (paramiko.SSHException, EOFError, OSError) as e:
             self.close()
             raise ConnectError(self.name, f"the SSH connection broke while running a command: {e}") from e
@@ -290,14 +274,29 @@ class SSHTransport(Transport):
             if isinstance(err, ForgeError):
                 raise err
             raise ConnectError(self.name, f"sending data failed: {err}") from err
-        return CommandResult(
-            host=self.name,
-            command=script,
-            exit_status=status,
-            stdout="",
-            stderr=stderr.text(),
-            duration_s=time.monotonic() - started,
-        )
+        return CommandResult(self.name, script, status, "", stderr.text(), time.monotonic() - started)
+
+    def _drain(
+        self, chan: paramiko.Channel, sink: Any, readers: list[threading.Thread], deadline: float | None, late: str
+    ) -> int:
+        """Read the command's stdout into ``sink`` until it ends; its exit status."""
+        while True:
+            chan.settimeout(_remaining(deadline))
+            try:
+                data = chan.recv(_CHUNK)
+            except TimeoutError:
+                raise CommandTimeout(self.name, late) from None
+            if not data:
+                break
+            if sink is not None:
+                sink.write(data)
+        for t in readers:
+            t.join(_remaining(deadline))
+            if t.is_alive():
+                raise CommandTimeout(self.name, late)
+        if not chan.status_event.wait(_remaining(deadline)):
+            raise CommandTimeout(self.name, late)
+        return chan.recv_exit_status()
 
 
 def _via(hop: Hop, host: Host) -> str:

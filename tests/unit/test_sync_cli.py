@@ -1,5 +1,6 @@
 """`forge sync` and `forge sync --check` output when some images or hosts fail (no SSH: the
-library calls are replaced; what is tested is what the CLI reports and its exit code)."""
+library calls are replaced; what is tested is what forge.images.runs makes of their results,
+what the CLI reports, and its exit code)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-import forge.cli.sync as sync_cli
+import forge.images.runs as runs
 from forge.cli.main import cli
 from forge.errors import ConnectError, HostError
 from forge.fleet import FleetResult, HostResult
@@ -57,7 +58,7 @@ def _run(inv: str, *args: str) -> Any:
 
 def test_json_lists_every_host_of_an_image_the_source_lacks(inv: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # The failed image's hosts used to be missing from --json (and from --quiet, one line per host).
-    monkeypatch.setattr(sync_cli, "sync_image", _fake_sync)
+    monkeypatch.setattr(runs, "sync_image", _fake_sync)
     monkeypatch.setenv("FORGE_LOCK_DIR", str(Path(inv).parent))
     r = _run(inv, "gone:1", "ok:1", "--json")
     assert r.exit_code == 4
@@ -77,7 +78,7 @@ def test_json_lists_every_host_of_an_image_the_source_lacks(inv: str, monkeypatc
 
 def test_check_reports_the_other_images_when_the_source_lacks_one(inv: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # It used to stop at the first image the source lacks: exit 1 and nothing about the others.
-    monkeypatch.setattr(sync_cli, "plan", _fake_plan)
+    monkeypatch.setattr(runs, "plan", _fake_plan)
     r = _run(inv, "gone:1", "ok:1", "--check", "--json")
     assert r.exit_code == 4
     rows = json.loads(r.stdout)["results"]
@@ -98,7 +99,7 @@ def test_check_calls_only_connection_failures_unreachable(inv: str, monkeypatch:
             FleetResult(tuple(HostResult(h, error=ConnectError(h.name, "connection refused")) for h in targets)),
         )
 
-    monkeypatch.setattr(sync_cli, "plan", down)
+    monkeypatch.setattr(runs, "plan", down)
     r = _run(inv, "ok:1", "--check", "--quiet")
     assert r.exit_code == 5
     assert [line.split()[-3:] for line in r.stdout.splitlines()] == [["unreachable:", "connection", "refused"]] * 2
@@ -118,7 +119,7 @@ def test_read_is_passed_through_and_reported(inv: str, monkeypatch: pytest.Monke
         note = "the source is another machine" if how == "save" else ""
         return SyncReport(ref, IMAGE, ("ok:1",), FleetResult(results), read=how, read_note=note)
 
-    monkeypatch.setattr(sync_cli, "sync_image", fake)
+    monkeypatch.setattr(runs, "sync_image", fake)
     out = _run(inv, "--json", "--read", "save", "ok:1")
     assert out.exit_code == 0 and seen == ["save"]
     assert {r["read"] for r in json.loads(out.output)["results"]} == {"save"}
