@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 from forge.errors import ExitCode, ForgeError, HostError
 from forge.inventory import Host
+from forge.progress import Progress
 from forge.session import HostSession
 from forge.transport import Transport, connect
 
@@ -121,13 +122,14 @@ def run(
     pool: Pool,
     concurrency: int = DEFAULT_CONCURRENCY,
     deadline_s: float | None = None,
-    on_done: Callable[[HostResult[T]], None] | None = None,
+    progress: Progress | None = None,
 ) -> FleetResult[T]:
     """Run ``fn(session)`` for every host, ``concurrency`` at a time.
 
     Each host's own timeouts (connect, command) bound its work; ``deadline_s`` additionally
     bounds the whole call: a host still busy then is reported as timed out.
-    ``on_done`` is called (from worker threads) as each host finishes.
+    ``progress`` hears of each host as it finishes (from worker threads): ``finish(name, ok,
+    reason)``.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -144,8 +146,8 @@ def run(
             err = HostError(host.name, f"{type(e).__name__}: {e}")
             err.__cause__ = e
             r = HostResult(host, error=err, duration_s=time.monotonic() - started)
-        if on_done is not None:
-            on_done(r)
+        if progress is not None:
+            progress.finish(host.name, r.ok, r.reason)
         return r
 
     if not hosts:

@@ -135,6 +135,14 @@ class Inventory:
                 return h
         raise TargetError(f"no host named {name!r} in {self.source}", hint=_suggest(name, self.names))
 
+    def here(self, name: str | None = None) -> Host:
+        """The host ``name``; without one, this machine (the inventory's local host, else one
+        without SSH): where images are built and read from by default."""
+        if name:
+            return self.host(name)
+        local = next((h for h in self.hosts if h.local), None)
+        return local or Host(name=LOCAL_NAME, address="localhost", local=True)
+
     @property
     def names(self) -> list[str]:
         return [h.name for h in self.hosts]

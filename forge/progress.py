@@ -1,4 +1,6 @@
-"""Progress reporting: the library reports byte counts; what draws them is the caller's.
+"""Progress reporting, one interface for all of forge: the library reports steps in words
+(:meth:`Progress.note`) and per-key work (a host, a transfer: start, bytes, finish); what shows
+them is the caller's (the CLI draws bars and counters on a terminal only).
 
 :class:`NoProgress` is the do-nothing version every library call defaults to. Implementations
 must be thread-safe: hosts report from their own threads.
@@ -10,6 +12,9 @@ from typing import Protocol
 
 
 class Progress(Protocol):
+    def note(self, message: str) -> None:
+        """A step of the work, in words (e.g. "claiming GPUs on gpu2")."""
+
     def start(self, key: str, total_bytes: int | None) -> None:
         """Work on ``key`` (e.g. a host) begins; ``total_bytes`` is an estimate, or None."""
 
@@ -21,6 +26,9 @@ class Progress(Protocol):
 
 
 class NoProgress:
+    def note(self, message: str) -> None:
+        pass
+
     def start(self, key: str, total_bytes: int | None) -> None:
         pass
 

@@ -19,7 +19,6 @@ from forge.build import (
 from forge.cli import output
 from forge.cli.main import State, pass_state
 from forge.env.launch import host_facts
-from forge.inventory import LOCAL_NAME, Host
 
 
 @click.command()
@@ -85,7 +84,7 @@ def build_cmd(
     """
     inv = state.inventory
     env = inv.environment
-    host = inv.host(host_name) if host_name else _local(inv.hosts)
+    host = inv.here(host_name)
     authorized = keys.read(public_keys) if public_keys else keys.default_keys(host.identity_file)
     transport = state.pool.get(host)
     if user_name is None or uid is None or gid is None:
@@ -114,8 +113,3 @@ def build_cmd(
         f"{result.host}: built {result.tag} ({result.image_id}) for {spec.user} "
         f"{spec.uid}:{spec.gid} in {result.duration_s:.1f} s"
     )
-
-
-def _local(hosts: tuple[Host, ...]) -> Host:
-    local = next((h for h in hosts if h.local), None)
-    return local or Host(name=LOCAL_NAME, address="localhost", local=True)

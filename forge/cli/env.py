@@ -103,7 +103,7 @@ def migrate(
         among=tuple(among.split(",")) if among else None,
         authorized_keys="\n".join(authorized),
     )
-    result = mig.migrate(inv, req, state.pool, progress=output.progress)
+    result = mig.migrate(inv, req, state.pool, progress=output.Notes())
     way, config_path = access.publish(inv.host(result.host), result, manage_config=ssh_config)
     for w in result.warnings:
         output.echo(f"forge: warning: {w}", err=True)

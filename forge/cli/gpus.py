@@ -233,7 +233,7 @@ def gpus(
 
     def probe() -> list[HostReport]:
         with output.HostCounter("probed", len(hosts)) as counter:
-            return survey(inv, hosts, pool=state.pool, overrides=overrides, timeout=timeout, on_done=counter)
+            return survey(inv, hosts, pool=state.pool, overrides=overrides, timeout=timeout, progress=counter)
 
     view = View(free_only=free_only, as_json=as_json, want=want, min_free_memory=min_free_memory)
     if not watch:

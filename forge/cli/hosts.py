@@ -47,7 +47,7 @@ def hosts(
             lambda s: check_host(s, timeout=timeout),
             pool=state.pool,
             deadline_s=timeout + max(h.connect_timeout for h in selected) if selected else None,
-            on_done=counter,
+            progress=counter,
         )
     checks = [_check_json(r) for r in results]
     if as_json:

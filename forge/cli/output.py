@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from forge.progress import NoProgress
+
 # What a terminal would act on instead of showing: C0 and C1 controls (escape sequences that
 # move the cursor, retitle the window, or worse), DEL, and the bidirectional overrides that
 # make text read differently than it is. Every value read from a host (labels, names, command
@@ -78,7 +80,14 @@ def progress(message: str) -> None:
         echo(message, err=True)
 
 
-class HostCounter:
+class Notes(NoProgress):
+    """Progress as lines on stderr, only when stderr is a terminal."""
+
+    def note(self, message: str) -> None:
+        progress(message)
+
+
+class HostCounter(NoProgress):
     """``probing 3/16 hosts (last: gpu7)`` redrawn in place on stderr, only on a terminal, and
     erased when done, so the table that follows stands alone. Safe to call from threads."""
 
@@ -87,11 +96,11 @@ class HostCounter:
         self.live = sys.stderr.isatty() and total > 0
         self._lock = threading.Lock()
 
-    def __call__(self, result: Any) -> None:
+    def finish(self, key: str, ok: bool, note: str = "") -> None:
         with self._lock:
             self.done += 1
             if self.live:
-                last = clean(result.host.name, one_line=True)
+                last = clean(key, one_line=True)
                 sys.stderr.write(f"\r\x1b[K{self.verb} {self.done}/{self.total} hosts (last: {last})")
                 sys.stderr.flush()
 

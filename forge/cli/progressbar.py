@@ -44,6 +44,9 @@ class TerminalProgress:
         self._last = 0.0
         self._drawn = 0
 
+    def note(self, message: str) -> None:
+        pass  # the bars say where the transfer is
+
     def start(self, key: str, total_bytes: int | None) -> None:
         with self._lock:
             self._bars[key] = _Bar(total_bytes)

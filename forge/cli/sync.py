@@ -17,15 +17,8 @@ from forge.errors import ExitCode
 from forge.images import codec as codecs
 from forge.images.runs import ImageRun, Outcome, Status, check_images, exit_code, sync_images
 from forge.images.sync import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, READS, SyncReport
-from forge.inventory import LOCAL_NAME, Host, Inventory
+from forge.inventory import Inventory
 from forge.lock import FileLock
-
-
-def _source(inv: Inventory, name: str | None) -> Host:
-    if name:
-        return inv.host(name)
-    local = next((h for h in inv.hosts if h.local), None)
-    return local or Host(name=LOCAL_NAME, address="localhost", local=True)
 
 
 def _images(inv: Inventory, given: tuple[str, ...]) -> list[str]:
@@ -120,7 +113,7 @@ def sync(
     """
     inv = state.inventory
     targets = inv.select(to)
-    source = _source(inv, from_)
+    source = inv.here(from_)
     refs = _images(inv, images)
     if check:
         statuses = check_images(refs, source=source, targets=targets, pool=state.pool, compress=compress)

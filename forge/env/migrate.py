@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -40,14 +40,10 @@ from forge.gpu.probe import probe_host
 from forge.gpu.survey import policies, policy_for
 from forge.images.sync import sync_image
 from forge.inventory import Host, Inventory
+from forge.progress import NoProgress, Progress
 from forge.session import HostSession, user_on
 
-Progress = Callable[[str], None]
 _REPO_UNSAFE = re.compile(r"[^a-z0-9_./-]")
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -272,9 +268,9 @@ def keep_tag(env: str, owner: str) -> str:
     return f"{repo}:{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def migrate(inv: Inventory, req: Request, pool: Pool, *, progress: Progress = _quiet) -> Result:
+def migrate(inv: Inventory, req: Request, pool: Pool, *, progress: Progress | None = None) -> Result:
     """Run the steps above; on failure raise :class:`MigrateFailed` with the old env untouched."""
-    run = _Migration(inv, req, pool, progress)
+    run = _Migration(inv, req, pool, progress or NoProgress())
     try:
         return run.go()
     except ForgeError as e:
@@ -293,12 +289,12 @@ class _Migration:
 
     def go(self) -> Result:
         with self.steps.step("locate"):
-            self.progress(f"looking for environment {self.req.env!r} on {len(self.inv.hosts)} host(s)")
+            self.progress.note(f"looking for environment {self.req.env!r} on {len(self.inv.hosts)} host(s)")
             self.listings = envs.list_fleet(self.inv.hosts, self.pool)  # one round trip a host: locate and choose
             self.current = envs.locate(self.inv, self.req.env, self.pool, listings=self.listings)
         with self.steps.step("choose"):
             cands = candidates(self.inv, self.req, self.pool, current=self.current, listings=self.listings)
-            self.progress(f"candidates: {', '.join(c.host for c in cands[:3])}")
+            self.progress.note(f"candidates: {', '.join(c.host for c in cands[:3])}")
         with self.steps.step("image"):
             image, source = self._image_source()
         lacking: list[str] = []  # candidates without the image, when there is no host to ship it from
@@ -334,18 +330,19 @@ class _Migration:
             name = launch.container_name(self.req.env, s.me)
             got = claim_gpus(self.inv, self.req, s, image=image, container=name)
             if got is None:
-                self.progress(f"{s.name} has no free GPUs left; trying the next host")
+                self.progress.note(f"{s.name} has no free GPUs left; trying the next host")
                 return None
             self.steps.undo(f"claims on {s.name}", partial(claims.release, s, got.ids))
         with self.steps.step("container"):
             spec = self._spec(s, image, name, got.candidate, facts, vol)
-            self.progress(f"starting {name} on {s.name} with GPU(s) {','.join(map(str, got.candidate.gpu_indexes))}")
+            indexes = ",".join(map(str, got.candidate.gpu_indexes))
+            self.progress.note(f"starting {name} on {s.name} with GPU(s) {indexes}")
             self.steps.undo(f"container {name}", partial(launch.remove, s, name))
-            listing = got.listing or envs.listing_of(self.listings, s.name) if self.listings else list_host(s)
+            listing = got.listing or self._listing(s)
             port = launch.start(
                 s, spec, listing=listing, port_range=self.req.ssh_port_range, fixed_port=self.req.ssh_port
             )
-            self.progress(f"waiting for sshd of {name} on port {port}")
+            self.progress.note(f"waiting for sshd of {name} on port {port}")
             keys = launch.wait_ready(s, name, port, timeout_s=self.req.ready_timeout_s)
         return Result(
             env=self.req.env,
@@ -371,14 +368,14 @@ class _Migration:
     def _ship(self, s: HostSession, image: str, source: Host | None) -> bool:
         """The image on the candidate: shipped from ``source``, or already there (False: it is not)."""
         if source is not None and source.name != s.name:
-            self.progress(f"syncing {image} from {source.name} to {s.name}")
+            self.progress.note(f"syncing {image} from {source.name} to {s.name}")
             report = sync_image(image, source=source, targets=[s.host], pool=self.pool)
             r = report.results[s.name]
             if r.error is not None:
                 raise r.error
             return True
         if source is None and not s.run(s.docker("image", "inspect", image), timeout=60).ok:
-            self.progress(f"{s.name} has no image {image}; trying the next host")
+            self.progress.note(f"{s.name} has no image {image}; trying the next host")
             return False
         return True
 
@@ -386,7 +383,7 @@ class _Migration:
         if not self.req.with_volume:
             return None
         spec = volume.spec_for(self.inv.data, host_name=s.name, user=facts.user, home=facts.home)
-        self.progress(f"ensuring data volume {spec.name} on {s.name} ({spec.driver})")
+        self.progress.note(f"ensuring data volume {spec.name} on {s.name} ({spec.driver})")
         state = volume.ensure(s, spec, check_image=image, uid=facts.uid, gid=facts.gid, marker=self.inv.data.marker)
         if state.created and state.mount != "alive":
             self.steps.undo(f"volume {spec.name}", partial(volume.drop, s, spec, unmount_in_use=False))
@@ -429,7 +426,7 @@ class _Migration:
                 raise EnvError(f"--keep-changes: environment {req.env!r} does not run anywhere")
             s = self.pool.get(self.inv.host(current.host))
             tag = keep_tag(req.env, current.owner or s.me)
-            self.progress(f"committing {current.container.name} on {s.name} as {tag}")
+            self.progress.note(f"committing {current.container.name} on {s.name} as {tag}")
             s.run(
                 s.docker("commit", "-m", "forge migrate --keep-changes", current.container.id, tag),
                 timeout=600,
@@ -449,7 +446,7 @@ class _Migration:
         if current is None or self.listings is None:
             return result
         result.old_host, result.old_container = current.host, current.container.name
-        self.progress(f"removing the old container {current.container.name} on {current.host}")
+        self.progress.note(f"removing the old container {current.container.name} on {current.host}")
         keep = result.image if self.req.keep_changes else None
         try:
             s = self.pool.get(self.inv.host(current.host))

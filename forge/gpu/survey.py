@@ -7,7 +7,7 @@ host is the built-in default, then the inventory's ``[gpu_policy]``, then the ho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from forge import fleet
@@ -15,6 +15,7 @@ from forge.gpu.model import HostGpus
 from forge.gpu.policy import FreePolicy, GpuVerdict, assess
 from forge.gpu.probe import probe_host
 from forge.inventory import Host, Inventory
+from forge.progress import Progress
 from forge.session import user_on
 
 
@@ -46,7 +47,7 @@ def survey(
     overrides: Mapping[str, int] | None = None,
     timeout: float = 20.0,
     concurrency: int = fleet.DEFAULT_CONCURRENCY,
-    on_done: Callable[[fleet.HostResult[HostGpus]], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[HostReport]:
     """Probe ``hosts`` (one round trip each, in parallel) and assess every GPU."""
     results = fleet.run(
@@ -55,7 +56,7 @@ def survey(
         pool=pool,
         concurrency=concurrency,
         deadline_s=timeout + max((h.connect_timeout for h in hosts), default=0) + 5,
-        on_done=on_done,
+        progress=progress,
     )
     reports = []
     for r in results:
