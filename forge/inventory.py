@@ -193,13 +193,20 @@ def find_inventory(explicit: str | os.PathLike[str] | None = None) -> Path | Non
     for given, how in ((explicit, "--inventory"), (os.environ.get("FORGE_INVENTORY"), "FORGE_INVENTORY")):
         if given:
             p = Path(given).expanduser()
-            if not p.is_file():
+            if not _is_file(p):
                 raise InventoryError(f"no such inventory file (from {how})", path=str(p))
             return p
     for p in (Path.cwd() / "hosts.toml", user_config_dir() / "hosts.toml"):
-        if p.is_file():
+        if _is_file(p):
             return p
     return None
+
+
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except PermissionError as e:  # a directory on the way this user may not enter
+        raise InventoryError(f"cannot read the file: {e.strerror}", path=str(p)) from e
 
 
 def local_inventory() -> Inventory:

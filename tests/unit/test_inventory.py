@@ -207,3 +207,19 @@ def test_select_targets(tmp_path: Path) -> None:
     for empty in ("", [""], [" , "]):
         with pytest.raises(TargetError, match="no host named"):
             inv.select(empty)
+
+
+def test_an_inventory_behind_a_directory_the_user_may_not_enter_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was 'internal error: PermissionError' (found running forge as an ordinary user; the
+    lab test test_client runs forge so). Here the stat of a path in a directory this user may
+    not enter fails as it does for such a user (the tests may run as root, who may enter any)."""
+
+    def denied(self: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_file", denied)
+    with pytest.raises(InventoryError, match="cannot read the file: Permission denied") as e:
+        inventory.find_inventory(str(tmp_path / "locked" / "hosts.toml"))
+    assert str(tmp_path / "locked" / "hosts.toml") in str(e.value)
