@@ -48,3 +48,11 @@ def docker_down(lab: Any, host: str) -> Iterator[None]:
         yield
     finally:
         dockerd.start(cfg, host)
+
+
+@pytest.fixture(scope="module")
+def env_lab(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The environments kit (tests/lab/envkit.py) for one test module."""
+    from tests.lab.envkit import env_lab_kit
+
+    yield from env_lab_kit(lab, tmp_path_factory)

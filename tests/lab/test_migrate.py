@@ -10,9 +10,7 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,83 +23,19 @@ from forge.env.launch import host_facts
 from forge.fleet import Pool
 from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT
 from tests.conftest import LabHandle
+from tests.lab.envkit import (
+    EXITS,
+    HOSTS,
+    IMAGE,
+    _inventory,
+    claims_on,
+    envs_on,
+    forge,
+    migrate,
+    new_env,
+)
 
 pytestmark = pytest.mark.lab
-
-IMAGE = "forge-test/env:lab"  # starts sshd on port 22 as the container's user
-EXITS = "forge-test/env-exits:lab"  # its command exits at once
-HOSTS = ("gpu1", "gpu2", "gpu3")
-ASSETS = Path(__file__).parent / "assets" / "env-image"
-HOME = Path(tempfile.mkdtemp(prefix="forge-test-home-"))
-
-
-def _inventory(lab: LabHandle, path: Path, *, data_path: str | None = None, volume_name: str | None = None) -> Path:
-    text = lab.inventory_path.read_text()
-    text = text.replace("[data]\n", f'[data]\nmarker = "{DATA_MARKER}"\n', 1)
-    text = text.replace('image = "forge-lab/debian:bookworm"', f'image = "{IMAGE}"')
-    if data_path:
-        text = text.replace(f'path = "{lab.lab.config.data_dir}"', f'path = "{data_path}"')
-    if volume_name:
-        text = text.replace("[data]\n", f'[data]\nvolume = "{volume_name}"\n', 1)
-    path.write_text(text)
-    return path
-
-
-@pytest.fixture(scope="module")
-def env_lab(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    for h in HOSTS:
-        lab.load_base_image(h)
-        r = lab.docker(h, "build", "-q", "-t", IMAGE, str(ASSETS))
-        assert r.returncode == 0, r.stderr
-    exits = tmp_path_factory.mktemp("exits")
-    (exits / "Dockerfile").write_text(f'FROM {IMAGE}\nCMD ["false"]\n')
-    assert lab.docker("gpu2", "build", "-q", "-t", EXITS, str(exits)).returncode == 0
-    inv_path = _inventory(lab, tmp_path_factory.mktemp("inv") / "hosts.toml")
-    envs: list[str] = []
-    yield {"inventory": inv_path, "envs": envs}
-    for h in HOSTS:
-        for env in envs:
-            ids = lab.docker(h, "ps", "-aq", "--filter", f"label=forge.env={env}").stdout.split()
-            ids += lab.docker(h, "ps", "-aq", "--filter", f"label=forge.claim.env={env}").stdout.split()
-            if ids:
-                lab.docker(h, "rm", "-f", *ids)
-        for img in lab.docker(h, "images", "-q", "--filter", "reference=forge-keep/*").stdout.split():
-            lab.docker(h, "rmi", "-f", img)
-    inv = inventory.load_file(inv_path)
-    with Pool() as pool:
-        for h in HOSTS:
-            host = inv.host(h)
-            t = pool.get(host)
-            facts = host_facts(t)
-            volume.drop(t, volume.spec_for(inv.data, host_name=h, user=facts.user, home=facts.home))
-
-
-def forge(inv: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    # forge pins each environment's keys in ~/.ssh/forge_known_hosts: a home of the tests' own
-    env = {**os.environ, "HOME": str(HOME)}
-    return subprocess.run(
-        [sys.executable, "-m", "forge", "-i", str(inv), *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
-
-
-def migrate(inv: Path, env: str, *args: str) -> dict[str, Any]:
-    r = forge(inv, "migrate", "--env", env, "--json", *args)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
-def new_env(env_lab: dict[str, Any]) -> str:
-    name = f"t{uuid.uuid4().hex[:8]}"
-    env_lab["envs"].append(name)
-    return name
-
-
-def envs_on(lab: LabHandle, host: str, env: str) -> list[str]:
-    return lab.docker(host, "ps", "-aq", "--filter", f"label=forge.env={env}").stdout.split()
-
-
-def claims_on(lab: LabHandle, host: str, env: str) -> list[str]:
-    return lab.docker(host, "ps", "-aq", "--filter", f"label=forge.claim.env={env}").stdout.split()
 
 
 def ssh_into(lab: LabHandle, res: dict[str, Any], tmp: Path, *command: str) -> subprocess.CompletedProcess[str]:
@@ -328,7 +262,6 @@ def test_a_dead_mount_is_seen_and_remounted(lab: LabHandle, env_lab: dict[str, A
 def test_forge_ssh_and_the_managed_ssh_config(lab: LabHandle, env_lab: dict[str, Any], tmp_path: Path) -> None:
     """`forge ssh ENV CMD` logs in with the container's host key pinned; with --ssh-config,
     plain `ssh ENV` works through the managed block in ~/.ssh/config."""
-    import os
 
     inv, env = env_lab["inventory"], new_env(env_lab)
     home = tmp_path / "home"
