@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -13,8 +14,9 @@ from typing import Any, TypeVar
 import click
 
 from forge.errors import ForgeError
-from forge.lab import Lab, LabConfig
+from forge.lab import Lab, LabConfig, state
 from forge.lab.config import ROOT_ENV, default_root
+from forge.lab.flavors import DEFAULT_FLAVORS, FLAVORS, parse_flavors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +52,13 @@ def lab() -> None:
     """A fleet of GPU hosts on this machine (network namespaces with sshd and dockerd)."""
 
 
+def _flavors(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    try:
+        return parse_flavors(value) if value is not None else None
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
 @lab.command()
 @root_option
 @click.option(
@@ -60,11 +69,51 @@ def lab() -> None:
     show_default=True,
     help="Number of GPU hosts (gpu1..gpuN), besides the data host.",
 )
+@click.option(
+    "--flavors",
+    callback=_flavors,
+    default=",".join(DEFAULT_FLAVORS),
+    show_default=True,
+    metavar="LIST",
+    help="Docker engines, given to gpu1, gpu2, ... in turn: " + ", ".join(FLAVORS) + ".",
+)
+@click.option("--bastion", is_flag=True, help="Put the hosts on an inner network that only a jump host reaches.")
+@click.option("--bridge", default=None, help="A second lab on this machine: its own bridge name.")
+@click.option("--network", default=None, metavar="CIDR", help="A second lab: its own network (e.g. 10.79.0.0/24).")
+@click.option("--netns-prefix", default=None, help="A second lab: its own namespace prefix.")
+@click.option(
+    "--docker-subnet-base", type=click.IntRange(0, 253), default=None, help="A second lab: container subnets."
+)
+@click.option("--user", default=None, help="A second lab: its own user (also names the other user and group).")
 @_errors
-def up(root: Path | None, n_hosts: int) -> None:
-    """Bring the lab up (idempotent) and write its hosts.toml."""
+def up(
+    root: Path | None,
+    n_hosts: int,
+    flavors: tuple[str, ...],
+    bastion: bool,
+    **identity: Any,
+) -> None:
+    """Bring the lab up (idempotent) and write its hosts.toml.
+
+    A lab already recorded at the root keeps its bridge, network, namespaces and user; its
+    host count, flavors and bastion must be the ones given (else take it down first).
+    """
     started = time.monotonic()
-    the_lab = Lab(LabConfig(root=root or default_root(), hosts=n_hosts), _progress)
+    path = (root or default_root()).absolute()
+    settings: dict[str, Any] = {
+        "hosts": n_hosts,
+        "flavors": flavors,
+        "bastion": bastion,
+        **{k: v for k, v in identity.items() if v is not None},
+    }
+    recorded = state.load(path)
+    # A recorded lab keeps what it derived (other user, inner network); a new one derives.
+    cfg = (
+        dataclasses.replace(state.config_from(path, recorded), **settings)
+        if recorded
+        else LabConfig(root=path, **settings)
+    )
+    the_lab = Lab(cfg, _progress)
     the_lab.up()
     click.echo(str(the_lab.inventory_path))
     _progress(f"up in {time.monotonic() - started:.1f} s")
@@ -94,14 +143,16 @@ def status(root: Path | None, as_json: bool) -> None:
     if not st.exists:
         click.echo(f"no lab at {st.root}")
         return
-    click.echo(f"root {st.root}  bridge {'up' if st.bridge else 'down'}")
+    behind = "  behind a bastion (jump host)" if st.bastion else ""
+    click.echo(f"root {st.root}  bridge {'up' if st.bridge else 'down'}{behind}")
 
     def word(v: bool | None) -> str:
         return "-" if v is None else ("up" if v else "DOWN")
 
-    click.echo(f"{'HOST':6} {'ADDRESS':12} {'NETNS':6} {'SSHD':6} DOCKERD")
+    click.echo(f"{'HOST':6} {'ADDRESS':13} {'NETNS':6} {'SSHD':6} {'DOCKERD':8} {'FLAVOR':18} ENGINE")
     for h in st.hosts:
-        click.echo(f"{h.name:6} {h.address:12} {word(h.netns):6} {word(h.sshd):6} {word(h.dockerd)}")
+        cells = [f"{h.name:6}", f"{h.address:13}", f"{word(h.netns):6}", f"{word(h.sshd):6}", f"{word(h.dockerd):8}"]
+        click.echo(" ".join([*cells, f"{h.flavor or '-':18}", h.engine or "-"]))
 
 
 @lab.command()

@@ -6,41 +6,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from forge import shell
-from forge.lab import dockerd, fuse, gpus, image, inventory, mounts, netns, sshd, state, users
-from forge.lab.config import DATA_MARKER, DATA_MARKER_CONTENT, LabConfig, default_root
+from forge.lab import bringup, dockerd, fuse, gpus, image, mounts, netns, sshd, state, users
+from forge.lab.bringup import each
+from forge.lab.config import JUMP_HOST, LabConfig, default_root
 from forge.lab.errors import LabError
-from forge.lab.proc import (
-    Progress,
-    kill_all,
-    no_progress,
-    pids_mentioning,
-    require,
-    run,
-    with_descendants,
-)
+from forge.lab.proc import Progress, kill_all, no_progress, pids_mentioning, run, with_descendants
 
-TOOLS = [
-    "ip",
-    "nsenter",
-    "iptables",
-    "useradd",
-    "userdel",
-    "usermod",
-    "ssh-keygen",
-    "sshd",
-    "dockerd",
-    "docker",
-    "containerd",
-    "runc",
-]
 # Programs of a lab that may outlive their parents outside its namespaces (containerd's shims
 # re-parent to init); found by the lab root in their command line.
 DETACHED = {
@@ -52,9 +30,8 @@ DETACHED = {
     "sshd",
     "sshfs",
     "docker-proxy",
+    "tini",
 }
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,7 +40,10 @@ class HostStatus:
     address: str
     netns: bool
     sshd: bool
-    dockerd: bool | None  # None on the data host, which has no daemon
+    dockerd: bool | None  # None on the data and jump hosts, which have no daemon
+    role: str = "gpu"  # gpu, data or jump
+    flavor: str | None = None  # the Docker engine flavor of a GPU host
+    engine: str | None = None  # the version its daemon reports, when it answers
 
     @property
     def up(self) -> bool:
@@ -76,6 +56,7 @@ class LabStatus:
     exists: bool
     bridge: bool
     hosts: list[HostStatus]
+    bastion: bool = False
 
     @property
     def up(self) -> bool:
@@ -87,19 +68,6 @@ class LabStatus:
         for h, hd in zip(self.hosts, d["hosts"], strict=True):
             hd["up"] = h.up
         return d
-
-
-def _check_root_path(root: Path) -> None:
-    """sshd (StrictModes) refuses keys below a directory others may write, e.g. /tmp."""
-    for parent in root.parents:
-        if parent.exists():
-            st = parent.stat()
-            if st.st_mode & 0o022 or st.st_uid != 0:
-                raise LabError(
-                    f"the lab root {root} is below {parent}, which is writable by others or "
-                    "not owned by root; sshd would refuse the lab's keys",
-                    hint="choose a root such as /var/lib/forge-lab",
-                )
 
 
 class Lab:
@@ -138,21 +106,41 @@ class Lab:
     def gpu_hosts(self) -> list[str]:
         return [h.name for h in self.config.gpu_hosts()]
 
+    @property
+    def bastion(self) -> bool:
+        return self.config.bastion
+
+    @property
+    def other_user(self) -> str:
+        return self.config.other_user
+
+    def flavor(self, host: str) -> str:
+        """The Docker engine flavor of a GPU host (see :mod:`forge.lab.flavors`)."""
+        self._gpu_host(host)
+        return self.config.host(host).flavor or ""
+
     def address(self, host: str) -> str:
+        """Where the host's sshd listens: behind a bastion, an inner address only the jump
+        host (and the other hosts) reach."""
         try:
             return self.config.host(host).address
         except KeyError:
-            raise LabError(
-                f"the lab has no host {host!r}", hint="hosts are data, " + ", ".join(self.gpu_hosts)
-            ) from None
+            names = ["data", *self.gpu_hosts] + ([JUMP_HOST] if self.bastion else [])
+            raise LabError(f"the lab has no host {host!r}", hint="hosts are " + ", ".join(names)) from None
 
-    def ssh_argv(self, host: str, *command: str, options: tuple[str, ...] = ()) -> list[str]:
-        """``ssh`` (OpenSSH) to a lab host as the lab user, its host key checked against the
-        lab's known_hosts; ``command`` is an argv list quoted by :mod:`forge.shell`."""
+    def ssh_argv(self, host: str, *command: str, options: tuple[str, ...] = (), user: str | None = None) -> list[str]:
+        """``ssh`` (OpenSSH) to a lab host as the lab user (or ``user``: the other user), its
+        host key checked against the lab's known_hosts; ``command`` is an argv list quoted
+        by :mod:`forge.shell`. Behind a bastion, through the jump host by the lab's
+        ssh_config (``-F``: the jump hop is checked with the same settings)."""
+        cfg = self.config
+        user = user or cfg.user
+        address = self.address(host)
+        config, target = (str(cfg.ssh_config_of(user)), host) if cfg.bastion else ("none", address)
         return [
             "ssh",
             "-F",
-            "none",
+            config,
             "-o",
             "BatchMode=yes",
             "-o",
@@ -164,9 +152,9 @@ class Lab:
             "-o",
             "ConnectTimeout=10",
             "-i",
-            str(self.identity_file),
+            str(cfg.identity_of(user)),
             *options,
-            f"{self.config.user}@{self.address(host)}",
+            f"{user}@{target}",
             "--",
             shell.render(command),
         ]
@@ -175,71 +163,20 @@ class Lab:
     def up(self) -> None:
         """Bring the lab up, or finish bringing it up; a no-op on a running lab."""
         cfg = self.config
-        if os.geteuid() != 0:
-            raise LabError("the lab needs root (network namespaces, sshd, dockerd)", hint="run as root, e.g. with sudo")
-        require(*TOOLS)
-        old = state.load(cfg.root)
-        if old and old.get("hosts") != cfg.hosts:
-            raise LabError(
-                f"the lab at {cfg.root} has {old.get('hosts')} GPU hosts, not {cfg.hosts}",
-                hint=f"run `forge lab down --root {cfg.root}` first, or pass --hosts {old.get('hosts')}",
-            )
-        _check_root_path(cfg.root)
+        bringup.check(cfg)
         state.claim_network(cfg)
         state.save(cfg)
         cfg.root.mkdir(parents=True, exist_ok=True)
         cfg.root.chmod(0o755)
-
-        self.progress("user and keys")
-        state.save(cfg, created_user=users.ensure_user(cfg))
-        users.ensure_keypair(cfg)
-        state.save(cfg, added_fuse_allow_other=fuse.ensure_user_allow_other())
-        old_mode = fuse.ensure_dev_fuse_open()
-        if old_mode is not None:
-            state.save(cfg, dev_fuse_mode=old_mode)
-
-        self.progress(f"network: bridge {cfg.bridge} {cfg.bridge_address}/{cfg.prefixlen}")
-        netns.ensure_bridge(cfg)
-        netns.ensure_firewall(cfg)
-        host_keys: dict[str, str] = {}
-        for host in cfg.all_hosts():
-            netns.ensure_host_network(cfg, host)
-            cfg.host_dir(host.name).mkdir(parents=True, exist_ok=True)
-            host_keys[host.address] = sshd.ensure_config(cfg, host.name)
-        users.write_known_hosts(cfg, host_keys)
-        users.install_user_ssh(cfg)
-        users.write_profile(cfg)
-        self._ensure_data_dir()
-
-        for host in cfg.gpu_hosts():
-            cfg.bin_dir(host.name).mkdir(parents=True, exist_ok=True)
-            gpus.install(cfg, host.name)
-            if not cfg.gpu_state(host.name).exists():
-                gpus.write_state(cfg, host.name, gpus.default_state(host.name))
-        self.progress("starting dockerd on " + ", ".join(self.gpu_hosts))
-        self._each(lambda h: dockerd.start(cfg, h), self.gpu_hosts)
+        self.progress(f"users {cfg.user} and {cfg.other_user} (group {cfg.docker_group}) and keys")
+        bringup.users_and_keys(cfg)
+        behind = f"; hosts behind jump host {cfg.jump_host().address} on {cfg.inner_network}" if cfg.bastion else ""
+        self.progress(f"network: bridge {cfg.bridge} {cfg.bridge_address}/{cfg.prefixlen}{behind}")
+        bringup.network(cfg)
+        bringup.engines(cfg, self.progress)
         self.progress("starting sshd on every host")
-        for host in cfg.all_hosts():
-            sshd.start(cfg, host.name)
-        inventory.write(cfg, users.user_home(cfg))
+        bringup.serve(cfg)
         self.progress(f"lab up: inventory {cfg.inventory}")
-
-    def _ensure_data_dir(self) -> None:
-        cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        marker = cfg.data_dir / DATA_MARKER
-        if not marker.exists():
-            marker.write_text(DATA_MARKER_CONTENT)
-        run(["chown", f"{cfg.user}:{cfg.user}", str(cfg.data_dir), str(marker)])
-
-    @staticmethod
-    def _each(fn: Callable[[str], T], hosts: list[str]) -> list[T]:
-        """Run ``fn`` for every host at once; raise the first failure after all finish."""
-        if not hosts:
-            return []
-        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-            futures = [pool.submit(fn, h) for h in hosts]
-        return [f.result() for f in futures]
 
     # Status ------------------------------------------------------------------------------
     def status(self) -> LabStatus:
@@ -248,23 +185,32 @@ class Lab:
             return LabStatus(root=str(cfg.root), exists=False, bridge=False, hosts=[])
         hosts = []
         for host in cfg.all_hosts():
+            sock = cfg.docker_socket(host.name)
+            up = dockerd.ping(sock) if host.gpu else None
             hosts.append(
                 HostStatus(
                     name=host.name,
                     address=host.address,
                     netns=netns.netns_exists(host.netns),
                     sshd=sshd.pid(cfg, host.name) is not None,
-                    dockerd=(dockerd.ping(cfg.docker_socket(host.name)) if host.gpu else None),
+                    dockerd=up,
+                    role=host.role,
+                    flavor=host.flavor,
+                    engine=dockerd.server_version(sock) if up else None,
                 )
             )
         return LabStatus(
-            root=str(cfg.root), exists=cfg.state_file.exists(), bridge=netns.link_exists(cfg.bridge), hosts=hosts
+            root=str(cfg.root),
+            exists=cfg.state_file.exists(),
+            bridge=netns.link_exists(cfg.bridge) and (not cfg.bastion or netns.link_exists(cfg.inner_bridge)),
+            hosts=hosts,
+            bastion=cfg.bastion,
         )
 
     # Down --------------------------------------------------------------------------------
     def down(self, *, purge_cache: bool = False) -> None:
-        """Remove everything the lab created, even when it is half built. Keeps the base
-        image cache (``<root>/cache``) unless ``purge_cache``."""
+        """Remove everything the lab created, even when it is half built. Keeps the cache
+        (``<root>/cache``: base images, engine roots) unless ``purge_cache``."""
         cfg = self.config
         if os.geteuid() != 0:
             raise LabError("taking the lab down needs root", hint="run as root")
@@ -273,48 +219,12 @@ class Lab:
             # Without its record, the names below could be another lab's: touch nothing.
             self.progress(f"no lab recorded at {cfg.state_file}; nothing to take down")
             return
-        names = {h.netns for h in cfg.all_hosts()}
-        stray = [
-            n
-            for n in netns.list_netns(cfg.netns_prefix)
-            if n[len(cfg.netns_prefix) :] == "data" or n[len(cfg.netns_prefix) :].removeprefix("gpu").isdigit()
-        ]
         self.progress("stopping dockerd (and its containers)")
-        self._each(lambda h: dockerd.stop(cfg, h), self.gpu_hosts)
-
-        # FUSE mounts first, while their sshfs still answers; then every process.
-        for point, fstype in mounts.mounts_under(cfg.root):
-            if fstype.startswith("fuse"):
-                run(["umount", point], check=False, timeout=30)
-        self.progress("stopping every process of the lab")
-        pids: set[int] = set()
-        for name in names | set(stray):
-            pids |= netns.netns_pids(name)
-        if cfg.root.exists():
-            pids |= pids_mentioning(str(cfg.root) + "/", DETACHED)
-        kill_all(with_descendants(pids))
-
-        left = mounts.unmount_all(cfg.root)
-        if left:
-            raise LabError(
-                f"could not unmount {', '.join(left)}",
-                hint="find the user with `fuser -vm MOUNTPOINT`, then run down again",
-            )
-        self.progress("removing namespaces, bridge and firewall rules")
-        for host in cfg.all_hosts():
-            netns.remove_host_network(host)
-        for name in stray:
-            if netns.netns_exists(name):
-                run(["ip", "netns", "del", name])
-        netns.remove_bridge(cfg)
-        netns.remove_firewall(cfg)
-        state.release_network(cfg)
-        if recorded.get("created_user"):
-            users.remove_user(cfg.user)
-        if recorded.get("added_fuse_allow_other"):
-            fuse.remove_user_allow_other()
-        if isinstance(recorded.get("dev_fuse_mode"), int):
-            fuse.restore_dev_fuse(recorded["dev_fuse_mode"])
+        each(lambda h: dockerd.stop(cfg, h), self.gpu_hosts)
+        self._stop_processes()
+        self.progress("removing namespaces, bridges and firewall rules")
+        self._remove_network()
+        self._undo_system_changes(recorded)
         if cfg.root.exists():
             for entry in cfg.root.iterdir():
                 if entry.name == "cache" and not purge_cache:
@@ -326,6 +236,64 @@ class Lab:
             if purge_cache:
                 cfg.root.rmdir()
         self.progress(f"lab at {cfg.root} is down")
+
+    def _stray_netns(self) -> list[str]:
+        """Namespaces of this lab's naming, whatever its recorded size (a half-built lab)."""
+        prefix = self.config.netns_prefix
+        return [
+            n
+            for n in netns.list_netns(prefix)
+            if n[len(prefix) :] in ("data", JUMP_HOST) or n[len(prefix) :].removeprefix("gpu").isdigit()
+        ]
+
+    def _stop_processes(self) -> None:
+        """FUSE mounts first, while their sshfs still answers; then every process of the lab;
+        then every mount under its root."""
+        cfg = self.config
+        for point, fstype in mounts.mounts_under(cfg.root):
+            if fstype.startswith("fuse"):
+                run(["umount", point], check=False, timeout=30)
+        self.progress("stopping every process of the lab")
+        pids: set[int] = set()
+        for name in {h.netns for h in cfg.all_hosts()} | set(self._stray_netns()):
+            pids |= netns.netns_pids(name)
+        if cfg.root.exists():
+            pids |= pids_mentioning(str(cfg.root) + "/", DETACHED)
+        kill_all(with_descendants(pids))
+        left = mounts.unmount_all(cfg.root)
+        if left:
+            raise LabError(
+                f"could not unmount {', '.join(left)}",
+                hint="find the user with `fuser -vm MOUNTPOINT`, then run down again",
+            )
+
+    def _remove_network(self) -> None:
+        cfg = self.config
+        stray = self._stray_netns()
+        for host in cfg.all_hosts():
+            netns.remove_host_network(cfg, host)
+        for name in stray:
+            if netns.netns_exists(name):
+                run(["ip", "netns", "del", name])
+        if netns.link_exists(cfg.jump_inner_veth):
+            run(["ip", "link", "del", cfg.jump_inner_veth], check=False)
+        netns.remove_bridges(cfg)
+        netns.remove_firewall(cfg)
+        state.release_network(cfg)
+
+    def _undo_system_changes(self, recorded: dict[str, Any]) -> None:
+        """Users, groups and FUSE settings, as far as this lab changed them."""
+        cfg = self.config
+        if recorded.get("created_user"):
+            users.remove_user(cfg.user)
+        if recorded.get("created_other_user"):
+            users.remove_user(cfg.other_user)
+        if recorded.get("created_docker_group"):
+            users.remove_group(cfg.docker_group)
+        if recorded.get("added_fuse_allow_other"):
+            fuse.remove_user_allow_other()
+        if isinstance(recorded.get("dev_fuse_mode"), int):
+            fuse.restore_dev_fuse(recorded["dev_fuse_mode"])
 
     # Knobs -------------------------------------------------------------------------------
     def set_gpus(self, host: str, gpu_state: dict[str, Any] | None) -> None:

@@ -14,6 +14,8 @@ def _s(value: str | Path) -> str:
 
 
 def render(cfg: LabConfig, user_home: Path) -> str:
+    """The inventory; behind a bastion, hosts are named by their aliases in the lab's
+    ssh_config (``ssh_alias``), which forge reads instead of ~/.ssh/config."""
     data = cfg.host("data")
     lines = [
         "# Inventory of the forge lab (written by `forge lab up`).",
@@ -21,6 +23,7 @@ def render(cfg: LabConfig, user_home: Path) -> str:
         f"user = {_s(cfg.user)}",
         f"identity_file = {_s(cfg.identity_file)}",
         f"known_hosts = {_s(cfg.known_hosts)}",
+        *([f"ssh_config = {_s(cfg.ssh_config)}"] if cfg.bastion else []),
         "",
         "[data]",
         f"address = {_s(data.address)}",
@@ -39,8 +42,8 @@ def render(cfg: LabConfig, user_home: Path) -> str:
             "",
             "[[hosts]]",
             f"name = {_s(host.name)}",
-            f"address = {_s(host.address)}",
-            'tags = ["lab"]',
+            f"ssh_alias = {_s(host.name)}" if cfg.bastion else f"address = {_s(host.address)}",
+            f"tags = {json.dumps(['lab', host.flavor])}",
         ]
     return "\n".join(lines) + "\n"
 

@@ -43,3 +43,25 @@ def unmount_all(root: Path) -> list[str]:
             if run(["umount", point], check=False, timeout=30).returncode != 0:
                 run(["umount", "-l", point], check=False, timeout=30)
     return [point for point, _ in mounts_under(root)]
+
+
+def is_shared_mount(path: Path) -> bool:
+    """Whether ``path`` is a mount point whose mounts propagate to its peers and slaves."""
+    target = str(path).rstrip("/") or "/"
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        optional = fields[6 : fields.index("-")]
+        if _unescape(fields[4]) == target and any(f.startswith("shared:") for f in optional):
+            return True
+    return False
+
+
+def ensure_shared(path: Path) -> None:
+    """Make ``path`` a shared mount (a recursive bind onto itself, which keeps what is already
+    mounted below it), so that mounts made below it later reach the mount namespaces that
+    are its slaves: a chrooted dockerd sees a user's sshfs mount."""
+    if is_shared_mount(path):
+        return
+    if str(path) not in {point for point, _ in mounts_under(path)}:
+        run(["mount", "--rbind", str(path), str(path)])
+    run(["mount", "--make-shared", str(path)])

@@ -1,12 +1,14 @@
 """The lab's network: one bridge in the root namespace, one netns + veth pair per host,
-and the iptables rules (tagged with a comment) that let bridged hosts talk to each other."""
+and the iptables rules (tagged with a comment) that let bridged hosts talk to each other.
+Behind a bastion, the data and GPU hosts are on a second, inner bridge instead, which only
+the jump host (one leg on each bridge, no forwarding between them) reaches."""
 
 from __future__ import annotations
 
 import shlex
 from pathlib import Path
 
-from forge.lab.config import HostSpec, LabConfig
+from forge.lab.config import JUMP_HOST, HostSpec, LabConfig
 from forge.lab.proc import run
 
 NETNS_DIR = Path("/var/run/netns")
@@ -31,48 +33,67 @@ def nsenter(netns: str) -> list[str]:
     return ["nsenter", f"--net={netns_path(netns)}", "--"]
 
 
-def ensure_bridge(cfg: LabConfig) -> None:
-    if not link_exists(cfg.bridge):
-        run(["ip", "link", "add", "name", cfg.bridge, "type", "bridge"])
+def ensure_bridges(cfg: LabConfig) -> None:
+    """The lab's bridge, with the root namespace's address on it; behind a bastion also the
+    inner bridge, which has none (the root namespace cannot reach the hosts there)."""
+    _ensure_bridge(cfg.bridge)
     addr = f"{cfg.bridge_address}/{cfg.prefixlen}"
     shown = run(["ip", "-o", "-4", "addr", "show", "dev", cfg.bridge]).stdout
     if f" {addr} " not in shown:
         run(["ip", "addr", "add", addr, "dev", cfg.bridge])
-    run(["ip", "link", "set", cfg.bridge, "up"])
+    if cfg.bastion:
+        _ensure_bridge(cfg.inner_bridge)
+
+
+def _ensure_bridge(name: str) -> None:
+    if not link_exists(name):
+        run(["ip", "link", "add", "name", name, "type", "bridge"])
+    run(["ip", "link", "set", name, "up"])
 
 
 def ensure_host_network(cfg: LabConfig, host: HostSpec) -> None:
-    """Create the host's namespace, its veth pair on the bridge and its address."""
+    """Create the host's namespace, its veth pair on its bridge and its address; the jump
+    host gets a second leg on the inner bridge."""
     if not netns_exists(host.netns):
         run(["ip", "netns", "add", host.netns])
-    inner = "eth0"
-    if not link_exists(inner, host.netns):
-        if link_exists(host.veth):
-            run(["ip", "link", "del", host.veth])
-        peer = f"{host.veth}p"[:15]
-        run(["ip", "link", "add", host.veth, "type", "veth", "peer", "name", peer])
-        run(["ip", "link", "set", peer, "netns", host.netns])
-        run(["ip", "-n", host.netns, "link", "set", peer, "name", inner])
-    run(["ip", "link", "set", host.veth, "master", cfg.bridge])
-    run(["ip", "link", "set", host.veth, "up"])
-    addr = f"{host.address}/{cfg.prefixlen}"
-    shown = run(["ip", "-n", host.netns, "-o", "-4", "addr", "show", "dev", inner]).stdout
-    if f" {addr} " not in shown:
-        run(["ip", "-n", host.netns, "addr", "add", addr, "dev", inner])
-    run(["ip", "-n", host.netns, "link", "set", inner, "up"])
+    prefixlen = cfg.net.prefixlen if host.role == JUMP_HOST else cfg.hosts_net.prefixlen
+    _ensure_leg(host.netns, "eth0", host.veth, host.bridge, f"{host.address}/{prefixlen}")
+    if host.role == JUMP_HOST:
+        inner = f"{cfg.jump_inner_address}/{cfg.inner_net.prefixlen}"
+        _ensure_leg(host.netns, "eth1", cfg.jump_inner_veth, cfg.inner_bridge, inner)
     run(["ip", "-n", host.netns, "link", "set", "lo", "up"])
 
 
-def remove_host_network(host: HostSpec) -> None:
+def _ensure_leg(netns: str, inner: str, veth: str, bridge: str, addr: str) -> None:
+    """Interface ``inner`` in ``netns`` with address ``addr``, its peer ``veth`` on ``bridge``."""
+    if not link_exists(inner, netns):
+        if link_exists(veth):
+            run(["ip", "link", "del", veth])
+        peer = f"{veth}p"[:15]
+        run(["ip", "link", "add", veth, "type", "veth", "peer", "name", peer])
+        run(["ip", "link", "set", peer, "netns", netns])
+        run(["ip", "-n", netns, "link", "set", peer, "name", inner])
+    run(["ip", "link", "set", veth, "master", bridge])
+    run(["ip", "link", "set", veth, "up"])
+    shown = run(["ip", "-n", netns, "-o", "-4", "addr", "show", "dev", inner]).stdout
+    if f" {addr} " not in shown:
+        run(["ip", "-n", netns, "addr", "add", addr, "dev", inner])
+    run(["ip", "-n", netns, "link", "set", inner, "up"])
+
+
+def remove_host_network(cfg: LabConfig, host: HostSpec) -> None:
     if netns_exists(host.netns):
         run(["ip", "netns", "del", host.netns])
-    if link_exists(host.veth):
-        run(["ip", "link", "del", host.veth], check=False)
+    for veth in [host.veth] + ([cfg.jump_inner_veth] if host.role == JUMP_HOST else []):
+        if link_exists(veth):
+            run(["ip", "link", "del", veth], check=False)
 
 
-def remove_bridge(cfg: LabConfig) -> None:
-    if link_exists(cfg.bridge):
-        run(["ip", "link", "del", cfg.bridge])
+def remove_bridges(cfg: LabConfig) -> None:
+    """Both bridges, whether or not the lab was recorded with a bastion."""
+    for name in (cfg.bridge, cfg.inner_bridge):
+        if link_exists(name):
+            run(["ip", "link", "del", name])
 
 
 def list_netns(prefix: str) -> list[str]:
@@ -94,9 +115,8 @@ def netns_pids(name: str) -> set[int]:
 
 def _rules(cfg: LabConfig) -> list[list[str]]:
     tag = ["-m", "comment", "--comment", cfg.iptables_tag]
-    return [
-        ["FORWARD", "-i", cfg.bridge, "-o", cfg.bridge, *tag, "-j", "ACCEPT"],
-    ]
+    bridges = [cfg.bridge] + ([cfg.inner_bridge] if cfg.bastion else [])
+    return [["FORWARD", "-i", b, "-o", b, *tag, "-j", "ACCEPT"] for b in bridges]
 
 
 def ensure_firewall(cfg: LabConfig) -> None:

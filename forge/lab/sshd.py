@@ -7,7 +7,7 @@ import signal
 import socket
 from pathlib import Path
 
-from forge.lab.config import LabConfig
+from forge.lab.config import JUMP_HOST, LabConfig
 from forge.lab.errors import LabError
 from forge.lab.netns import nsenter
 from forge.lab.proc import pid_alive, read_pidfile, run, wait_until, which
@@ -30,10 +30,14 @@ def config_path(cfg: LabConfig, name: str) -> Path:
 
 
 def host_env(cfg: LabConfig, name: str) -> dict[str, str]:
-    """What every SSH session on this host gets (through ``SetEnv``)."""
+    """What every SSH session on this host gets (through ``SetEnv``); the jump host has
+    neither a Docker daemon nor GPUs."""
+    path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    if cfg.host(name).role == JUMP_HOST:
+        return {"PATH": path, "FORGE_LAB_HOST": name}
     return {
         "DOCKER_HOST": cfg.docker_host(name),
-        "PATH": f"{cfg.bin_dir(name)}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PATH": f"{cfg.bin_dir(name)}:{path}",
         "FORGE_LAB_HOST": name,
         "FORGE_LAB_GPU_STATE": str(cfg.gpu_state(name)),
     }
@@ -49,8 +53,9 @@ def render_config(cfg: LabConfig, name: str) -> str:
             "Port 22",
             f"HostKey {host_key(cfg, name)}",
             f"PidFile {pidfile(cfg, name)}",
-            f"AuthorizedKeysFile {cfg.authorized_keys}",
-            f"AllowUsers {cfg.user}",
+            # One file per user: neither user's key logs in as the other.
+            f"AuthorizedKeysFile {cfg.authorized_keys_dir}/%u",
+            f"AllowUsers {cfg.user} {cfg.other_user}",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
             "PubkeyAuthentication yes",

@@ -12,7 +12,22 @@ from typing import Any
 from forge.lab.config import LabConfig
 from forge.lab.errors import LabError
 
-_CONFIG_KEYS = ("hosts", "bridge", "network", "netns_prefix", "docker_subnet_base", "user")
+_CONFIG_KEYS = (
+    "hosts",
+    "bridge",
+    "network",
+    "netns_prefix",
+    "docker_subnet_base",
+    "user",
+    "flavors",
+    "bastion",
+    "other_user",
+    "docker_group",
+    "inner_network",
+)
+#: What a lab is made of (users, groups, files). A lab recorded with another layout was built
+#: by another version of forge: it has to come down before this one brings it up again.
+LAYOUT = 2
 
 
 def load(root: Path) -> dict[str, Any] | None:
@@ -29,13 +44,32 @@ def load(root: Path) -> dict[str, Any] | None:
 
 
 def config_from(root: Path, data: dict[str, Any]) -> LabConfig:
-    return LabConfig(root=root, **{k: data[k] for k in _CONFIG_KEYS if k in data})
+    kw = {k: data[k] for k in _CONFIG_KEYS if k in data}
+    if "flavors" in kw:
+        kw["flavors"] = tuple(kw["flavors"])
+    return LabConfig(root=root, **kw)
+
+
+def config_dict(cfg: LabConfig) -> dict[str, Any]:
+    """The recorded part of a config, as JSON values."""
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k in _CONFIG_KEYS}
+    d["flavors"] = list(cfg.flavors)
+    return d
+
+
+def differences(data: dict[str, Any], cfg: LabConfig) -> list[str]:
+    """How the lab recorded in ``data`` differs from ``cfg`` ("flavors ['bookworm'], not
+    ['trixie']"); a record of another layout differs in that."""
+    if data.get("layout", 1) != LAYOUT:
+        return [f"layout {data.get('layout', 1)} (an older forge lab), not {LAYOUT}"]
+    recorded = config_dict(config_from(cfg.root, data))
+    return [f"{k} {recorded[k]!r}, not {v!r}" for k, v in config_dict(cfg).items() if recorded[k] != v]
 
 
 def save(cfg: LabConfig, **changes: Any) -> dict[str, Any]:
     """Write the config plus the given flags, keeping flags recorded earlier."""
-    data = load(cfg.root) or {}
-    data.update({k: v for k, v in dataclasses.asdict(cfg).items() if k in _CONFIG_KEYS})
+    data = load(cfg.root) or {"layout": LAYOUT}
+    data.update(config_dict(cfg))
     for key, value in changes.items():
         # A flag once set stays set (a second `up` must not forget what the first changed).
         if key not in data or (isinstance(value, bool) and not data[key]):

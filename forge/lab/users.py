@@ -1,7 +1,10 @@
-"""The lab user, its key pair, and the known_hosts every client of the lab verifies against."""
+"""The lab's users, their key pairs, and the known_hosts every client of the lab verifies
+against. Two users, as on a shared server: the lab user (whom forge logs in as) and another,
+unprivileged one; both are in the group that may use each host's Docker socket."""
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shutil
@@ -19,15 +22,34 @@ def user_exists(name: str) -> bool:
     return True
 
 
-def ensure_user(cfg: LabConfig) -> bool:
-    """Create the lab user (home under the lab root) when absent. True when created here."""
+def group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def ensure_user(name: str, home: Path) -> bool:
+    """Create a user (home ``home``, own group) when absent. True when created here."""
     created = False
-    if not user_exists(cfg.user):
-        cfg.home.parent.mkdir(parents=True, exist_ok=True)
-        run(["useradd", "--create-home", "--home-dir", str(cfg.home), "--shell", "/bin/bash", "--user-group", cfg.user])
+    if not user_exists(name):
+        home.parent.mkdir(parents=True, exist_ok=True)
+        run(["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/bash", "--user-group", name])
         created = True
     # A locked password ("!") makes sshd (UsePAM no) refuse even key logins; "*" allows keys.
-    run(["usermod", "-p", "*", cfg.user])
+    run(["usermod", "-p", "*", name])
+    return created
+
+
+def ensure_docker_group(cfg: LabConfig) -> bool:
+    """The group of every host's Docker socket, with both users in it. True when created."""
+    created = False
+    if not group_exists(cfg.docker_group):
+        run(["groupadd", cfg.docker_group])
+        created = True
+    for user in (cfg.user, cfg.other_user):
+        run(["usermod", "--append", "--groups", cfg.docker_group, user])
     return created
 
 
@@ -36,15 +58,23 @@ def remove_user(name: str) -> None:
         run(["userdel", name])
 
 
-def ensure_keypair(cfg: LabConfig) -> None:
+def remove_group(name: str) -> None:
+    if group_exists(name):
+        run(["groupdel", name])
+
+
+def ensure_keypairs(cfg: LabConfig) -> None:
+    """A key pair per user, and sshd's per-user authorized keys (``authorized/<user>``)."""
     cfg.ssh_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.identity_file.exists():
-        run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{cfg.user}@forge-lab", "-f", str(cfg.identity_file)]
-        )
-    pub = cfg.identity_file.with_suffix(".pub").read_text()
-    cfg.authorized_keys.write_text(pub)
-    cfg.authorized_keys.chmod(0o644)
+    keys_dir = cfg.authorized_keys_dir
+    keys_dir.mkdir(mode=0o755, exist_ok=True)
+    for user in (cfg.user, cfg.other_user):
+        key = cfg.identity_of(user)
+        if not key.exists():
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{user}@forge-lab", "-f", str(key)])
+        authorized = keys_dir / user
+        authorized.write_text(key.with_suffix(".pub").read_text())
+        authorized.chmod(0o644)
 
 
 def write_known_hosts(cfg: LabConfig, host_keys: dict[str, str]) -> None:
@@ -55,17 +85,19 @@ def write_known_hosts(cfg: LabConfig, host_keys: dict[str, str]) -> None:
 
 
 def install_user_ssh(cfg: LabConfig) -> None:
-    """Copy the key pair and known_hosts into the lab user's ~/.ssh (hosts mount the data
+    """Copy each user's key pair and the known_hosts into its ~/.ssh (hosts mount the data
     host over sshfs as that user)."""
-    entry = pwd.getpwnam(cfg.user)
-    dot_ssh = Path(entry.pw_dir) / ".ssh"
-    dot_ssh.mkdir(mode=0o700, exist_ok=True)
-    for src in (cfg.identity_file, cfg.identity_file.with_suffix(".pub"), cfg.known_hosts):
-        dst = dot_ssh / src.name
-        shutil.copyfile(src, dst)
-        dst.chmod(0o600 if src == cfg.identity_file else 0o644)
-    for path in [dot_ssh, *dot_ssh.iterdir()]:
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+    for user in (cfg.user, cfg.other_user):
+        entry = pwd.getpwnam(user)
+        dot_ssh = Path(entry.pw_dir) / ".ssh"
+        dot_ssh.mkdir(mode=0o700, exist_ok=True)
+        key = cfg.identity_of(user)
+        for src, name in ((key, "id_ed25519"), (key.with_suffix(".pub"), "id_ed25519.pub"), (cfg.known_hosts, None)):
+            dst = dot_ssh / (name or src.name)
+            shutil.copyfile(src, dst)
+            dst.chmod(0o600 if src == key else 0o644)
+        for path in [dot_ssh, *dot_ssh.iterdir()]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
 def user_home(cfg: LabConfig) -> Path:
@@ -73,7 +105,7 @@ def user_home(cfg: LabConfig) -> Path:
 
 
 PROFILE = """\
-# ~/.profile of the forge lab user (written by `forge lab up`).
+# ~/.profile of a forge lab user (written by `forge lab up`).
 # Login shells reset PATH in /etc/profile: put this host's tools (nvidia-smi) first again.
 if [ -n "$FORGE_LAB_HOST" ]; then
     PATH="{root}/hosts/$FORGE_LAB_HOST/bin:$PATH"
@@ -84,11 +116,12 @@ fi
 """
 
 
-def write_profile(cfg: LabConfig) -> None:
-    """Give the lab user's login shells the host's PATH (only in a home the lab owns)."""
-    entry = pwd.getpwnam(cfg.user)
-    if Path(entry.pw_dir) != cfg.home:
-        return
-    profile = cfg.home / ".profile"
-    profile.write_text(PROFILE.format(root=cfg.root))
-    os.chown(profile, entry.pw_uid, entry.pw_gid)
+def write_profiles(cfg: LabConfig) -> None:
+    """Give the users' login shells the host's PATH (only in homes the lab owns)."""
+    for user, home in ((cfg.user, cfg.home), (cfg.other_user, cfg.other_home)):
+        entry = pwd.getpwnam(user)
+        if Path(entry.pw_dir) != home:
+            continue
+        profile = home / ".profile"
+        profile.write_text(PROFILE.format(root=cfg.root))
+        os.chown(profile, entry.pw_uid, entry.pw_gid)

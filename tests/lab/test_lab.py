@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
-import os
+import random
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
 
 from forge.env.volume import VolumeSpec, create_args
-from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT, Lab, LabConfig, mounts, netns, state
+from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT, Lab, LabConfig, mounts, netns, state, suiteroot
 from forge.lab import image as lab_image
 from forge.lab.proc import pids_mentioning
 from tests.conftest import LabHandle
@@ -26,9 +31,20 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def base_image(lab: LabHandle) -> str:
-    for host in lab.hosts[:2]:
+    for host in lab.hosts:
         name = lab.load_base_image(host)
     return name
+
+
+def one_host_per_flavor(lab: LabHandle) -> list[str]:
+    """The first GPU host of each flavor the lab has."""
+    first: dict[str, str] = {}
+    for host in lab.hosts:
+        first.setdefault(lab.flavor(host), host)
+    return list(first.values())
+
+
+ENGINES = {"bookworm": "20.10.", "trixie": "26.1.", "trixie-containerd": "26.1."}
 
 
 def test_ssh_to_every_host_verifies_its_host_key(lab: LabHandle) -> None:
@@ -51,11 +67,13 @@ def test_ssh_with_a_wrong_known_hosts_is_refused(lab: LabHandle, tmp_path: Path)
     assert "HOST IDENTIFICATION HAS CHANGED" in r.stderr or "verification failed" in r.stderr
 
 
-def test_paramiko_with_reject_policy_and_the_lab_known_hosts(lab: LabHandle) -> None:
-    for name in ["data", *lab.hosts]:
-        client = paramiko.SSHClient()
-        client.load_host_keys(str(lab.known_hosts))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+def _paramiko(lab: LabHandle, name: str, known_hosts: Path | None, sock: Any = None) -> paramiko.SSHClient:
+    """A paramiko client logged in to a lab host, refusing host keys not in ``known_hosts``."""
+    client = paramiko.SSHClient()
+    if known_hosts is not None:
+        client.load_host_keys(str(known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    try:
         client.connect(
             lab.address(name),
             username=lab.user,
@@ -63,25 +81,40 @@ def test_paramiko_with_reject_policy_and_the_lab_known_hosts(lab: LabHandle) -> 
             look_for_keys=False,
             allow_agent=False,
             timeout=10,
+            sock=sock,
         )
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+@contextmanager
+def _paramiko_to(lab: LabHandle, name: str, known_hosts: Path | None) -> Iterator[paramiko.SSHClient]:
+    """A client of ``name``: directly, or behind a bastion through a channel of the jump host
+    (whose key is checked against the lab's known_hosts)."""
+    jump = _paramiko(lab, "jump", lab.known_hosts) if lab.bastion else None
+    try:
+        transport = jump.get_transport() if jump else None
+        sock = transport.open_channel("direct-tcpip", (lab.address(name), 22), ("127.0.0.1", 0)) if transport else None
+        client = _paramiko(lab, name, known_hosts, sock)
         try:
-            _, out, _ = client.exec_command('printf %s "$FORGE_LAB_HOST"')
-            assert out.read().decode() == name
+            yield client
         finally:
             client.close()
+    finally:
+        if jump is not None:
+            jump.close()
+
+
+def test_paramiko_with_reject_policy_and_the_lab_known_hosts(lab: LabHandle) -> None:
+    for name in ["data", *lab.hosts]:
+        with _paramiko_to(lab, name, lab.known_hosts) as client:
+            _, out, _ = client.exec_command('printf %s "$FORGE_LAB_HOST"')
+            assert out.read().decode() == name
     # A client that does not know the host refuses it.
-    stranger = paramiko.SSHClient()
-    stranger.set_missing_host_key_policy(paramiko.RejectPolicy())
-    with pytest.raises(paramiko.SSHException):
-        stranger.connect(
-            lab.address(lab.hosts[0]),
-            username=lab.user,
-            key_filename=str(lab.identity_file),
-            look_for_keys=False,
-            allow_agent=False,
-            timeout=10,
-        )
-    stranger.close()
+    with pytest.raises(paramiko.SSHException), _paramiko_to(lab, lab.hosts[0], None):
+        pass
 
 
 def test_password_login_is_off(lab: LabHandle) -> None:
@@ -109,25 +142,26 @@ def test_each_host_has_its_own_docker_daemon(lab: LabHandle, base_image: str) ->
         lab.docker(one, "rmi", tag)
 
 
-def test_gpu_request_reaches_container_and_hook(lab: LabHandle, base_image: str) -> None:
-    host = lab.hosts[0]
-    name = f"forge-lab-gpu-{uuid.uuid4().hex[:8]}"
-    before = len(lab.lab.gpu_hook_records(host))
-    r = lab.docker(host, "run", "--name", name, "--gpus", '"device=1"', base_image, "env")
-    try:
-        assert r.returncode == 0, r.stderr
-        assert "NVIDIA_VISIBLE_DEVICES=1" in r.stdout.splitlines()
-        records = lab.lab.gpu_hook_records(host)[before:]
-        assert [rec["NVIDIA_VISIBLE_DEVICES"] for rec in records] == ["1"]
-        assert records[0]["argv"] == ["prestart"]
-        inspect = lab.docker(host, "inspect", "-f", "{{json .HostConfig.DeviceRequests}}", name)
-        requests = json.loads(inspect.stdout)
-        assert requests[0]["DeviceIDs"] == ["1"]
-        assert ["gpu"] in requests[0]["Capabilities"]
-    finally:
-        lab.docker(host, "rm", "-f", name)
-    # The request is visible only on the host that served it.
-    assert all(not any(rec.get("id") == name for rec in lab.lab.gpu_hook_records(h)) for h in lab.hosts[1:])
+def test_gpu_request_reaches_container_and_hook_on_every_flavor(lab: LabHandle, base_image: str) -> None:
+    for host in one_host_per_flavor(lab):
+        name = f"forge-lab-gpu-{uuid.uuid4().hex[:8]}"
+        before = len(lab.lab.gpu_hook_records(host))
+        r = lab.docker(host, "run", "--name", name, "--gpus", '"device=1"', base_image, "env")
+        try:
+            assert r.returncode == 0, f"{host} ({lab.flavor(host)}): {r.stderr}"
+            assert "NVIDIA_VISIBLE_DEVICES=1" in r.stdout.splitlines()
+            records = lab.lab.gpu_hook_records(host)[before:]
+            assert [rec["NVIDIA_VISIBLE_DEVICES"] for rec in records] == ["1"], lab.flavor(host)
+            assert records[0]["argv"] == ["prestart"]
+            inspect = lab.docker(host, "inspect", "-f", "{{json .HostConfig.DeviceRequests}}", name)
+            requests = json.loads(inspect.stdout)
+            assert requests[0]["DeviceIDs"] == ["1"]
+            assert ["gpu"] in requests[0]["Capabilities"]
+        finally:
+            lab.docker(host, "rm", "-f", name)
+        # The request is visible only on the host that served it.
+        others = [h for h in lab.hosts if h != host]
+        assert all(not any(rec.get("id") == name for rec in lab.lab.gpu_hook_records(h)) for h in others)
 
 
 def test_set_gpus_writes_state_or_removes_nvidia_smi(lab: LabHandle) -> None:
@@ -190,6 +224,148 @@ def test_container_reads_data_host_through_sshfs_volume(lab: LabHandle, base_ima
     assert (mountpoint, "fuse.sshfs") not in mounts.mounts_under(lab.root)
 
 
+# Flavors, the bastion and the other user ---------------------------------------------------
+
+
+def test_each_flavor_reports_its_engine_through_ssh(lab: LabHandle) -> None:
+    status = {h.name: h for h in lab.lab.status().hosts}
+    for host in lab.hosts:
+        flavor = lab.flavor(host)
+        r = lab.ssh(host, "docker", "version", "--format", "{{.Server.Version}}")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(ENGINES[flavor]), f"{host} ({flavor}): {r.stdout}"
+        assert (status[host].flavor, status[host].engine) == (flavor, r.stdout.strip())
+        r = lab.ssh(host, "docker", "info", "--format", "{{json .DriverStatus}}")
+        assert r.returncode == 0, r.stderr
+        snapshotter = ["driver-type", "io.containerd.snapshotter.v1"] in json.loads(r.stdout)
+        assert snapshotter == (flavor == "trixie-containerd"), f"{host} ({flavor}): {r.stdout}"
+
+
+def _direct_banner(address: str, port: int, timeout: float = 5) -> str:
+    """The first bytes a TCP port sends to this machine, or the error."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as s:
+            return s.recv(7).decode(errors="replace")
+    except OSError as e:
+        return f"error: {e}"
+
+
+def _banner(lab: LabHandle, address: str, port: int) -> str:
+    """The first bytes a TCP port sends: from here, or behind a bastion from the jump host."""
+    if not lab.bastion:
+        return _direct_banner(address, port)
+    script = 'exec 3<>"/dev/tcp/$1/$2" && head -c 7 <&3'
+    r = lab.ssh("jump", "timeout", "5", "bash", "-c", script, "bash", address, str(port))
+    return r.stdout if r.returncode == 0 else f"error: {r.stderr}"
+
+
+def test_published_port_is_reachable_at_the_host_address_on_every_flavor(lab: LabHandle, base_image: str) -> None:
+    sshd = "mkdir -p /run/sshd && ssh-keygen -A >/dev/null && exec /usr/sbin/sshd -D -e"
+    for host in one_host_per_flavor(lab):
+        port = random.randrange(20000, 30000)
+        name = f"forge-lab-port-{uuid.uuid4().hex[:8]}"
+        r = lab.docker(host, "run", "-d", "--name", name, "-p", f"{port}:22", base_image, "sh", "-c", sshd)
+        try:
+            assert r.returncode == 0, f"{host} ({lab.flavor(host)}): {r.stderr}"
+            deadline = time.monotonic() + 30
+            while (seen := _banner(lab, lab.address(host), port)) != "SSH-2.0" and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert seen == "SSH-2.0", f"{host} ({lab.flavor(host)}) port {port}: {seen}"
+        finally:
+            lab.docker(host, "rm", "-f", name)
+
+
+def test_docker_socket_belongs_to_the_docker_group_of_both_users(lab: LabHandle) -> None:
+    group = lab.lab.config.docker_group
+    for host in lab.hosts:
+        r = lab.ssh(host, "sh", "-c", 'stat -c %G:%a "${DOCKER_HOST#unix://}"; id -Gn')
+        assert r.returncode == 0, r.stderr
+        mode, groups = r.stdout.split("\n", 1)
+        assert mode == f"{group}:660"
+        assert group in groups.split()
+
+
+def test_the_other_user_logs_in_with_its_own_key_and_runs_docker(lab: LabHandle) -> None:
+    for name in ["data", *lab.hosts] + (["jump"] if lab.bastion else []):
+        r = lab.ssh_as_other(name, "sh", "-c", 'id -un; printf %s "$FORGE_LAB_HOST"')
+        assert r.returncode == 0, f"{name}: {r.stderr}"
+        assert r.stdout == f"{lab.other_user}\n{name}"
+    for host in lab.hosts:
+        r = lab.docker_as_other(host, "version", "--format", "{{.Server.Version}}")
+        assert r.returncode == 0, f"{host}: {r.stderr}"
+        assert r.stdout.startswith(ENGINES[lab.flavor(host)])
+
+
+def _login(lab: LabHandle, name: str, user: str, key: Path) -> subprocess.CompletedProcess[str]:
+    """OpenSSH to ``name`` as ``user`` offering only ``key`` (the host key checked); behind a
+    bastion, the jump hop as the lab user by the lab's ssh_config."""
+    cfg = lab.lab.config
+    argv = ["ssh", "-F", "none", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+    argv += ["-o", f"UserKnownHostsFile={cfg.known_hosts}", "-o", "IdentitiesOnly=yes", "-i", str(key)]
+    if lab.bastion and name != "jump":
+        argv += ["-o", f"ProxyCommand=ssh -F {cfg.ssh_config} -W %h:%p jump"]
+    argv += [f"{user}@{lab.address(name)}", "id -un"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_neither_users_key_logs_in_as_the_other(lab: LabHandle) -> None:
+    cfg = lab.lab.config
+    for name in ["data", lab.hosts[0]] + (["jump"] if lab.bastion else []):
+        assert _login(lab, name, lab.user, cfg.identity_file).stdout == f"{lab.user}\n"
+        assert _login(lab, name, lab.other_user, cfg.other_identity_file).stdout == f"{lab.other_user}\n"
+        for user, key in ((lab.user, cfg.other_identity_file), (lab.other_user, cfg.identity_file)):
+            r = _login(lab, name, user, key)
+            assert r.returncode == 255 and "Permission denied" in r.stderr, f"{name} as {user}: {r.stderr}"
+
+
+def _needs_bastion(lab: LabHandle) -> None:
+    if not lab.bastion:
+        pytest.skip("the session's lab has no bastion (FORGE_LAB_BASTION=1 gives it one)")
+
+
+def test_behind_the_bastion_only_the_jump_host_reaches_the_hosts(lab: LabHandle) -> None:
+    _needs_bastion(lab)
+    for name in ["data", lab.hosts[0]]:
+        # No sshd answers from here (this machine's uplink may accept any connection).
+        assert not _direct_banner(lab.address(name), 22, timeout=3).startswith("SSH-")
+        r = lab.ssh(name, "printenv", "FORGE_LAB_HOST")
+        assert (r.returncode, r.stdout) == (0, f"{name}\n"), r.stderr
+    # GPU hosts reach the data host directly, on the inner network.
+    assert lab.ssh(lab.hosts[0], "bash", "-c", f"</dev/tcp/{lab.data_address}/22").returncode == 0
+    text = lab.inventory_path.read_text()
+    assert f'ssh_config = "{lab.lab.config.ssh_config}"' in text
+    assert all(f'ssh_alias = "{h}"' in text for h in lab.hosts)
+
+
+@pytest.mark.parametrize("jump_key", ["unknown", "changed"])
+def test_a_jump_host_with_an_unknown_or_changed_key_is_refused(lab: LabHandle, tmp_path: Path, jump_key: str) -> None:
+    _needs_bastion(lab)
+    cfg = lab.lab.config
+    jump = lab.address("jump")
+    lines = cfg.known_hosts.read_text().splitlines()
+    others = [line for line in lines if line.split()[0] != jump]
+    assert len(others) == len(lines) - 1
+    if jump_key == "changed":  # the jump host's address with the data host's key
+        data_key = next(line for line in lines if line.split()[0] == lab.data_address).split(None, 1)[1]
+        others.append(f"{jump} {data_key}")
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("\n".join(others) + "\n")
+    config = tmp_path / "config"
+    config.write_text(cfg.ssh_config.read_text().replace(str(cfg.known_hosts), str(known_hosts)))
+    argv = lab.ssh_argv(lab.hosts[0], "true")
+    argv[argv.index(str(cfg.ssh_config))] = str(config)
+    argv[argv.index(f"UserKnownHostsFile={cfg.known_hosts}")] = f"UserKnownHostsFile={known_hosts}"
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 255, r.stderr
+    if jump_key == "changed":
+        assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in r.stderr
+    else:
+        assert "Host key verification failed" in r.stderr
+    # The same files, with the jump host's key in place, let it through.
+    known_hosts.write_text(cfg.known_hosts.read_text())
+    assert subprocess.run(argv, capture_output=True, timeout=60, check=False).returncode == 0
+
+
 # Down, on a second, small lab: its own root, bridge, subnet, namespaces and user -------------
 
 
@@ -203,6 +379,8 @@ def small_lab(lab: LabHandle) -> Iterator[Lab]:
 
 
 def _small_lab(lab: LabHandle) -> Iterator[Lab]:
+    """Its one GPU host runs Debian 13's engine with the containerd store, behind a bastion:
+    the most a lab can leave behind."""
     # Not under /tmp: sshd refuses keys below a world-writable directory. Short: socket paths.
     root = Path(tempfile.mkdtemp(prefix="forge-lab-t", dir="/var/lib"))
     cfg = LabConfig(
@@ -213,41 +391,59 @@ def _small_lab(lab: LabHandle) -> Iterator[Lab]:
         netns_prefix="forgelabt-",
         docker_subnet_base=100,
         user="forgelabt",
+        flavors=("trixie-containerd",),
+        bastion=True,
     )
-    # Reuse the session lab's cached base image instead of running debootstrap again.
-    cached = lab.lab.ensure_base_image()
-    cfg.cache_dir.mkdir(parents=True)
-    try:
-        os.link(cached, lab_image.cached_tar(cfg))
-    except OSError:
-        shutil.copyfile(cached, lab_image.cached_tar(cfg))
+    # Reuse the session lab's cached base image and engine root instead of running
+    # debootstrap again (copies: a lab root is a mount of its own, hard links cannot cross it).
     small = Lab(cfg)
     try:
+        cfg.cache_dir.mkdir(parents=True)
+        shutil.copyfile(lab.lab.ensure_base_image(), lab_image.cached_tar(cfg))
+        engine_root = suiteroot.path(lab.lab.config, "trixie")
+        if engine_root.is_dir():
+            subprocess.run(["cp", "-a", str(engine_root), str(suiteroot.path(cfg, "trixie"))], check=True)
         yield small
     finally:
         small.down(purge_cache=True)
         shutil.rmtree(root, ignore_errors=True)
 
 
+PROGRAMS = {"containerd-shim-runc-v2", "containerd", "dockerd", "sshd", "sshfs", "tini", "unshare", "docker-proxy"}
+
+
 def _leftovers(cfg: LabConfig) -> dict[str, object]:
+    import grp
     import pwd
 
     rules = netns.tagged_rules(cfg)
-    users = [u.pw_name for u in pwd.getpwall() if u.pw_name == cfg.user]
-    procs = pids_mentioning(str(cfg.root) + "/", {"containerd-shim-runc-v2", "containerd", "dockerd", "sshd", "sshfs"})
+    users = [u.pw_name for u in pwd.getpwall() if u.pw_name in (cfg.user, cfg.other_user)]
+    groups = [g.gr_name for g in grp.getgrall() if g.gr_name == cfg.docker_group]
+    procs = pids_mentioning(str(cfg.root) + "/", PROGRAMS)
+    findmnt = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True, check=True).stdout
+    veths = [h.veth for h in cfg.all_hosts()] + [cfg.jump_inner_veth]
     return {
         "netns": netns.list_netns(cfg.netns_prefix),
-        "bridge": netns.link_exists(cfg.bridge),
-        "veths": [h.veth for h in cfg.all_hosts() if netns.link_exists(h.veth)],
-        "mounts": mounts.mounts_under(cfg.root),
+        "bridge": [b for b in (cfg.bridge, cfg.inner_bridge) if netns.link_exists(b)],
+        "veths": [v for v in veths if netns.link_exists(v)],
+        "mounts": mounts.mounts_under(cfg.root) + [m for m in findmnt.split() if m.startswith(f"{cfg.root}/")],
         "rules": rules,
-        "user": users,
+        "user": users + groups,
         "processes": sorted(procs),
         "files": sorted(p.name for p in cfg.root.iterdir()) if cfg.root.exists() else [],
     }
 
 
-CLEAN = {"netns": [], "bridge": False, "veths": [], "mounts": [], "rules": [], "user": [], "processes": [], "files": []}
+CLEAN: dict[str, object] = {
+    "netns": [],
+    "bridge": [],
+    "veths": [],
+    "mounts": [],
+    "rules": [],
+    "user": [],
+    "processes": [],
+    "files": [],
+}
 
 
 def test_down_leaves_nothing_behind(lab: LabHandle, small_lab: Lab) -> None:
@@ -269,7 +465,12 @@ def test_down_leaves_nothing_behind(lab: LabHandle, small_lab: Lab) -> None:
     r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     assert (str(home / "m"), "fuse.sshfs") in mounts.mounts_under(cfg.root)
-    assert _leftovers(cfg)["processes"]
+    before = _leftovers(cfg)
+    assert before["processes"] and len(before["netns"]) == 3 and len(before["bridge"]) == 2  # type: ignore[arg-type]
+    # Through the jump host, the host's engine is Debian 13's, with the containerd store.
+    argv = small_lab.ssh_argv(host, "docker", "info", "--format", "{{.ServerVersion}} {{json .DriverStatus}}")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert r.stdout.startswith("26.1.") and "io.containerd.snapshotter.v1" in r.stdout, r.stderr
 
     small_lab.down(purge_cache=False)
     left = _leftovers(cfg)
@@ -283,16 +484,22 @@ def test_down_leaves_nothing_behind(lab: LabHandle, small_lab: Lab) -> None:
 def test_down_of_a_half_built_lab(lab: LabHandle, small_lab: Lab) -> None:
     cfg = small_lab.config
     state.save(cfg)
-    netns.ensure_bridge(cfg)
+    netns.ensure_bridges(cfg)
     netns.ensure_firewall(cfg)
     netns.ensure_host_network(cfg, cfg.host("data"))
+    netns.ensure_host_network(cfg, cfg.host("jump"))
     small_lab.down(purge_cache=True)
     assert _leftovers(cfg) == CLEAN
     assert lab.lab.status().up
 
 
-def test_up_with_another_host_count_is_refused(lab: LabHandle) -> None:
+def test_up_with_other_settings_is_refused(lab: LabHandle) -> None:
     from forge.lab import LabError
 
-    with pytest.raises(LabError, match="run `forge lab down"):
-        Lab(LabConfig(root=lab.root, hosts=len(lab.hosts) + 1)).up()
+    cfg = lab.lab.config
+    with pytest.raises(LabError, match="hosts 4, not 5.*run `forge lab down"):
+        Lab(dataclasses.replace(cfg, hosts=len(lab.hosts) + 1)).up()
+    with pytest.raises(LabError, match=r"flavors \[.*\], not \['trixie'\]"):
+        Lab(dataclasses.replace(cfg, flavors=("trixie",))).up()
+    with pytest.raises(LabError, match="bastion"):
+        Lab(dataclasses.replace(cfg, bastion=not cfg.bastion)).up()
