@@ -78,6 +78,13 @@ class TargetError(ForgeError):
     exit_code = ExitCode.USAGE
 
 
+def shown(command: str) -> str:
+    """A command for a message: on one line, at most 80 characters (forge's own scripts are
+    long: their start says which one it was)."""
+    text = " ".join(command.split())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class HostError(ForgeError):
     """Something went wrong on one host. Carries the host's name."""
 
@@ -107,10 +114,7 @@ class CommandFailed(HostError):
         self.exit_status = exit_status
         self.stderr = stderr
         tail = "\n".join(stderr.strip().splitlines()[-3:])
-        shown = " ".join(command.split())
-        if len(shown) > 80:  # forge's own scripts are long: the start says which one it was
-            shown = shown[:77] + "..."
-        msg = f"`{shown}` exited with status {exit_status}"
+        msg = f"`{shown(command)}` exited with status {exit_status}"
         if tail:
             msg += f": {tail}"
         super().__init__(host, msg)

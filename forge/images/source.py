@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from forge import shell
 from forge.errors import HostError
-from forge.images import oci
+from forge.images import memo, oci
 from forge.images.inspect import CLASSIC, CONTAINERD, ImageInfo, inspect_image, parse_daemon
 from forge.images.layerstore import LayerStore, LayerStoreError, open_store, plan_archive
 from forge.inventory import Host
@@ -49,10 +49,11 @@ class Source:
     store_note: str = ""  # why the layer store cannot be read, when it cannot
 
     def expected_id(self, store: str) -> str | None:
-        """The image's ID on a daemon with this image store (None: known only after sending)."""
+        """The image's ID on a daemon with this image store (None: known only after sending;
+        a containerd store's is remembered from an earlier transfer, :mod:`forge.images.memo`)."""
         if store == CLASSIC:
             return self.config
-        return self.manifest.digest if self.manifest is not None else None
+        return self.manifest.digest if self.manifest is not None else memo.manifest_for(self.config)
 
 
 def describe(s: HostSession, ref: str, *, read: str) -> Source:

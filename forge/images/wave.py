@@ -29,7 +29,7 @@ from forge import fleet, shell
 from forge.errors import ForgeError, HostError
 from forge.fleet import FleetResult, Pool
 from forge.images import codec as codecs
-from forge.images import oci
+from forge.images import memo, oci
 from forge.images.inspect import CLASSIC, FORMAT, ImageInfo, parse_image_line, survey
 from forge.images.layerstore import Archive, LayerStoreError, plan_archive
 from forge.images.savetar import SaveTranscoder
@@ -275,6 +275,8 @@ class Wave:
                 raise SyncFailed(p.host.name, _reason(failure) + note) from failure
         assert expected is not None
         listed = verify(s, self.src.image, expected, store=p.have.store)
+        if p.have.store != CLASSIC:
+            memo.remember(self.src.config, expected)
         if listed:
             tag(s, expected, self.tags)
         image = self.src.image

@@ -28,7 +28,14 @@ PACKAGES = ("docker.io", "iptables", "ca-certificates", "python3-minimal")
 #: root (read-only: hosts and labs share it; bound onto itself, else builds fail to remount
 #: it) with /dev, /proc, /sys, its own /run, /tmp and /opt (containerd's), and the lab root at
 #: its own path; then tini as pid 1 (it reaps the shims the engine leaves behind and passes
-#: signals on) runs the daemon chrooted. A constant: every value comes in as an argument.
+#: signals on) runs the daemon. A constant: every value comes in as an argument.
+#:
+#: The root is made the namespace's own root with ``pivot_root``, and this machine's root is
+#: detached from it, not merely ``chroot``-ed into: each container's mount namespace is a copy
+#: of the daemon's, and runc's own ``pivot_root`` swaps only the mount its caller stands on.
+#: Under a chroot that is the engine root's mount, so the namespace's root stays this
+#: machine's ``/``, and ``docker exec`` (runc joins the container's mount namespace, which
+#: puts it at that namespace's root) ran in this machine's root file system, as root.
 ENTER = """set -eu
 r=$1 lab=$2
 shift 2
@@ -41,7 +48,11 @@ mount -t tmpfs -o mode=755 tmpfs "$r/run"
 mount -t tmpfs -o mode=1777 tmpfs "$r/tmp"
 mount -t tmpfs -o mode=755 tmpfs "$r/opt"
 mount --rbind "$lab" "$r$lab"
-exec chroot "$r" /usr/bin/tini -s -- "$@"
+cd "$r"
+pivot_root . .
+umount -l .
+cd /
+exec /usr/bin/tini -s -- "$@"
 """
 
 

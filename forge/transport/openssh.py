@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import IO
 
 from forge import shell
-from forge.errors import CommandTimeout, ConnectError, ForgeError, HostKeyError
+from forge.errors import CommandTimeout, ConnectError, ForgeError, HostKeyError, shown
 from forge.inventory import Host
 from forge.transport.base import CommandResult, OutputLimit
 from forge.transport.route import Hop, Route
@@ -159,7 +159,7 @@ def stream(
             status = proc.wait(None if deadline is None else max(0.001, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             _end(proc)
-            raise CommandTimeout(host.name, f"`{script}` ran past its timeout of {timeout:g} s") from None
+            raise CommandTimeout(host.name, f"`{shown(script)}` ran past its timeout of {timeout:g} s") from None
         except BaseException:
             _end(proc)
             raise

@@ -25,7 +25,7 @@ from typing import IO, Any, cast
 
 import paramiko
 
-from forge.errors import CommandTimeout, ConnectError, ForgeError, HostKeyError
+from forge.errors import CommandTimeout, ConnectError, ForgeError, HostKeyError, shown
 from forge.inventory import Host
 from forge.transport import hostkeys, openssh
 from forge.transport.base import Command, CommandResult, OutputLimit, Transport, to_script, with_timeout
@@ -251,7 +251,7 @@ class SSHTransport(Transport):
         chan = self._channel(self.host.connect_timeout)
         errors: list[BaseException] = []
         stderr = OutputLimit(self.name, keep="tail")
-        late = f"`{script}` ran past its timeout of {timeout:g} s"
+        late = f"`{shown(script)}` ran past its timeout of {timeout:g} s"
         try:
             # The remote side ends the command too when it runs past its time (with a margin):
             # closing the channel alone leaves it running on the host.

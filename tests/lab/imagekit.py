@@ -80,6 +80,15 @@ class Images:
         self.ids.add(docker(self.lab, SOURCE, "image", "inspect", "-f", "{{.Id}}", ref))
         return ref
 
+    def same(self, host: str, ref: str) -> bool:
+        """Whether ``host`` has ``ref`` as the source has it. Not by ID: an image's ID is its
+        config digest on a classic store and its manifest digest on a containerd store. Its
+        layers and its creation time are the same on every engine."""
+        fmt = "{{json .RootFS.Layers}} {{.Created}}"
+        mine = self.lab.docker(host, "image", "inspect", "-f", fmt, ref)
+        theirs = self.lab.docker(SOURCE, "image", "inspect", "-f", fmt, ref)
+        return mine.returncode == 0 and theirs.returncode == 0 and mine.stdout == theirs.stdout
+
     def image_id(self, host: str, ref: str) -> str | None:
         r = self.lab.docker(host, "image", "inspect", "-f", "{{.Id}}", ref)
         return r.stdout.strip() if r.returncode == 0 else None

@@ -60,7 +60,9 @@ def test_invoke_deploy_end_to_end(lab: LabHandle, tmp_path: Path) -> None:
         )
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         # Every host got the image (sync), and the environment runs on one of them.
-        ids = {h: lab.docker(h, "image", "inspect", "-f", "{{.Id}}", tag).stdout.strip() for h in lab.hosts}
+        # (by its layers and creation time: the ID differs between image stores)
+        fmt = "{{json .RootFS.Layers}} {{.Created}}"
+        ids = {h: lab.docker(h, "image", "inspect", "-f", fmt, tag).stdout.strip() for h in lab.hosts}
         assert len(set(ids.values())) == 1 and all(ids.values()), ids
         ps = subprocess.run([*forge, "ps", "--json"], capture_output=True, text=True, timeout=120, env=run_env)
         (mine,) = [e for e in json.loads(ps.stdout)["environments"] if e["env"] == env]

@@ -276,8 +276,9 @@ def test_a_container_started_with_another_uid_gets_that_uid(dev: Dev, tmp_path: 
         )
         assert r.returncode == 0, r.stderr
         assert r.stdout.splitlines() == [str(uid), str(gid), dev.lab.user, f"{uid}:{gid}", "0", "data-ok"]
-        # Once per container: another uid cannot take the user over afterwards.
-        r = dev.lab.docker(dev.host, "exec", "-u", "5555:5555", c.name, "/usr/local/sbin/forge-fixuid")
+        # Once per container: another uid cannot take the user over afterwards. (From /: the
+        # home is the new uid's now, and Engine 26's runc fails an exec it cannot chdir into.)
+        r = dev.lab.docker(dev.host, "exec", "-u", "5555:5555", "-w", "/", c.name, "/usr/local/sbin/forge-fixuid")
         assert r.returncode == 1 and "already changed once" in r.stderr
         logs = dev.lab.docker(dev.host, "logs", c.name)
         assert f"is now {uid}:{gid} (was {dev.uid}:{dev.gid})" in logs.stderr

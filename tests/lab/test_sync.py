@@ -32,13 +32,12 @@ pytestmark = pytest.mark.lab
 
 def test_a_fresh_host_gets_the_image_verified_and_tagged(inv: inventory.Inventory, images: Images) -> None:
     ref = images.on_top(images.base(), "v1", os.urandom(1000))
-    src_id = images.image_id(SOURCE, ref)
     report = sync(inv, ref, ["gpu2"])
     r = report.results["gpu2"]
     assert r.ok, r.reason
     assert r.value.action == "send" and r.value.layers_sent == 2 and r.value.codec == "zstd"
     assert 0 < r.value.wire_bytes < r.value.tar_bytes  # compressed
-    assert images.image_id("gpu2", ref) == src_id
+    assert images.same("gpu2", ref)
 
 
 def test_an_unchanged_image_is_skipped(inv: inventory.Inventory, images: Images) -> None:
@@ -61,8 +60,8 @@ def test_a_partly_present_image_ships_only_the_missing_layer(inv: inventory.Inve
     assert r.ok, r.reason
     assert r.value.layers_sent == 1 and r.value.layers_total == 3
     assert r.value.tar_bytes < 400_000 < first.value.tar_bytes  # the new layer (+ json), not the 6 MB base
-    assert images.image_id("gpu3", v2) == images.image_id(SOURCE, v2)
-    assert images.image_id("gpu3", v1) == images.image_id(SOURCE, v1)
+    assert images.same("gpu3", v2)
+    assert images.same("gpu3", v1)
 
 
 def test_many_hosts_at_once_each_get_what_they_lack(inv: inventory.Inventory, images: Images) -> None:
@@ -75,7 +74,7 @@ def test_many_hosts_at_once_each_get_what_they_lack(inv: inventory.Inventory, im
     assert all(r.ok for r in report.results), [r.reason for r in report.results]
     assert sent == {"gpu2": ("send", 1), "gpu3": ("current", 0), "gpu4": ("send", 3)}
     for h in ("gpu2", "gpu3", "gpu4"):
-        assert images.image_id(h, v2) == images.image_id(SOURCE, v2)
+        assert images.same(h, v2)
 
 
 # --------------------------------------------------------------------------- faults
@@ -94,7 +93,7 @@ def test_a_cut_connection_fails_that_host_only_and_a_rerun_completes(inv: invent
     again = sync(inv, ref, ["gpu2", "gpu3"])
     assert again.results["gpu2"].ok and again.results["gpu2"].value.action == "send"
     assert again.results["gpu3"].value.action == "current"
-    assert images.image_id("gpu2", ref) == images.image_id(SOURCE, ref)
+    assert images.same("gpu2", ref)
 
 
 def test_a_cut_just_before_the_manifest_leaves_nothing_behind(inv: inventory.Inventory, images: Images) -> None:
@@ -267,5 +266,5 @@ def test_ctrl_c_twice_mid_transfer_exits_130_without_a_traceback_and_leaves_noth
     out, err = env_run.communicate(timeout=300)
     assert env_run.returncode == 0, err
     assert " gpu4 ok send " in out
-    assert images.image_id("gpu4", ref) == images.image_id(SOURCE, ref)
+    assert images.same("gpu4", ref)
     assert images.leftovers("gpu4") == []

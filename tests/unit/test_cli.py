@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import forge
 
 
@@ -137,3 +139,35 @@ def test_what_a_host_prints_cannot_drive_the_terminal() -> None:
     for i in range(len(data)):  # byte by byte: a UTF-8 character split across writes
         w.write(data[i : i + 1])
     assert sink.getvalue().decode() == "step 1/2\n\\x1b[1A\\x1b[2Kdoné\n"
+
+
+def test_the_local_host_ends_a_late_command_with_what_it_started_and_bounds_its_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from forge.errors import CommandTimeout
+    from forge.transport import base
+    from forge.transport.local import LocalTransport
+
+    marker = tmp_path / "child.pid"
+    t = LocalTransport("local")
+    started = time.monotonic()
+    try:
+        t.run(["sh", "-c", f"sleep 300 & echo $! > {marker}; wait"], timeout=1)
+        raise AssertionError("no timeout")
+    except CommandTimeout as e:
+        assert "ran past its timeout of 1 s" in str(e)
+    assert time.monotonic() - started < 10
+    import os
+
+    pid = int(marker.read_text())
+    time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+    monkeypatch.setattr(base, "MAX_OUTPUT", 1 << 16)
+    try:
+        t.run(["head", "-c", str(1 << 20), "/dev/zero"])
+        raise AssertionError("no bound")
+    except base.OutputTooLarge:
+        pass
+    assert t.run(["printf", "a\\nb"]).stdout == "a\nb" and t.run(["sh", "-c", "echo x >&2; exit 3"]).stderr == "x\n"
