@@ -114,7 +114,7 @@ def lab_up(c: Context, images: bool = True) -> None:
     """Bring the test fleet up on this machine (root): 4 GPU hosts and a data host."""
     _run(c, PY, "-m", "forge", "lab", "up")
     if images:
-        _run(c, PY, "-c", "from forge.buildlab import load_lab_images; load_lab_images()")
+        _run(c, PY, "-c", "from forge.lab.toolchain import load_lab_images; load_lab_images()")
 
 
 @task

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, cast
+from typing import IO, cast
 
 from forge import fleet, shell
 from forge.errors import ForgeError, HostError
@@ -32,14 +32,12 @@ from forge.images import codec as codecs
 from forge.images import memo, oci
 from forge.images.inspect import CLASSIC, FORMAT, ImageInfo, parse_image_line, survey
 from forge.images.layerstore import Archive, LayerStoreError, plan_archive
+from forge.images.plan import HostPlan
 from forge.images.savetar import SaveTranscoder
 from forge.images.source import Source
 from forge.images.stream import Compressor, Direct, Fanout, HostFeed, StreamError, Tee
 from forge.progress import Progress
 from forge.session import HostSession
-
-if TYPE_CHECKING:  # sync imports this module
-    from forge.images.sync import HostPlan
 
 
 class SyncFailed(HostError):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from forge.buildlab import load_toolchain_image
 from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT
+from forge.lab.toolchain import load_toolchain_image
 from tests.conftest import LabHandle
 
 pytestmark = pytest.mark.lab

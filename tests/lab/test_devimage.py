@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 
 from forge import inventory
-from forge.buildlab import load_toolchain_image
 from forge.env import volume
 from forge.env.launch import host_facts
 from forge.fleet import Pool
 from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT
+from forge.lab.toolchain import load_toolchain_image
 from tests.conftest import LabHandle
 
 pytestmark = pytest.mark.lab

@@ -275,6 +275,29 @@ def test_published_port_is_reachable_at_the_host_address_on_every_flavor(lab: La
             lab.docker(host, "rm", "-f", name)
 
 
+#: Run by ``docker exec``: what it sees as pid 1, its host name, and whether the lab's root
+#: (on this machine, never in the image) is there.
+EXEC_PROBE = 'tr "\\0" " " </proc/1/cmdline; echo; cat /etc/hostname; if test -e "$1"; then echo machine; fi'
+
+
+def test_exec_runs_inside_the_container_on_every_flavor(lab: LabHandle, base_image: str) -> None:
+    """``docker exec`` joins the container: its file system and its pid 1, never this
+    machine's (a chrooted engine once sent exec to this machine's root, as root)."""
+    for host in one_host_per_flavor(lab):
+        name = f"forge-lab-exec-{uuid.uuid4().hex[:8]}"
+        r = lab.docker(host, "run", "-d", "--name", name, "-u", "0", "--entrypoint", "sleep", base_image, "300")
+        try:
+            assert r.returncode == 0, f"{host} ({lab.flavor(host)}): {r.stderr}"
+            short_id = r.stdout.strip()[:12]
+            for workdir in ([], ["-w", "/"]):
+                r = lab.docker(host, "exec", *workdir, name, "sh", "-c", EXEC_PROBE, "sh", str(lab.root))
+                assert r.returncode == 0, f"{host} ({lab.flavor(host)}): {r.stderr}"
+                # Docker names the container's host after its id, in a file only it has.
+                assert r.stdout.splitlines() == ["sleep 300 ", short_id], f"{host} ({lab.flavor(host)}): {r.stdout}"
+        finally:
+            lab.docker(host, "rm", "-f", name)
+
+
 def test_docker_socket_belongs_to_the_docker_group_of_both_users(lab: LabHandle) -> None:
     group = lab.lab.config.docker_group
     for host in lab.hosts:

@@ -12,7 +12,7 @@ from forge.errors import ForgeError, LockHeld
 from forge.images import codec as codecs
 from forge.images.inspect import ImageInfo, is_image_id, normalize_ref, parse_image_line, parse_survey
 from forge.images.layers import chain_ids
-from forge.images.sync import plan_host, wanted_tags
+from forge.images.plan import plan_host, wanted_tags
 from forge.inventory import Host
 from forge.lock import FileLock
 

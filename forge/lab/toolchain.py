@@ -7,7 +7,7 @@ lab's base image.
 
 from __future__ import annotations
 
-from forge.lab import Lab
+from forge.lab.core import Lab
 from forge.lab.image import SUITE, TOOLCHAIN, load_image
 from forge.lab.proc import Progress, no_progress
 
