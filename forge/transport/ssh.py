@@ -37,6 +37,24 @@ _CHUNK = 1 << 20
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
+#: Why an SSH server refused to open a forwarded connection (RFC 4254, section 5.1).
+_OPEN_FAILURES = {
+    1: "it refused to forward the connection (AllowTcpForwarding is off there?)",
+    2: "the connection failed (is the host up and its sshd running?)",
+    3: "it does not forward connections",
+    4: "it is out of resources",
+}
+
+
+def _channel_failure(e: BaseException) -> str:
+    """A person's reading of a failed ``direct-tcpip`` open, not paramiko's repr."""
+    if isinstance(e, paramiko.ChannelException):
+        return _OPEN_FAILURES.get(e.code, f"it refused the connection (code {e.code})")
+    if isinstance(e, EOFError):
+        return "the connection to it closed"
+    return str(e) or type(e).__name__
+
+
 class SSHTransport(Transport):
     """One SSH connection to one host (through its jump hosts), opened on first use and kept
     for later commands."""
@@ -112,7 +130,7 @@ class SSHTransport(Transport):
             )
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise ConnectError(
-                self.name, f"{hop.label} ({hop.where}) could not open a connection to {_via(nxt, self.host)}: {e}"
+                self.name, f"{hop.label} ({hop.where}) could not reach {_via(nxt, self.host)}: {_channel_failure(e)}"
             ) from e
 
     def _login(self, hop: Hop, sock: Any) -> paramiko.SSHClient:

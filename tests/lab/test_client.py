@@ -34,10 +34,20 @@ def client(lab: LabHandle) -> Iterator[dict[str, object]]:
     text = lab.inventory_path.read_text()
     text = text.replace(f'identity_file = "{lab.identity_file}"', f'identity_file = "{home}/.ssh/id_ed25519"', 1)
     text = text.replace(f'known_hosts = "{lab.known_hosts}"', f'known_hosts = "{home}/.ssh/known_hosts"', 1)
+    config = None
+    if lab.ssh_config is not None:  # behind a bastion: the user's own OpenSSH config, key and known_hosts
+        config = home / f"{inv.stem}.ssh_config"
+        own = lab.ssh_config.read_text().replace(str(lab.identity_file), f"{home}/.ssh/id_ed25519")
+        config.write_text(own.replace(str(lab.known_hosts), f"{home}/.ssh/known_hosts"))
+        os.chmod(config, 0o644)
+        text = text.replace(f'ssh_config = "{lab.ssh_config}"', f'ssh_config = "{config}"', 1)
+    assert str(lab.lab.config.ssh_dir) not in text.split("[data]")[0], text  # nothing of root's is left
     inv.write_text(text)
     os.chmod(inv, 0o644)
     yield {"user": lab.user, "uid": user.pw_uid, "home": home, "inventory": inv}
     inv.unlink()
+    if config is not None:
+        config.unlink()
 
 
 def as_client(client: dict[str, object], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

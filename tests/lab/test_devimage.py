@@ -150,21 +150,17 @@ def _start(dev: Dev, tmp_path: Path, *, uid: int, gid: int) -> Container:
         pytest.fail("no free port for the container's sshd")
     known_hosts = tmp_path / f"known_hosts-{name}"
     # Record the container's host key as it comes up; later logins must match it exactly.
+    # Scanned on the GPU host itself, so it works behind a bastion too; the names are
+    # rewritten to the address the test's ssh connects to.
     for _ in range(300):
-        scan = subprocess.run(
-            ["ssh-keyscan", "-T", "2", "-p", str(port), dev.address],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        scan = dev.lab.ssh(dev.host, "ssh-keyscan", "-T", "2", "-p", str(port), "127.0.0.1")
         if scan.stdout.strip():
             break
         state = dev.lab.docker(dev.host, "inspect", "-f", "{{.State.Running}}", name).stdout.strip()
         assert state == "true", dev.lab.docker(dev.host, "logs", name).stderr
     else:
         pytest.fail(f"the container's sshd never answered: {dev.lab.docker(dev.host, 'logs', name).stderr}")
-    known_hosts.write_text(scan.stdout)
+    known_hosts.write_text(scan.stdout.replace(f"[127.0.0.1]:{port}", f"[{dev.address}]:{port}"))
     return Container(name, port, known_hosts)
 
 
@@ -242,6 +238,14 @@ def test_keys_only_and_per_container_host_keys(dev: Dev, container: Container, t
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)
     argv = _ssh_argv(dev, container, "true")
     argv[argv.index(str(dev.lab.identity_file))] = str(other_key)
+    if dev.lab.ssh_config is not None:  # behind a bastion the config offers the lab key too: not for this hop
+        blocks = dev.lab.ssh_config.read_text().split("\nHost ")
+        key, stranger_key = str(dev.lab.identity_file), str(other_key)
+        swapped = [b.replace(key, stranger_key) if b.startswith(f"{dev.host}\n") else b for b in blocks]
+        assert swapped != blocks
+        stranger_config = tmp_path / "stranger_config"
+        stranger_config.write_text("\nHost ".join(swapped))
+        argv[argv.index(str(dev.lab.ssh_config))] = str(stranger_config)
     stranger = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert stranger.returncode == 255 and "Permission denied" in stranger.stderr
     # The host keys are made in the container, not taken from the base image, and differ per container.

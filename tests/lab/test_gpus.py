@@ -103,6 +103,18 @@ def scripted(lab: Any) -> Iterator[dict[str, Any]]:
             lab.reset_gpus(h)
 
 
+def _down_reason(lab: Any, address: str) -> str:
+    """Why a host whose sshd is down did not answer: refused outright in a direct lab;
+    behind a bastion, the jump host could not reach it."""
+    if not lab.bastion:
+        return f"connection refused by {address}:22 (is sshd running?)"
+    jump = lab.lab.config.jump_host().address
+    return (
+        f"jump host jump ({jump}:22) could not reach {address}:22: "
+        "the connection failed (is the host up and its sshd running?)"
+    )
+
+
 def test_table(lab: Any, scripted: dict[str, Any]) -> None:
     g1, g2, g3, g4 = scripted["hosts"]
     addr3 = lab.address(g3)
@@ -133,7 +145,7 @@ def test_table(lab: Any, scripted: dict[str, Any]) -> None:
         (g2, "1", "NVIDIA H200", "0 / 143771 MiB", "0 %", "-", "free"),
         (g2, "2", "NVIDIA H200", "20000 / 143771 MiB", "0 %", "-", "busy: 20000 MiB used (> 1024)"),
         (g2, "3", "NVIDIA H200", "0 / 143771 MiB", "0 %", "-", "free"),
-        (g3, "-", "", "", "", "", f"unreachable: connection refused by {addr3}:22 (is sshd running?)"),
+        (g3, "-", "", "", "", "", f"unreachable: {_down_reason(lab, addr3)}"),
         (g4, "-", "", "", "", "", "no GPUs: nvidia-smi is not installed (not on the PATH of the host's shell)"),
     ]
     from forge.cli.output import table
@@ -170,7 +182,7 @@ def test_json(lab: Any, scripted: dict[str, Any]) -> None:
     assert [g["free"] for g in by[g2]["gpus"]] == [True, True, False, True]
     assert by[g2]["policy"] == {"max_memory_used_mib": 1024, "max_utilization_pct": 10, "max_foreign_processes": 0}
     assert (by[g3]["answered"], by[g3]["status"]) == (False, "unreachable")
-    assert "connection refused" in by[g3]["reason"]
+    assert by[g3]["reason"] == _down_reason(lab, lab.address(g3))
     assert (by[g4]["answered"], by[g4]["status"], by[g4]["gpus"]) == (True, "not_installed", [])
 
 

@@ -1,8 +1,8 @@
 """Jump hosts (ProxyJump) through forge's two pipes, every hop's key checked (issue 11 #1).
 
-The lab's data host serves as the jump host on the way to gpu1: forge must refuse an
-unknown or changed key on the jump hop as it does on the host itself, under paramiko
-(commands) and under the ssh client (streams)."""
+The lab's data host serves as the jump host on the way to gpu1 (behind a bastion, the lab's
+own jump host does): forge must refuse an unknown or changed key on the jump hop as it does
+on the host itself, under paramiko (commands) and under the ssh client (streams)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,17 @@ def _key_line(lab: Any, address: str) -> str:
     return next(line for line in Path(lab.known_hosts).read_text().splitlines() if line.split()[0] == address)
 
 
+def _jump(lab: Any) -> tuple[str, str]:
+    """The jump host's address and the one gpu1 sees its connections come from: the data
+    host's in a direct lab, the bastion's outer and inner ones behind a bastion."""
+    if lab.bastion:
+        cfg = lab.lab.config
+        return cfg.jump_host().address, cfg.jump_inner_address
+    return lab.address("data"), lab.address("data")
+
+
 def _setup(lab: Any, tmp: Path, known: list[str], jump_policy: str = "yes") -> Host:
-    jump, target = lab.address("data"), lab.address(lab.hosts[0])
+    jump, target = _jump(lab)[0], lab.address(lab.hosts[0])
     config = tmp / "ssh_config"
     config.write_text(
         f"Host thejump\n  HostName {jump}\n  User {lab.user}\n  IdentityFile {lab.identity_file}\n"
@@ -61,9 +70,9 @@ def _peer(host: Host, *, stream: bool) -> str:
 def test_the_way_through_a_verified_jump_host(lab: Any, tmp_path: Path, stream: bool) -> None:
     if stream and ssh_client() is None:
         pytest.skip("no ssh client")
-    jump, target = lab.address("data"), lab.address(lab.hosts[0])
+    (jump, seen), target = _jump(lab), lab.address(lab.hosts[0])
     host = _setup(lab, tmp_path, [_key_line(lab, jump), _key_line(lab, target)])
-    assert _peer(host, stream=stream) == jump
+    assert _peer(host, stream=stream) == seen
 
 
 def test_an_unknown_jump_host_key_is_rejected(lab: Any, tmp_path: Path) -> None:
@@ -73,7 +82,7 @@ def test_an_unknown_jump_host_key_is_rejected(lab: Any, tmp_path: Path) -> None:
 
 
 def test_a_changed_jump_host_key_is_refused_even_when_it_opts_into_new_keys(lab: Any, tmp_path: Path) -> None:
-    jump, target = lab.address("data"), lab.address(lab.hosts[0])
+    jump, target = _jump(lab)[0], lab.address(lab.hosts[0])
     forged = _key_line(lab, lab.address(lab.hosts[1])).replace(lab.address(lab.hosts[1]), jump, 1)
     for policy in ("yes", "accept-new"):
         host = _setup(lab, tmp_path, [forged, _key_line(lab, target)], jump_policy=policy)
@@ -83,9 +92,9 @@ def test_a_changed_jump_host_key_is_refused_even_when_it_opts_into_new_keys(lab:
 
 
 def test_a_jump_host_that_opts_in_records_its_new_key(lab: Any, tmp_path: Path) -> None:
-    jump, target = lab.address("data"), lab.address(lab.hosts[0])
+    (jump, seen), target = _jump(lab), lab.address(lab.hosts[0])
     host = _setup(lab, tmp_path, [_key_line(lab, target)], jump_policy="accept-new")
-    assert _peer(host, stream=False) == jump
+    assert _peer(host, stream=False) == seen
     recorded = Path(host.known_hosts or "").read_text().splitlines()
     assert recorded[-1].split()[:2] == [jump, "ssh-ed25519"]
     assert recorded[-1].split()[2] == _key_line(lab, jump).split()[2]
@@ -98,7 +107,7 @@ def test_the_openssh_pipe_refuses_a_jump_host_forge_would_refuse(lab: Any, tmp_p
     from forge.transport import openssh
     from forge.transport.route import resolve
 
-    jump, target = lab.address("data"), lab.address(lab.hosts[0])
+    jump, target = _jump(lab)[0], lab.address(lab.hosts[0])
     forged = _key_line(lab, lab.address(lab.hosts[1])).replace(lab.address(lab.hosts[1]), jump, 1)
     host = _setup(lab, tmp_path, [forged, _key_line(lab, target)])
     argv = openssh.argv(resolve(host), "true", ssh=ssh_client() or "ssh")

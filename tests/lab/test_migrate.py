@@ -41,7 +41,8 @@ pytestmark = pytest.mark.lab
 def ssh_into(lab: LabHandle, res: dict[str, Any], tmp: Path, *command: str) -> subprocess.CompletedProcess[str]:
     """ssh to the container, checking its host key against what forge read on its host."""
     known = tmp / f"known-{res['port']}"
-    known.write_text("".join(f"[{res['address']}]:{res['port']} {k}\n" for k in res["host_keys"]))
+    # named as the lab's ssh reaches the host: its address (behind a bastion, the inner one)
+    known.write_text("".join(f"[{lab.address(res['host'])}]:{res['port']} {k}\n" for k in res["host_keys"]))
     # The lab's ssh command line to the container's host; ssh checks a key in the global
     # known_hosts file too (the user one, the lab's, has the hosts' port 22 only).
     options = ("-p", str(res["port"]), "-o", f"GlobalKnownHostsFile={known}")
@@ -53,7 +54,8 @@ def test_migrate_to_the_idle_host(lab: LabHandle, env_lab: dict[str, Any], tmp_p
     inv, env = env_lab["inventory"], new_env(env_lab)
     first = migrate(inv, env, "--to", "gpu1")
     assert first["host"] == "gpu1" and first["old_host"] is None
-    assert first["ssh"] == f"ssh -X -o ForwardX11Trusted=no -p {first['port']} {lab.user}@{lab.address('gpu1')}"
+    jump = f"-J {lab.user}@{lab.lab.config.jump_host().address}:22 " if lab.bastion else ""
+    assert first["ssh"] == f"ssh -X -o ForwardX11Trusted=no {jump}-p {first['port']} {lab.user}@{lab.address('gpu1')}"
     moved = migrate(inv, env, "--to", "idle", "--among", "gpu1,gpu2")
     assert moved["host"] == "gpu2" and moved["old_host"] == "gpu1"  # idle never picks the current host
     assert envs_on(lab, "gpu1", env) == [] and claims_on(lab, "gpu1", env) == []

@@ -25,6 +25,32 @@ def inv(lab: Any) -> inventory.Inventory:
     return inventory.load_file(Path(lab.inventory_path))
 
 
+def _key_of(lab: Any, host: str) -> str:
+    """The lab's known_hosts line of a host (by the address its sshd listens on)."""
+    address = lab.address(host)
+    return next(line for line in Path(lab.known_hosts).read_text().splitlines() if line.split()[0] == address)
+
+
+def _jump_keys(lab: Any) -> str:
+    """Behind a bastion, the jump host's known_hosts line, which a test's own known_hosts
+    needs too (the inventory's known_hosts checks every hop); nothing in a direct lab."""
+    if not lab.bastion:
+        return ""
+    jump = lab.lab.config.jump_host().address
+    return next(line for line in Path(lab.known_hosts).read_text().splitlines() if line.split()[0] == jump) + "\n"
+
+
+def _forged(lab: Any, a: inventory.Host, b: inventory.Host) -> str:
+    """A known_hosts line giving ``a`` the key of ``b``."""
+    return _key_of(lab, b.name).replace(lab.address(b.name), lab.address(a.name), 1) + "\n"
+
+
+def _refused(lab: Any) -> str:
+    """What forge says of a host whose sshd is down: refused outright in a direct lab; behind
+    a bastion, the jump host could not reach it (SSH does not say why)."""
+    return "could not reach" if lab.bastion else "connection refused"
+
+
 def forge_cli(*args: str, inventory_path: str | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "forge"]
     if inventory_path:
@@ -60,7 +86,7 @@ def test_failed_command_is_a_result_not_an_exception(inv: inventory.Inventory) -
 
 def test_parallel_results_with_one_host_down(lab: Any, inv: inventory.Inventory) -> None:
     # One host with sshd stopped (refused), one address where nothing answers (timeout).
-    ghost = replace(inv.hosts[0], name="ghost", address="10.77.0.250", connect_timeout=2.0)
+    ghost = replace(inv.hosts[0], name="ghost", address="10.77.0.250", ssh_alias=None, connect_timeout=2.0)
     hosts = [*inv.hosts, ghost]
     down = inv.hosts[1].name
     with lab.host_down(down), fleet.Pool() as pool:
@@ -69,7 +95,7 @@ def test_parallel_results_with_one_host_down(lab: Any, inv: inventory.Inventory)
         elapsed = time.monotonic() - started
     assert [r.host.name for r in results] == [h.name for h in hosts]
     assert isinstance(results[down].error, ConnectError)
-    assert "connection refused" in results[down].reason
+    assert _refused(lab) in results[down].reason
     assert isinstance(results["ghost"].error, ConnectError)
     assert "timed out" in results["ghost"].reason
     served = [r for r in results if r.ok]
@@ -89,12 +115,13 @@ def test_unknown_host_key_is_rejected(inv: inventory.Inventory, tmp_path: Path) 
     assert empty.read_text() == ""
 
 
-def test_accept_new_records_the_key_then_strict_accepts_it(inv: inventory.Inventory, tmp_path: Path) -> None:
+def test_accept_new_records_the_key_then_strict_accepts_it(lab: Any, inv: inventory.Inventory, tmp_path: Path) -> None:
     kh = tmp_path / "known_hosts"
+    kh.write_text(_jump_keys(lab))
     host = replace(inv.hosts[0], known_hosts=str(kh), host_key_policy="accept-new")
     with connect(host) as t:
         t.run(["true"], check=True)
-    assert host.address in kh.read_text()
+    assert kh.read_text().splitlines()[-1].split()[0] == lab.address(host.name)
     with connect(replace(host, host_key_policy="strict")) as t:
         assert t.run(["true"]).ok
 
@@ -102,15 +129,13 @@ def test_accept_new_records_the_key_then_strict_accepts_it(inv: inventory.Invent
 @pytest.mark.parametrize("policy", ["strict", "accept-new"])
 def test_changed_host_key_is_refused(lab: Any, inv: inventory.Inventory, tmp_path: Path, policy: str) -> None:
     a, b = inv.hosts[0], inv.hosts[1]
-    real = Path(lab.known_hosts).read_text().splitlines()
-    b_key = next(line for line in real if line.split()[0].split(",")[0].strip("[]").split("]:")[0] == b.address)
     forged = tmp_path / "known_hosts"
-    forged.write_text(b_key.replace(b.address, a.address, 1) + "\n")
+    forged.write_text(_jump_keys(lab) + _forged(lab, a, b))
     host = replace(a, known_hosts=str(forged), host_key_policy=policy)  # type: ignore[arg-type]
     with pytest.raises(HostKeyError, match="CHANGED") as ei, connect(host) as t:
         t.run(["true"])
-    assert "ssh-keygen -R" in str(ei.value)
-    assert forged.read_text() == b_key.replace(b.address, a.address, 1) + "\n"
+    assert f"host key of {lab.address(a.name)} has" in str(ei.value) and "ssh-keygen -R" in str(ei.value)
+    assert forged.read_text() == _jump_keys(lab) + _forged(lab, a, b)
 
 
 def test_forge_hosts_check(lab: Any) -> None:
@@ -130,7 +155,7 @@ def test_forge_hosts_check_with_a_host_down(lab: Any) -> None:
         r = forge_cli("hosts", "--check", inventory_path=lab.inventory_path)
     assert r.returncode == 4, r.stdout + r.stderr
     line = next(x for x in r.stdout.splitlines() if x.startswith(down))
-    assert "NO" in line and "connection refused" in line
+    assert "NO" in line and _refused(lab) in line
     assert sum(1 for x in r.stdout.splitlines() if " yes " in x) == len(lab.hosts) - 1
 
 
@@ -195,19 +220,17 @@ def test_the_openssh_pipe_refuses_a_host_key_forge_would_refuse(
     from forge.transport.route import resolve
 
     a, b = inv.hosts[0], inv.hosts[1]
-    real = Path(lab.known_hosts).read_text().splitlines()
-    b_key = next(line for line in real if line.split()[0].split(",")[0].strip("[]").split("]:")[0] == b.address)
     forged = tmp_path / "known_hosts"
-    forged.write_text(b_key.replace(b.address, a.address, 1) + "\n")
-    empty = tmp_path / "empty"
-    empty.write_text("")
+    forged.write_text(_jump_keys(lab) + _forged(lab, a, b))
+    empty = tmp_path / "empty"  # but for the jump host behind a bastion
+    empty.write_text(_jump_keys(lab))
     ssh = openssh.client()
     assert ssh is not None
     for files in ([forged], [empty]):  # a changed key, an unknown one
         with pytest.raises(HostKeyError, match="ssh refused the host key"):
             way = resolve(replace(a, known_hosts=str(files[0])))
             openssh.stream(a, openssh.argv(way, "true", ssh=ssh), "true", source=None, sink=None, timeout=30)
-    assert forged.read_text() == b_key.replace(b.address, a.address, 1) + "\n" and empty.read_text() == ""
+    assert forged.read_text() == _jump_keys(lab) + _forged(lab, a, b) and empty.read_text() == _jump_keys(lab)
     # and the lab's real known_hosts lets it through
     ok = openssh.stream(a, openssh.argv(resolve(a), "true", ssh=ssh), "true", source=None, sink=None, timeout=30)
     assert ok.ok, ok.stderr

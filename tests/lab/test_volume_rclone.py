@@ -1,7 +1,9 @@
 """The rclone data volume for real: Debian's rclone as a Docker volume plugin (sftp backend).
 
-`rclone serve docker` runs here, in the root namespace; every lab daemon shares this machine's
-/run/docker/plugins, so they all find it. forge creates the volume on a lab host with the data
+`rclone serve docker` runs here, on gpu1's network (its network namespace, as the plugin would
+run on the GPU host; behind a bastion only the GPU hosts reach the data host) and in this
+machine's mount namespace; every lab daemon shares this machine's /run/docker/plugins, so they
+all find it. forge creates the volume on a lab host with the data
 host's known_hosts (without it rclone checks no host key) and reads the marker through it from
 a throwaway container running as the user.
 """
@@ -35,15 +37,18 @@ HOST = "gpu1"
 
 
 @pytest.fixture()
-def rclone_plugin() -> Iterator[None]:
+def rclone_plugin(lab: LabHandle) -> Iterator[None]:
     if not shutil.which("rclone") or os.geteuid() != 0:
         pytest.skip("needs root and Debian's rclone")
     if SOCKET.exists():
         pytest.skip(f"{SOCKET} exists already: another rclone plugin runs on this machine")
     base = Path(tempfile.mkdtemp(prefix="forge-rclone-", dir="/var/tmp"))
     SOCKET.parent.mkdir(parents=True, exist_ok=True)
+    netns = lab.lab.config.host(HOST).netns
     proc = subprocess.Popen(
         [
+            "nsenter",
+            f"--net=/run/netns/{netns}",
             "rclone",
             "serve",
             "docker",

@@ -137,3 +137,16 @@ def test_the_inventorys_ssh_config_is_read_and_a_missing_one_is_an_error(tmp_pat
 
 def test_the_local_user_is_the_default_user() -> None:
     assert resolve(Host(name="g", address="h"), cfg("")).target.user == getpass.getuser()
+
+
+def test_a_jump_host_that_cannot_reach_the_next_hop_says_why_in_words() -> None:
+    import paramiko
+
+    from forge.transport.ssh import _channel_failure
+
+    assert _channel_failure(paramiko.ChannelException(2, "Connect failed")) == (
+        "the connection failed (is the host up and its sshd running?)"
+    )
+    assert "AllowTcpForwarding" in _channel_failure(paramiko.ChannelException(1, "Administratively prohibited"))
+    assert _channel_failure(paramiko.ChannelException(9, "x")) == "it refused the connection (code 9)"
+    assert _channel_failure(EOFError()) == "the connection to it closed"
