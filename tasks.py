@@ -81,15 +81,25 @@ def sync(c: Context, inventory: str | None = None, source: str | None = None, ch
     _run(c, *_forge(inventory, *args))
 
 
-@task(help={"unit": "unit tests only (no lab)", "k": "only tests matching this expression"})
-def test(c: Context, unit: bool = False, k: str | None = None) -> None:
+@task(
+    help={
+        "unit": "unit tests only (no lab)",
+        "bastion": "lab tests only, with the lab's hosts behind a jump host",
+        "k": "only tests matching this expression",
+    }
+)
+def test(c: Context, unit: bool = False, bastion: bool = False, k: str | None = None) -> None:
     """Run the tests (the lab tests need root; they bring the lab up themselves)."""
     argv = [PY, "-m", "pytest", "-q", "-ra"]
+    if unit and bastion:
+        raise SystemExit("--unit and --bastion exclude each other (the bastion pass runs lab tests only)")
     if unit:
         argv += ["-m", "not lab"]
+    if bastion:
+        argv += ["-m", "lab"]
     if k:
         argv += ["-k", k]
-    _run(c, *argv)
+    _run(c, *argv, env={"FORGE_LAB_BASTION": "1"} if bastion else None)
 
 
 @task

@@ -65,3 +65,12 @@ def test_deploy_with_defaults_uses_the_inventory() -> None:
         "sync --quiet",
         "migrate --to idle --no-ssh-config",
     ]
+
+
+def test_the_bastion_pass_runs_the_lab_tests_behind_a_jump_host() -> None:
+    r = invoke("--dry", "test", "--bastion", "-k", "sync")
+    assert r.returncode == 0, r.stderr
+    (line,) = [x.replace("\x1b[1;37m", "").replace("\x1b[0m", "") for x in r.stdout.splitlines()]
+    assert line == f"env FORGE_LAB_BASTION=1 {sys.executable} -m pytest -q -ra -m lab -k sync"
+    both = invoke("--dry", "test", "--bastion", "--unit")
+    assert both.returncode != 0 and "exclude each other" in both.stderr
