@@ -109,7 +109,7 @@ class CommandTimeout(HostError):
 class CommandFailed(HostError):
     """A remote command exited non-zero. Shows the command, the code and stderr's tail."""
 
-    def __init__(self, host: str, command: str, exit_status: int, stderr: str) -> None:
+    def __init__(self, host: str, command: str, exit_status: int, stderr: str, *, hint: str | None = None) -> None:
         self.command = command
         self.exit_status = exit_status
         self.stderr = stderr
@@ -117,7 +117,7 @@ class CommandFailed(HostError):
         msg = f"`{shown(command)}` exited with status {exit_status}"
         if tail:
             msg += f": {tail}"
-        super().__init__(host, msg)
+        super().__init__(host, msg, hint=hint)
 
 
 class LockHeld(ForgeError):

@@ -103,7 +103,10 @@ class LabHandle:
         return self.lab.host_down(name)
 
     def docker(self, name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return self.lab.docker(name, *args, timeout=timeout)
+        """``docker ARGS`` against a GPU host's daemon from here; the result shaped like the
+        ssh helpers' (subprocess's), so that tests read both alike."""
+        r = self.lab.docker(name, *args, timeout=timeout)
+        return subprocess.CompletedProcess(r.command, r.exit_status, r.stdout, r.stderr)
 
     def load_base_image(self, name: str) -> str:
         self.lab.load_base_image(name)

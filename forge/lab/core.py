@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from forge.lab.bringup import each
 from forge.lab.config import JUMP_HOST, LabConfig, default_root
 from forge.lab.errors import LabError
 from forge.lab.proc import Progress, kill_all, no_progress, pids_mentioning, run, with_descendants
+from forge.transport.base import CommandResult
 
 # Programs of a lab that may outlive their parents outside its namespaces (containerd's shims
 # re-parent to init); found by the lab root in their command line.
@@ -324,9 +324,7 @@ class Lab:
         finally:
             self.start_sshd(host)
 
-    def docker(
-        self, host: str, *args: str, check: bool = False, timeout: float | None = 300
-    ) -> subprocess.CompletedProcess[str]:
+    def docker(self, host: str, *args: str, check: bool = False, timeout: float | None = 300) -> CommandResult:
         """Run the docker CLI against a GPU host's daemon, from this machine."""
         self._gpu_host(host)
         return dockerd.docker(self.config, host, *args, check=check, timeout=timeout)

@@ -19,6 +19,7 @@ from forge.lab.errors import LabError
 from forge.lab.flavors import DEFAULT_FLAVORS, Flavor, flavor
 from forge.lab.netns import nsenter
 from forge.lab.proc import pid_alive, pids_mentioning, read_pidfile, run, wait_until, which
+from forge.transport.base import CommandResult
 
 HOOK_NAME = "nvidia-container-runtime-hook"
 
@@ -225,9 +226,7 @@ def _outer_pid(cfg: LabConfig, name: str) -> int:
     return found.pop()
 
 
-def docker(
-    cfg: LabConfig, name: str, *args: str, check: bool = True, timeout: float | None = 120
-) -> subprocess.CompletedProcess[str]:
+def docker(cfg: LabConfig, name: str, *args: str, check: bool = True, timeout: float | None = 120) -> CommandResult:
     """Run the docker CLI against this host's daemon."""
     return run(["docker", "-H", cfg.docker_host(name), *args], check=check, timeout=timeout)
 

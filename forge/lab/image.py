@@ -6,14 +6,11 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from forge import shell
 from forge.lab.config import BASE_IMAGE, LabConfig
 from forge.lab.dockerd import docker
-from forge.lab.errors import LabCommandFailed
 from forge.lab.mirror import debian_mirror
 from forge.lab.mounts import unmount_all
 from forge.lab.proc import Progress, no_progress, require, run
@@ -96,7 +93,7 @@ def ensure_base_image(cfg: LabConfig, progress: Progress = no_progress) -> Path:
 
 
 def has_image(cfg: LabConfig, host: str, image: str = BASE_IMAGE) -> bool:
-    return docker(cfg, host, "image", "inspect", image, check=False).returncode == 0
+    return docker(cfg, host, "image", "inspect", image, check=False).ok
 
 
 def load_image(cfg: LabConfig, host: str, image: RootImage, progress: Progress = no_progress) -> str:
@@ -107,11 +104,7 @@ def load_image(cfg: LabConfig, host: str, image: RootImage, progress: Progress =
     progress(f"{host}: importing {image.name}")
     argv = ["docker", "-H", cfg.docker_host(host), "import", "-", image.name]
     with open(tar, "rb") as f:
-        proc = subprocess.run(argv, stdin=f, capture_output=True, text=True, timeout=600, check=False)
-    if proc.returncode != 0:
-        raise LabCommandFailed(
-            shell.display(argv), proc.returncode, proc.stderr, hint=f"is {host}'s dockerd up? try `forge lab status`"
-        )
+        run(argv, input=f, timeout=600, hint=f"is {host}'s dockerd up? try `forge lab status`")
     return image.name
 
 

@@ -40,7 +40,7 @@ def unmount_all(root: Path) -> list[str]:
         if not left:
             return []
         for point, _fstype in left:
-            if run(["umount", point], check=False, timeout=30).returncode != 0:
+            if not run(["umount", point], check=False, timeout=30).ok:
                 run(["umount", "-l", point], check=False, timeout=30)
     return [point for point, _ in mounts_under(root)]
 

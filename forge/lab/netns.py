@@ -24,7 +24,7 @@ def netns_exists(name: str) -> bool:
 
 def link_exists(name: str, netns: str | None = None) -> bool:
     argv = ["ip"] + (["-n", netns] if netns else []) + ["link", "show", "dev", name]
-    return run(argv, check=False).returncode == 0
+    return run(argv, check=False).ok
 
 
 def nsenter(netns: str) -> list[str]:
@@ -123,7 +123,7 @@ def ensure_firewall(cfg: LabConfig) -> None:
     """Let hosts on the bridge reach each other even when a dockerd in the root namespace
     has set FORWARD's policy to DROP (bridged frames go through iptables)."""
     for rule in _rules(cfg):
-        if run(["iptables", "-C", *rule], check=False).returncode != 0:
+        if not run(["iptables", "-C", *rule], check=False).ok:
             run(["iptables", "-I", *rule])
 
 

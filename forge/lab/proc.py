@@ -1,19 +1,34 @@
-"""Running local commands for the lab: argv lists only, errors as :class:`LabCommandFailed`."""
+"""Local commands and processes of the lab: commands run through forge's own
+:class:`~forge.transport.local.LocalTransport` (argv lists quoted by :mod:`forge.shell`, a
+timeout that ends the whole process group, bounded output, :class:`~forge.errors.CommandFailed`
+on failure); processes found, waited for and ended with psutil (the ``lab`` extra)."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from pathlib import Path
+from typing import IO
 
-from forge import shell
-from forge.lab.errors import LabCommandFailed, LabError
+from forge.errors import CommandFailed
+from forge.lab.errors import LabError
+from forge.transport.base import CommandResult
+from forge.transport.local import LocalTransport
+
+try:
+    import psutil
+except ImportError:  # the client installed alone: no lab, no psutil
+    psutil = None  # type: ignore[assignment]
 
 Progress = Callable[[str], None]
+
+#: The lab's own commands run here, named "lab" in their errors.
+_HERE = LocalTransport("lab")
 
 
 def no_progress(message: str) -> None:
@@ -24,29 +39,22 @@ def run(
     argv: Sequence[str],
     *,
     check: bool = True,
-    input: bytes | None = None,
+    input: bytes | IO[bytes] | None = None,
     timeout: float | None = 120,
     hint: str | None = None,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run one command to completion, capturing text output."""
-    try:
-        proc = subprocess.run(
-            list(argv),
-            input=input.decode() if input is not None else None,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env=env,
-        )
-    except FileNotFoundError as e:
-        raise LabError(f"`{argv[0]}` is not installed", hint=hint or "install the lab's Debian packages") from e
-    except subprocess.TimeoutExpired as e:
-        raise LabError(f"`{shell.display(argv)}` ran past {timeout} s", hint=hint) from e
-    if check and proc.returncode != 0:
-        raise LabCommandFailed(shell.display(argv), proc.returncode, proc.stderr, hint=hint)
-    return proc
+) -> CommandResult:
+    """Run one command here to completion (``input``: bytes, or a file streamed to its stdin;
+    ``timeout`` None: none), its output captured as text."""
+    argv = [argv[0] if shutil.which(argv[0]) else which(argv[0]), *argv[1:]]
+    if input is None or isinstance(input, bytes):
+        result = _HERE.run(argv, stdin=input, timeout=timeout or 0)
+    else:
+        out = io.BytesIO()
+        result = _HERE.stream(argv, source=input, sink=out, timeout=timeout or 0)
+        result = CommandResult(**{**vars(result), "stdout": out.getvalue().decode("utf-8", "replace")})
+    if check and not result.ok:
+        raise CommandFailed(result.host, result.command, result.exit_status, result.stderr, hint=hint)
+    return result
 
 
 def require(*tools: str) -> None:
@@ -69,21 +77,33 @@ def which(tool: str) -> str:
     return found
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
+def _need_psutil() -> None:
+    if psutil is None:
+        raise LabError("the lab needs psutil", hint="pip install 'forge-fleet[lab]'")
+
+
+def _process(pid: int) -> psutil.Process | None:
+    _need_psutil()
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _running(p: psutil.Process) -> bool:
+    """Alive and not a zombie (a zombie counts as dead)."""
+    _need_psutil()
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    # A zombie counts as dead.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def pid_alive(pid: int | None) -> bool:
+    p = _process(pid) if pid else None
+    return p is not None and _running(p)
 
 
 def read_pidfile(path: Path) -> int | None:
@@ -104,44 +124,28 @@ def wait_until(cond: Callable[[], bool], timeout: float, interval: float = 0.1) 
 
 
 def kill_all(pids: Iterable[int], *, grace: float = 5.0) -> None:
-    """SIGTERM these processes, wait up to ``grace`` seconds, SIGKILL what is left."""
-    pids = [p for p in set(pids) if p != os.getpid()]
+    """SIGTERM these processes, wait up to ``grace`` seconds, SIGKILL what is left. A pid
+    reused by another process since it was listed is left alone (psutil checks)."""
+    _need_psutil()
+    procs = [p for p in map(_process, set(pids) - {os.getpid()}) if p is not None]
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        if wait_until(lambda: not any(pid_alive(p) for p in pids), grace):
+        for p in procs:
+            with suppress(psutil.NoSuchProcess):
+                p.send_signal(sig)
+        if wait_until(lambda: not any(_running(p) for p in procs), grace):
             return
-    if any(pid_alive(p) for p in pids):
-        raise LabError(f"processes {sorted(p for p in pids if pid_alive(p))} survived SIGKILL")
-
-
-def _ppid_map() -> dict[int, int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return parents
+    survivors = sorted(p.pid for p in procs if _running(p))
+    if survivors:
+        raise LabError(f"processes {survivors} survived SIGKILL")
 
 
 def with_descendants(pids: Iterable[int]) -> set[int]:
     """These processes and every process below them."""
-    parents = _ppid_map()
+    _need_psutil()
     found = set(pids)
-    changed = True
-    while changed:
-        changed = False
-        for pid, ppid in parents.items():
-            if ppid in found and pid not in found:
-                found.add(pid)
-                changed = True
+    for p in [p for p in map(_process, found) if p is not None]:
+        with suppress(psutil.NoSuchProcess):
+            found.update(c.pid for c in p.children(recursive=True))
     return found
 
 
@@ -150,17 +154,11 @@ def pids_mentioning(text: str, programs: Iterable[str]) -> set[int]:
 
     Used to find the containerd shims of a lab's daemons, which detach from their parents.
     """
+    _need_psutil()
     names = set(programs)
     found: set[int] = set()
-    needle = text.encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        argv0 = cmdline.split(b"\0", 1)[0].decode(errors="replace")
-        if os.path.basename(argv0) in names and needle in cmdline:
-            found.add(int(entry.name))
+    for p in psutil.process_iter(["cmdline"]):
+        argv = p.info["cmdline"] or []
+        if p.pid != os.getpid() and argv and os.path.basename(argv[0]) in names and text in "\0".join(argv):
+            found.add(p.pid)
     return found

@@ -480,7 +480,7 @@ def test_down_leaves_nothing_behind(lab: LabHandle, small_lab: Lab) -> None:
     r = small_lab.docker(
         host, "run", "-d", "--gpus", "all", "-p", "2222:22", "forge-lab/debian:bookworm", "sleep", "infinity"
     )
-    assert r.returncode == 0, r.stderr
+    assert r.ok, r.stderr
     home = Path(f"{cfg.root}/home/{cfg.user}")
     mount = 'mkdir -p m && sshfs -o BatchMode=yes,StrictHostKeyChecking=yes "$1" m'
     source = f"{small_lab.address('data')}:{cfg.data_dir}"

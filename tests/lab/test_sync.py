@@ -232,6 +232,16 @@ def test_overlapping_cron_runs_do_not_collide(lab: Any, images: Images, tmp_path
     assert [line.split()[-1] for line in out.splitlines()] == ["current", "missing"]
 
 
+#: forge as started from a terminal, where Ctrl-C interrupts. A test run started in the
+#: background (as CI may start it) has SIGINT ignored, as every background job of a
+#: non-interactive shell has, and forge rightly keeps what it inherits: the sync then ran to
+#: its end and exited 0 (seen once in CI).
+AS_FROM_A_TERMINAL = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'forge'; runpy.run_module('forge', run_name='__main__', alter_sys=True)"
+)
+
+
 def test_ctrl_c_twice_mid_transfer_exits_130_without_a_traceback_and_leaves_nothing_tagged(
     lab: Any, images: Images, tmp_path: Path
 ) -> None:
@@ -243,7 +253,7 @@ def test_ctrl_c_twice_mid_transfer_exits_130_without_a_traceback_and_leaves_noth
     env = {"FORGE_LOCK_DIR": str(tmp_path), "FORGE_INVENTORY": str(lab.inventory_path)}
     args = ("sync", ref, "--from", SOURCE, "--to", "gpu4", "--compress", "bzip2", "--quiet")
     run = subprocess.Popen(
-        [sys.executable, "-m", "forge", *args],
+        [sys.executable, "-c", AS_FROM_A_TERMINAL, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
