@@ -122,12 +122,35 @@ class EnvironmentSettings:
 
 
 @dataclass(frozen=True)
+class HistorySettings:
+    """Where `forge record` keeps the fleet's usage, and for how long (see docs/history.md)."""
+
+    path: str | None = None  # default: $XDG_DATA_HOME/forge/history.sqlite
+    keep_samples: str = "2d"  # every sample, as recorded
+    keep_hours: str = "90d"  # sums per hour
+    keep_days: str = "5y"  # sums per day
+    max_gap: str = "5m"  # a sample counts for the time since the one before, up to this
+    idle_utilization_pct: int = 5  # a held GPU below this utilization is idle
+
+    def seconds(self, key: str) -> float:
+        """A duration setting in seconds (checked when the inventory was loaded)."""
+        from forge.durations import parse_duration
+
+        return parse_duration(getattr(self, key))
+
+
+#: The history settings that are durations, each with the least it may be.
+HISTORY_DURATIONS = {"keep_samples": 7200.0, "keep_hours": 2 * 86400.0, "keep_days": 86400.0, "max_gap": 1.0}
+
+
+@dataclass(frozen=True)
 class Inventory:
     path: Path | None
     hosts: tuple[Host, ...]
     data: DataSettings = field(default_factory=DataSettings)
     environment: EnvironmentSettings = field(default_factory=EnvironmentSettings)
     gpu_policy: GpuPolicySettings = field(default_factory=GpuPolicySettings)
+    history: HistorySettings = field(default_factory=HistorySettings)
 
     def host(self, name: str) -> Host:
         for h in self.hosts:
@@ -361,7 +384,7 @@ class _Validator:
 
     def inventory(self, doc: dict[str, Any], path: Path | None) -> Inventory:
         self.no_secrets(doc)
-        top = ["defaults", "hosts", "data", "environment", "gpu_policy"]
+        top = ["defaults", "hosts", "data", "environment", "gpu_policy", "history"]
         self.unknown(doc, top, host=None)
         # The fleet-wide GPU policy is the top-level [gpu_policy] table, not [defaults].
         defaults = HostSettings(
@@ -374,6 +397,7 @@ class _Validator:
         env = EnvironmentSettings(
             **self.table(doc.get("environment", {}), EnvironmentSettings, host=None, key="environment")
         )
+        history = self.history(doc.get("history", {}))
         lo, hi = env.ssh_port_range
         if not 1 <= lo <= hi <= 65535:
             raise self.error("must be [low, high] with 1 <= low <= high <= 65535", key="environment.ssh_port_range")
@@ -403,7 +427,24 @@ class _Validator:
             hosts.append(h)
         if not hosts:
             raise self.error("no hosts: add [[hosts]] tables with at least a name and an address", key="hosts")
-        return Inventory(path=path, hosts=tuple(hosts), data=data, environment=env, gpu_policy=gpu_policy)
+        return Inventory(
+            path=path, hosts=tuple(hosts), data=data, environment=env, gpu_policy=gpu_policy, history=history
+        )
+
+    def history(self, doc: Any) -> HistorySettings:
+        from forge.durations import format_duration, parse_duration
+
+        settings = HistorySettings(**self.table(doc, HistorySettings, host=None, key="history"))
+        for key, least in HISTORY_DURATIONS.items():
+            try:
+                seconds = parse_duration(getattr(settings, key))
+            except ValueError as e:
+                raise self.error(str(e), key=f"history.{key}") from None
+            if seconds < least:
+                raise self.error(f"must be at least {format_duration(least)}", key=f"history.{key}")
+        if settings.idle_utilization_pct > 100:
+            raise self.error("must be a percentage (0 to 100)", key="history.idle_utilization_pct")
+        return settings
 
     def host(self, raw: Any, label: str, defaults: HostSettings) -> Host:
         if not isinstance(raw, dict):

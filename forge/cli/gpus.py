@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,8 +16,21 @@ import click
 
 from forge import fleet
 from forge.cli import output
+from forge.cli.gpuviews import (
+    HOST_HEADERS,
+    USER_HEADERS,
+    VIEWS,
+    Paint,
+    Screen,
+    fits,
+    host_rows,
+    terminal_size,
+    use_colour,
+    user_rows,
+)
 from forge.cli.main import State, pass_state
 from forge.errors import ExitCode
+from forge.gpu.holders import Holder, holders_of
 from forge.gpu.model import Gpu, GpuProcess, ProbeStatus
 from forge.gpu.policy import Candidate, GpuVerdict, select
 from forge.gpu.survey import HostReport, survey
@@ -131,6 +149,17 @@ def report_json(reports: list[HostReport], *, free_only: bool) -> dict[str, Any]
     }
 
 
+def users_json(reports: list[HostReport]) -> list[dict[str, Any]]:
+    """Who holds which GPUs (``--by user --json``); names that do not look like names are "?"."""
+    held: dict[Holder, list[dict[str, Any]]] = {}
+    for rep in reports:
+        for v in rep.verdicts:
+            for h in holders_of(v):
+                held.setdefault(h, []).append({"host": rep.host.name, "index": v.gpu.index, "uuid": v.gpu.uuid})
+    order = sorted(held, key=lambda h: (-len(held[h]), h))
+    return [{"user": h.user, "env": h.env or None, "gpus": held[h]} for h in order]
+
+
 def candidates_json(cands: list[Candidate]) -> list[dict[str, Any]]:
     return [
         {
@@ -189,6 +218,14 @@ def exit_code(reports: list[HostReport]) -> ExitCode:
     metavar="N",
     help="Policy: busy above N processes of other users.",
 )
+@click.option(
+    "--by",
+    "view_by",
+    type=click.Choice(VIEWS),
+    help="One row per GPU, per host (free/total, memory, a utilization bar, holders) or per user "
+    "holding GPUs. Default: per GPU, or per host on a terminal too small for a row per GPU.",
+)
+@click.option("-v", "--per-gpu", is_flag=True, help="One row per GPU, however many (the same as --by gpu).")
 @click.option("--timeout", default=20.0, show_default=True, metavar="SECONDS", help="Per-host probe timeout.")
 @pass_state
 @click.pass_context
@@ -205,6 +242,8 @@ def gpus(
     max_memory_used: int | None,
     max_utilization: int | None,
     max_foreign_processes: int | None,
+    view_by: str | None,
+    per_gpu: bool,
     timeout: float,
 ) -> None:
     """Show every GPU of the fleet (TARGETS: hosts, tags or 'all'): model, memory, utilization,
@@ -221,58 +260,121 @@ def gpus(
     """
     inv = state.inventory
     hosts = inv.select(list(targets) or None)
-    overrides = {
-        k: v
-        for k, v in {
-            "max_memory_used_mib": max_memory_used,
-            "max_utilization_pct": max_utilization,
-            "max_foreign_processes": max_foreign_processes,
-        }.items()
-        if v is not None
-    }
+    overrides = _policy_flags(max_memory_used, max_utilization, max_foreign_processes)
 
     def probe() -> list[HostReport]:
         with output.HostCounter("probed", len(hosts)) as counter:
             return survey(inv, hosts, pool=state.pool, overrides=overrides, timeout=timeout, progress=counter)
 
-    view = View(free_only=free_only, as_json=as_json, want=want, min_free_memory=min_free_memory)
+    if per_gpu and view_by not in (None, "gpu"):
+        raise click.UsageError("-v/--per-gpu and --by host/user exclude each other")
+    view = View(
+        free_only=free_only,
+        as_json=as_json,
+        want=want,
+        min_free_memory=min_free_memory,
+        by="gpu" if per_gpu or len(hosts) == 1 else view_by,
+        colour=not as_json and use_colour(),
+    )
     if not watch:
         ctx.exit(view.show(probe()))
     with output.Interrupt(on_first=state.pool.close) as stop:
+        if not as_json and output.is_terminal():
+            _watch_in_place(view, probe, stop, interval)
+        else:
+            _watch_lines(view, probe, stop, interval)
+    ctx.exit(ExitCode.OK)
+
+
+def _policy_flags(max_memory_used: int | None, max_utilization: int | None, max_foreign: int | None) -> dict[str, int]:
+    flags = {
+        "max_memory_used_mib": max_memory_used,
+        "max_utilization_pct": max_utilization,
+        "max_foreign_processes": max_foreign,
+    }
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def _watch_lines(view: View, probe: Callable[[], list[HostReport]], stop: threading.Event, interval: float) -> None:
+    """Frames one after the other (not a terminal: a file, a pipe, JSON)."""
+    while not stop.is_set():
+        reports = probe()
+        if stop.is_set():  # interrupted mid-frame: the frame is cut short, not drawn
+            break
+        output.echo(_watch_line(interval))
+        view.show(reports)
+        stop.wait(interval)
+
+
+def _watch_line(interval: float) -> str:
+    return f"forge gpus — {datetime.now():%H:%M:%S} — every {interval:g} s, Ctrl-C to stop"
+
+
+def _watch_in_place(view: View, probe: Callable[[], list[HostReport]], stop: threading.Event, interval: float) -> None:
+    """Frames drawn in place on the terminal; a resize lays the last one out again at once."""
+    with Screen(sys.stdout) as screen:
         while not stop.is_set():
             reports = probe()
-            if stop.is_set():  # interrupted mid-frame: the frame is cut short, not drawn
+            if stop.is_set():
                 break
-            if output.is_terminal():
-                click.clear()
-            output.echo(f"forge gpus — {datetime.now():%H:%M:%S} — every {interval:g} s, Ctrl-C to stop")
-            view.show(reports)
-            stop.wait(interval)
-    ctx.exit(ExitCode.OK)
+            frame = functools.partial(_frame, view, reports, _watch_line(interval))
+            screen.draw(frame)
+            deadline = time.monotonic() + interval
+            while not stop.is_set() and time.monotonic() < deadline:
+                if screen.resized.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+                    screen.draw(frame)
+
+
+def _frame(view: View, reports: list[HostReport], line: str, columns: int, lines: int) -> str:
+    return line + "\n" + view.render(reports, lines=lines - 1)
 
 
 @dataclass(frozen=True)
 class View:
-    """How `forge gpus` shows a survey: a table or JSON, with the best hosts for --gpus N."""
+    """How `forge gpus` shows a survey: JSON, or a table (a row per GPU, host or user), with
+    the best hosts for --gpus N."""
 
     free_only: bool
     as_json: bool
     want: int | None
     min_free_memory: int
+    by: str | None = None  # None: per GPU, or per host when a row per GPU does not fit
+    colour: bool = False
 
     def show(self, reports: list[HostReport]) -> ExitCode:
-        cands = self.candidates(reports)
         if self.as_json:
             data = report_json(reports, free_only=self.free_only)
+            cands = self.candidates(reports)
             if cands is not None:
                 data["candidates"] = candidates_json(cands)
+            if self.by == "user":
+                data["users"] = users_json(reports)
             output.emit_json(data)
         else:
-            output.echo(output.table(table_rows(reports, free_only=self.free_only), HEADERS))
-            if cands is not None:
-                output.echo()
-                output.echo(self.best(cands))
+            lines = terminal_size()[1] if output.is_terminal() else None
+            click.echo(self.render(reports, lines=lines))
         return exit_code(reports)
+
+    def render(self, reports: list[HostReport], *, lines: int | None) -> str:
+        """The table (and the best hosts), laid out for a screen of ``lines`` (None: no limit).
+        Every cell is cleaned of what a host could use to drive the terminal."""
+        by = self.by or self._auto(reports, lines)
+        paint = Paint(self.colour)
+        if by == "host":
+            text = output.table(host_rows(reports, paint), HOST_HEADERS, cleaned=True)
+        elif by == "user":
+            rows = user_rows(reports, paint)
+            text = output.table(rows, USER_HEADERS, cleaned=True) if rows else "No GPU is held."
+        else:
+            text = output.table(table_rows(reports, free_only=self.free_only), HEADERS)
+        cands = self.candidates(reports)
+        if cands is not None:
+            text += "\n\n" + self.best(cands)
+        return text
+
+    def _auto(self, reports: list[HostReport], lines: int | None) -> str:
+        rows = len(table_rows(reports, free_only=self.free_only))
+        return "gpu" if lines is None or fits(rows, lines) else "host"
 
     def candidates(self, reports: list[HostReport]) -> list[Candidate] | None:
         if self.want is None:

@@ -59,10 +59,12 @@ def echo(text: str = "", *, err: bool = False) -> None:
     click.echo(clean(text), err=err)
 
 
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, cleaned: bool = False) -> str:
+    """A plain table; every cell cleaned, unless the caller did (``cleaned``: cells already
+    cleaned and perhaps coloured by forge, whose codes tabulate does not count as width)."""
     from tabulate import tabulate  # imported here: JSON output and scripts don't pay for it
 
-    cells = [[clean(str(c), one_line=True) for c in row] for row in rows]
+    cells = [[str(c) if cleaned else clean(str(c), one_line=True) for c in row] for row in rows]
     return tabulate(cells, headers=headers, tablefmt="simple", disable_numparse=True)
 
 

@@ -412,3 +412,60 @@ def test_a_host_whose_docker_daemon_is_down_shows_no_free_gpu(lab: Any) -> None:
         assert table.returncode == 4 and "sh -c" not in table.stdout + table.stderr
         assert "unknown: the Docker daemon is not running" in table.stdout
     assert forge_cli(lab, host).returncode == 0
+
+
+def _pty_size(fd: int, rows: int, cols: int) -> None:
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def test_watch_on_a_terminal_fits_the_screen_and_follows_a_resize(lab: Any) -> None:
+    """Issue 15: on a terminal too small for a row per GPU, one line per host; frames drawn in
+    place on the alternate screen; a resize lays the frame out again; Ctrl-C restores it."""
+    import os
+    import select
+    import signal
+    import time
+
+    master, slave = os.openpty()
+    _pty_size(slave, 15, 120)  # 16 GPUs do not fit in 15 lines
+    argv = [sys.executable, "-m", "forge", "-i", str(lab.inventory_path), "gpus", "--watch", "--interval", "30"]
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env={**os.environ, "TERM": "xterm"})
+    os.close(slave)
+    seen = b""
+
+    def read_until(marker: bytes, after: int) -> bytes:
+        nonlocal seen
+        deadline = time.monotonic() + 60
+        while marker not in seen[after:] and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                seen += os.read(master, 65536)
+        assert marker in seen[after:], seen[after:].decode(errors="replace")
+        return seen[after:]
+
+    try:
+        first = read_until(b"HOLDERS", 0)  # the per-host view
+        assert first.startswith(b"\x1b[?1049h\x1b[?25l") and b"\x1b[H" in first
+        assert first.count(b"\n") <= 15
+        mark = len(seen)
+        _pty_size(master, 40, 120)
+        proc.send_signal(signal.SIGWINCH)
+        second = read_until(b"STATE", mark)  # the same frame, now a row per GPU, long before the next probe
+        frame = second.split(b"\x1b[H")[-1]
+        rows = [line for line in frame.split(b"\n") if line.startswith(lab.hosts[0].encode())]
+        assert len(rows) == 4
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        while select.select([master], [], [], 0.5)[0]:
+            try:
+                seen += os.read(master, 65536)
+            except OSError:
+                break
+        assert seen.rstrip().endswith(b"\x1b[?25h\x1b[?1049l")  # the screen and the cursor are back
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)

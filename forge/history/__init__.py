@@ -1,0 +1,1 @@
+"""Usage history of the fleet: samples recorded by `forge record`, sums per hour and day, reports."""
