@@ -223,3 +223,21 @@ def test_an_inventory_behind_a_directory_the_user_may_not_enter_is_a_clear_error
     with pytest.raises(InventoryError, match="cannot read the file: Permission denied") as e:
         inventory.find_inventory(str(tmp_path / "locked" / "hosts.toml"))
     assert str(tmp_path / "locked" / "hosts.toml") in str(e.value)
+
+
+def test_history_settings_are_checked_with_the_key_named() -> None:
+    from forge.inventory import parse
+
+    base = '[[hosts]]\nname = "a"\naddress = "x"\n[history]\n'
+    inv = parse(base + 'keep_samples = "3h"\npath = "~/h.sqlite"\n')
+    assert inv.history.seconds("keep_samples") == 10800 and inv.history.seconds("keep_hours") == 90 * 86400
+    for bad, message in [
+        ('keep_samples = "1h"', "key 'history.keep_samples': must be at least 2h"),
+        ('keep_hours = "soon"', "key 'history.keep_hours': 'soon' is not a duration"),
+        ("idle_utilization_pct = 120", "key 'history.idle_utilization_pct': must be a percentage"),
+        ('kep_days = "1y"', "key 'history.kep_days': unknown key (did you mean 'keep_days'?)"),
+        ("max_gap = 5", "key 'history.max_gap': must be a string"),
+    ]:
+        with pytest.raises(InventoryError) as e:
+            parse(base + bad + "\n")
+        assert message in str(e.value), str(e.value)
