@@ -22,14 +22,6 @@ from forge.history.store import DAY, HOUR, SAMPLE, SPAN, History
 
 GROUPS = ("user", "env", "host", "hour")
 
-# The SQL of each grouping: its key columns, and which rows it counts.
-_KEYS = {
-    "user": (["h.user"], "u.holder != 0"),
-    "env": (["h.user", "h.env"], "u.holder != 0 AND h.env != ''"),
-    "host": (["g.host"], "1"),
-    "hour": (["strftime('%H', u.t, 'unixepoch', 'localtime')"], "1"),
-}
-
 
 @dataclass(frozen=True)
 class Usage:
@@ -132,28 +124,46 @@ class Reader:
         return f"({sql})", [v for p in pieces for v in p]
 
     def usage(self, by: str, since: int, until: int) -> list[Usage]:
-        """One row per key of ``by`` (user, env, host, hour), most held first (hours in order)."""
-        keys, which = _KEYS[by]
-        where, args = self._where(since, until, coarsest=HOUR if by == "hour" else DAY)
-        group = ", ".join(keys)
-        sql = (
-            f"SELECT {group}, sum(u.seconds), sum(u.held), sum(u.worked), sum(u.idle), sum(u.free), "
-            "sum(u.power), sum(u.power_s), count(DISTINCT u.gpu) "
-            "FROM usage u JOIN gpus g ON g.id = u.gpu LEFT JOIN holders h ON h.id = u.holder "
-            f"WHERE {where} AND {which} GROUP BY {group}"
-        )
-        rows = [_usage(tuple(r[: len(keys)]), r[len(keys) :]) for r in self.h.db.execute(sql, args)]
+        """One row per key of ``by`` (user, env, host, hour), most held first (hours in order).
+
+        SQLite sums by GPU and holder (or by period for hours: rows come in that order), a
+        few thousand groups; the names and local hours are put on them here. Grouping by
+        name or by ``strftime`` in SQL joined or converted every row: seconds over a year."""
+        where, args = self._where(since, until)
+        acc: dict[tuple[str, ...], list[float]] = {}
+        gpus: dict[tuple[str, ...], set[int]] = {}
+        if by == "hour":  # the fleet's whole hours
+            most: dict[tuple[str, ...], int] = {}
+            for t, n, *sums in self.h.db.execute(
+                f"SELECT t, gpus, {', '.join(_COLUMNS)} FROM fleet_hours WHERE t >= ? AND t < ?", (since, until)
+            ):
+                hour = (f"{time.localtime(t).tm_hour:02d}",)
+                _add(acc.setdefault(hour, [0.0] * len(sums)), sums)
+                most[hour] = max(most.get(hour, 0), n)  # GPUs seen at once
+            counts = most
+        else:
+            names, holders = self._names()
+            sql = f"SELECT u.gpu, u.holder, {_SUMS} FROM usage u WHERE {where} GROUP BY u.gpu, u.holder"
+            for gpu, holder, *sums in self.h.db.execute(sql, args):
+                key = _key(by, names.get(gpu, "?"), holders.get(holder))
+                if key is not None:
+                    _add(acc.setdefault(key, [0.0] * len(sums)), sums)
+                    gpus.setdefault(key, set()).add(gpu)
+            counts = {k: len(v) for k, v in gpus.items()}
+        rows = [_usage(k, (*sums, counts[k])) for k, sums in acc.items()]
         if by == "hour":
             return sorted(rows, key=lambda u: u.key)
         return sorted(rows, key=lambda u: (-u.held_h, -u.observed_h, u.key))
 
+    def _names(self) -> tuple[dict[int, str], dict[int, tuple[str, str]]]:
+        """Each GPU's host and each holder's user and environment, by id."""
+        hosts = dict(self.h.db.execute("SELECT id, host FROM gpus"))
+        holders = {i: (user, env) for i, user, env in self.h.db.execute("SELECT id, user, env FROM holders")}
+        return hosts, holders
+
     def total(self, since: int, until: int) -> Usage:
         where, args = self._where(since, until)
-        row = self.h.db.execute(
-            "SELECT sum(u.seconds), sum(u.held), sum(u.worked), sum(u.idle), sum(u.free), sum(u.power), "
-            f"sum(u.power_s), count(DISTINCT u.gpu) FROM usage u WHERE {where}",
-            args,
-        ).fetchone()
+        row = self.h.db.execute(f"SELECT {_SUMS}, count(DISTINCT u.gpu) FROM usage u WHERE {where}", args).fetchone()
         return _usage(("total",), row)
 
     def report(self, by: str, since_s: float) -> Report:
@@ -177,16 +187,22 @@ class Reader:
 
     def series(self, since: int, until: int, step: int | None = None) -> list[Point]:
         """The fleet over the whole steps of ``step`` seconds in ``[since, until)`` (default: an
-        hour up to two weeks, else a day), each the average number of GPUs in each state."""
+        hour up to two weeks, else a day), each the average number of GPUs in each state.
+        Steps of an hour or more come from the fleet's hour sums; shorter ones from samples."""
         step = step or (SPAN[HOUR] if until - since <= 14 * SPAN[DAY] else SPAN[DAY])
         since, until = -(-since // step) * step, until // step * step  # whole steps only
-        where, args = self._where(
-            since, until, coarsest=DAY if step >= SPAN[DAY] else HOUR if step >= SPAN[HOUR] else SAMPLE
-        )
-        sql = (
-            f"SELECT u.t / {step} * {step} AS p, sum(u.seconds), sum(u.held), sum(u.worked), sum(u.free) "
-            f"FROM usage u WHERE {where} GROUP BY p ORDER BY p"
-        )
+        if step >= SPAN[HOUR]:
+            sql = (
+                f"SELECT t / {step} * {step} AS p, sum(seconds), sum(held), sum(worked), sum(free) "
+                "FROM fleet_hours WHERE t >= ? AND t < ? GROUP BY p ORDER BY p"
+            )
+            args: list[int] = [since, until]
+        else:
+            sql = (
+                f"SELECT u.t / {step} * {step} AS p, sum(u.seconds), sum(u.held), sum(u.worked), sum(u.free) "
+                "FROM usage u WHERE u.tier = ? AND u.t >= ? AND u.t < ? GROUP BY p ORDER BY p"
+            )
+            args = [SAMPLE, since, until]
         return [Point(int(p), s / step, h / step, w / step, f / step) for p, s, h, w, f in self.h.db.execute(sql, args)]
 
 
@@ -196,6 +212,28 @@ def usually_free_hours(hours: Sequence[Usage], *, within_pct: float = 5) -> list
     is usually free when its GPUs were free more than half the time."""
     best = max((u.free_pct or 0 for u in hours), default=0)
     return [u for u in hours if best > 0 and (u.free_pct or 0) >= best - within_pct]
+
+
+#: The sums a report reads, in the order _usage takes them.
+_COLUMNS = ("seconds", "held", "worked", "idle", "free", "power", "power_s")
+_SUMS = ", ".join(f"sum(u.{c})" for c in _COLUMNS)
+
+
+def _add(into: list[float], sums: Sequence[float | None]) -> None:
+    for i, v in enumerate(sums):
+        into[i] += v or 0.0
+
+
+def _key(by: str, host: str, holder: tuple[str, str] | None) -> tuple[str, ...] | None:
+    """The row a GPU-and-holder sum belongs to (None: not in this grouping)."""
+    if by == "host":
+        return (host,)
+    if holder is None:  # nobody held the GPU
+        return None
+    user, env = holder
+    if by == "user":
+        return (user,)
+    return (user, env) if env else None
 
 
 def _usage(key: tuple[str, ...], r: Sequence[float | int | None]) -> Usage:

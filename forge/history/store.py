@@ -4,8 +4,9 @@ Every row of ``usage`` has the same shape whatever period it covers: GPU-seconds
 held (by a holder: a user and maybe an environment), worked (weighted by utilization), held
 while idle, free by policy, memory and power integrals. Three tiers: every sample (kept
 ``keep_samples``), sums per hour (``keep_hours``) and per day (``keep_days``). Each record
-rolls the hours and days that ended into their sums, so a report over a year reads a few
-hundred thousand day rows, not every sample.
+rolls the hours and days that ended into their sums (and each hour into one row for the whole
+fleet, ``fleet_hours``), so a report over a year reads a few hundred thousand day rows and a
+few thousand fleet hours, not every sample.
 
 A sample counts for the time since the GPU's previous sample, up to ``max_gap``: a host that
 did not answer leaves a gap, not invented hours. Writers take SQLite's write lock for the
@@ -46,6 +47,8 @@ CREATE TABLE IF NOT EXISTS usage (
     tier INTEGER NOT NULL, t INTEGER NOT NULL, gpu INTEGER NOT NULL, holder INTEGER NOT NULL,
     {", ".join(f"{s} REAL NOT NULL" for s in SUMS)},
     PRIMARY KEY (tier, t, gpu, holder)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fleet_hours (
+    t INTEGER PRIMARY KEY, gpus INTEGER NOT NULL, {", ".join(f"{s} REAL NOT NULL" for s in SUMS)});
 CREATE TABLE IF NOT EXISTS latest (gpu INTEGER PRIMARY KEY, t INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rolled (tier INTEGER PRIMARY KEY, until INTEGER NOT NULL);
 """
@@ -247,8 +250,22 @@ class History:
             f"ON CONFLICT (tier, t, gpu, holder) DO UPDATE SET {', '.join(f'{s} = excluded.{s}' for s in SUMS)}",
             (tier, finer, start, end),
         )
+        if tier == HOUR:
+            self._fleet_hours(start, end)
         self.db.execute("UPDATE rolled SET until = ? WHERE tier = ?", (end, tier))
         return (end - start) // span
+
+    def _fleet_hours(self, start: int, end: int) -> None:
+        """The whole fleet's sums of each hour in ``[start, end)``, one row per hour (kept as
+        long as the day sums): what reports by hour of the day and the fleet's curve over
+        time read, a few thousand rows a year instead of every GPU's hours."""
+        sums = ", ".join(f"sum({s})" for s in SUMS)
+        self.db.execute(
+            f"INSERT INTO fleet_hours SELECT t, count(DISTINCT gpu), {sums} FROM usage "
+            "WHERE tier = ? AND t >= ? AND t < ? GROUP BY t "
+            f"ON CONFLICT (t) DO UPDATE SET gpus = excluded.gpus, {', '.join(f'{s} = excluded.{s}' for s in SUMS)}",
+            (HOUR, start, end),
+        )
 
     def prune(self, now: int) -> None:
         """Drop rows past their tier's retention, never before they were summed up."""
@@ -257,6 +274,7 @@ class History:
             summed = self.rolled(tier + 1) or 0
             self.db.execute("DELETE FROM usage WHERE tier = ? AND t < ?", (tier, min(now - keep, summed)))
         self.db.execute("DELETE FROM usage WHERE tier = ? AND t < ?", (DAY, now - r.keep_days))
+        self.db.execute("DELETE FROM fleet_hours WHERE t < ?", (now - r.keep_days,))
 
 
 def _statements(script: str) -> list[str]:
