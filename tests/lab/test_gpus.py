@@ -10,6 +10,7 @@ gpu4: no nvidia-smi installed.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -437,25 +438,28 @@ def test_watch_on_a_terminal_fits_the_screen_and_follows_a_resize(lab: Any) -> N
     os.close(slave)
     seen = b""
 
-    def read_until(marker: bytes, after: int) -> bytes:
+    def frame_with(marker: bytes, after: int) -> bytes:
+        """The first whole frame (cursor home ... erase below) after `after` that shows `marker`:
+        a pty hands a frame over in pieces, so a header seen is not a frame read."""
         nonlocal seen
         deadline = time.monotonic() + 60
-        while marker not in seen[after:] and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            for frame in re.findall(rb"\x1b\[H(.*?)\x1b\[J", seen[after:], re.S):
+                if marker in frame:
+                    return frame
             if select.select([master], [], [], 1)[0]:
                 seen += os.read(master, 65536)
-        assert marker in seen[after:], seen[after:].decode(errors="replace")
-        return seen[after:]
+        raise AssertionError(seen[after:].decode(errors="replace"))
 
     try:
-        first = read_until(b"HOLDERS", 0)  # the per-host view
-        assert first.startswith(b"\x1b[?1049h\x1b[?25l") and b"\x1b[H" in first
-        assert first.count(b"\n") <= 15
+        first = frame_with(b"HOLDERS", 0)  # the per-host view
+        assert seen.startswith(b"\x1b[?1049h\x1b[?25l")
+        assert first.count(b"\n") < 15
         mark = len(seen)
         _pty_size(master, 40, 120)
         proc.send_signal(signal.SIGWINCH)
-        second = read_until(b"STATE", mark)  # the same frame, now a row per GPU, long before the next probe
-        frame = second.split(b"\x1b[H")[-1]
-        rows = [line for line in frame.split(b"\n") if line.startswith(lab.hosts[0].encode())]
+        second = frame_with(b"STATE", mark)  # the same frame, now a row per GPU, long before the next probe
+        rows = [line for line in second.split(b"\n") if line.startswith(lab.hosts[0].encode())]
         assert len(rows) == 4
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
