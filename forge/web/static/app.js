@@ -149,7 +149,10 @@ function drawChart(points) {
 
 function drawHistory(h) {
   const status = document.getElementById("history-status");
-  status.textContent = h.error ? h.error : `held (area), working (red), free (green), seen (grey): average GPUs per ${h.step_s >= 86400 ? "day" : "hour"}`;
+  const unit = h.step_s >= 86400 ? "day" : "hour";
+  status.textContent = h.error ? h.error
+    : (h.points || []).length < 2 ? `the chart starts once \`forge record\` has recorded two whole ${unit}s of this period`
+    : `held (area), working (red), free (green), seen (grey): average GPUs per ${unit}`;
   drawChart(h.points || []);
   fill("users", (h.users || []).map(u => row([td(u.env ? `${u.user} [${u.env}]` : u.user), td(u.held_gpu_h.toFixed(1)),
     td(u.worked_gpu_h.toFixed(1)), td(u.held_gpu_h ? `${Math.round(100 * u.worked_gpu_h / u.held_gpu_h)} %` : "-"), td(u.idle_gpu_h.toFixed(1))])));
