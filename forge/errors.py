@@ -19,6 +19,7 @@ class ExitCode(enum.IntEnum):
     PARTIAL = 4  # some hosts failed or did not answer; the others were served
     UNREACHABLE = 5  # no host could be reached at all
     LOCKED = 6  # another forge run holds the lock
+    TIMED_OUT = 7  # a wait (--wait-timeout) ended before the request fit
     INTERRUPTED = 130  # Ctrl-C
 
 

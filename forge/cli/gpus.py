@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -29,11 +29,13 @@ from forge.cli.gpuviews import (
     user_rows,
 )
 from forge.cli.main import State, pass_state
+from forge.durations import format_duration, parse_duration
 from forge.errors import ExitCode
 from forge.gpu.holders import Holder, holders_of
 from forge.gpu.model import Gpu, GpuProcess, ProbeStatus
 from forge.gpu.policy import Candidate, GpuVerdict, select
 from forge.gpu.survey import HostReport, survey
+from forge.gpu.wait import NeverFits, Waiting, never_fits, wait_until
 
 HEADERS = ["HOST", "GPU", "MODEL", "MEMORY", "UTIL", "HOLDER", "STATE"]
 
@@ -226,6 +228,19 @@ def exit_code(reports: list[HostReport]) -> ExitCode:
     "holding GPUs. Default: per GPU, or per host on a terminal too small for a row per GPU.",
 )
 @click.option("-v", "--per-gpu", is_flag=True, help="One row per GPU, however many (the same as --by gpu).")
+@click.option(
+    "--wait",
+    "wait_for",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Wait until one host has N free GPUs (with --min-free-memory each), probing every "
+    "--interval seconds, then show them as --gpus N does and exit 0. For scripts.",
+)
+@click.option(
+    "--wait-timeout",
+    metavar="DURATION",
+    help="With --wait: give up after this long (90s, 10m, 2h), exit status 7. Default: wait on.",
+)
 @click.option("--timeout", default=20.0, show_default=True, metavar="SECONDS", help="Per-host probe timeout.")
 @pass_state
 @click.pass_context
@@ -244,6 +259,8 @@ def gpus(
     max_foreign_processes: int | None,
     view_by: str | None,
     per_gpu: bool,
+    wait_for: int | None,
+    wait_timeout: str | None,
     timeout: float,
 ) -> None:
     """Show every GPU of the fleet (TARGETS: hosts, tags or 'all'): model, memory, utilization,
@@ -256,7 +273,9 @@ def gpus(
     Exit status: 0 when every host answered; 4 when some did not, or their GPUs could not be
     read (the NVIDIA driver does not answer) or the GPUs forge environments hold could not be
     (the Docker daemon does not answer: those GPUs are never shown free); 5 when none answered.
-    A host without GPUs or without nvidia-smi has answered.
+    A host without GPUs or without nvidia-smi has answered. With --wait: 0 once the GPUs are
+    free (whoever else did not answer), 7 when --wait-timeout passed first, 1 when no host
+    has that many GPUs at all.
     """
     inv = state.inventory
     hosts = inv.select(list(targets) or None)
@@ -268,6 +287,12 @@ def gpus(
 
     if per_gpu and view_by not in (None, "gpu"):
         raise click.UsageError("-v/--per-gpu and --by host/user exclude each other")
+    if wait_for is not None:
+        if watch or (want is not None and want != wait_for):
+            raise click.UsageError("--wait N shows the hosts as --gpus N does: not with --watch or another --gpus")
+        want = wait_for
+    elif wait_timeout is not None:
+        raise click.UsageError("--wait-timeout needs --wait N")
     view = View(
         free_only=free_only,
         as_json=as_json,
@@ -276,6 +301,16 @@ def gpus(
         by="gpu" if per_gpu or len(hosts) == 1 else view_by,
         colour=not as_json and use_colour(),
     )
+    if wait_for is not None:
+        limit = _duration(wait_timeout, "--wait-timeout")
+
+        def quiet() -> list[HostReport]:  # the wait's own line is the progress
+            return survey(inv, hosts, pool=state.pool, overrides=overrides, timeout=timeout)
+
+        with output.Interrupt(on_first=state.pool.close) as stop, output.StatusLine() as line:
+            reports = _wait(view, quiet, stop, line, interval=interval, limit=limit)
+        view.show(reports)
+        ctx.exit(ExitCode.OK)
     if not watch:
         ctx.exit(view.show(probe()))
     with output.Interrupt(on_first=state.pool.close) as stop:
@@ -284,6 +319,46 @@ def gpus(
         else:
             _watch_lines(view, probe, stop, interval)
     ctx.exit(ExitCode.OK)
+
+
+def _duration(text: str | None, option: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=option) from None
+
+
+def _wait(
+    view: View,
+    probe: Callable[[], list[HostReport]],
+    stop: threading.Event,
+    line: output.StatusLine,
+    *,
+    interval: float,
+    limit: float | None,
+) -> list[HostReport]:
+    """Probe until a host has ``view.want`` free GPUs; the reports that showed them."""
+    want = view.want or 1
+
+    def fit(reports: list[HostReport]) -> list[Candidate] | None:
+        if cands := view.candidates(reports):
+            return cands
+        answers = [r.gpus for r in reports if r.gpus is not None]
+        why = never_fits(answers, want) if len(answers) == len(reports) else None
+        if why is not None:
+            raise NeverFits(f"cannot wait for {want} free GPU(s) on one host: {why}")
+        return None
+
+    def waiting(w: Waiting[list[HostReport]]) -> None:
+        best = replace(view, want=1).candidates(w.snapshot)  # the host with the most usable GPUs
+        now = f"best now: {best[0].host} with {best[0].free_gpus} free" if best else "none free now"
+        line.show(f"waiting for {want} free GPU(s) on one host ({now}) for {format_duration(w.waited_s)}")
+
+    what = f"{want} free GPU(s) on one host"
+    reports, _ = wait_until(probe, fit, interval=interval, timeout=limit, stop=stop, on_wait=waiting, what=what)
+    return reports
 
 
 def _policy_flags(max_memory_used: int | None, max_utilization: int | None, max_foreign: int | None) -> dict[str, int]:

@@ -167,3 +167,61 @@ def image(root: Path | None, load_on: tuple[str, ...]) -> None:
     click.echo(str(the_lab.ensure_base_image()))
     for host in load_on:
         the_lab.load_base_image(host)
+
+
+def _indexes(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None or value == "all":
+        return None if value is None else [-1]
+    try:
+        return sorted({int(v) for v in value.split(",") if v.strip()})
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a list of GPU indexes (e.g. 0,2 or all)") from None
+
+
+@lab.command("gpu")
+@root_option
+@click.argument("host")
+@click.option("--busy", callback=_indexes, metavar="IDX,...|all", help="Put these GPUs to work (--util, --memory).")
+@click.option("--idle", callback=_indexes, metavar="IDX,...|all", help="Make these GPUs idle: 0 % and 0 MiB used.")
+@click.option("--util", default=90, show_default=True, type=click.IntRange(0, 100), metavar="PCT", help="With --busy.")
+@click.option(
+    "--memory", default=40000, show_default=True, type=click.IntRange(min=0), metavar="MIB", help="With --busy."
+)
+@click.option("--reset", is_flag=True, help="Back to four idle GPUs (what `forge lab up` gives a host).")
+@click.option("--json", "as_json", is_flag=True, help="Print the host's GPU state as JSON.")
+@_errors
+def gpu(
+    root: Path | None,
+    host: str,
+    busy: list[int] | None,
+    idle: list[int] | None,
+    util: int,
+    memory: int,
+    reset: bool,
+    as_json: bool,
+) -> None:
+    """Show or set what a lab host's replayed nvidia-smi reports, to watch `forge gpus`,
+    `--wait` and `migrate` react: e.g. `forge lab gpu gpu1 --busy 0,1 --util 80`, then
+    `forge lab gpu gpu1 --idle all`. Without options, the host's GPUs as they are now."""
+    the_lab = Lab.at(root)
+    if reset:
+        if busy is not None or idle is not None:
+            raise click.UsageError("--reset and --busy/--idle exclude each other")
+        the_lab.reset_gpus(host)
+    every = [g["index"] for g in (the_lab.gpu_state(host) or {"gpus": []})["gpus"]]
+    if idle is not None:
+        the_lab.load_gpus(host, every if idle == [-1] else idle, utilization_pct=0, memory_used_mib=0)
+    if busy is not None:
+        the_lab.load_gpus(host, every if busy == [-1] else busy, utilization_pct=util, memory_used_mib=memory)
+    st = the_lab.gpu_state(host)
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+    elif st is None:
+        click.echo(f"{host}: no nvidia-smi")
+    else:
+        click.echo(f"{host}: {st.get('mode', 'ok')}, {len(st['gpus'])} GPUs, {len(st.get('processes', []))} processes")
+        for g in st["gpus"]:
+            click.echo(
+                f"  {g['index']}  {g['uuid']}  {g['utilization_gpu_pct']:3d} %"
+                f"  {g['memory_used_mib']:>6} / {g['memory_total_mib']} MiB"
+            )

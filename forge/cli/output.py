@@ -115,6 +115,30 @@ class HostCounter(NoProgress):
             sys.stderr.flush()
 
 
+class StatusLine:
+    """One line of status on stderr (``waiting for 2 free GPU(s) ...``), redrawn in place and
+    erased at the end, only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.live = sys.stderr.isatty()
+
+    def show(self, text: str) -> None:
+        if self.live:  # cut to the terminal's width: a wrapped line would not redraw in place
+            import shutil
+
+            width = shutil.get_terminal_size((80, 24)).columns - 1
+            sys.stderr.write("\r\x1b[K" + clean(text, one_line=True)[:width])
+            sys.stderr.flush()
+
+    def __enter__(self) -> StatusLine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
 class Interrupt:
     """Ctrl-C for a loop that redraws (``--watch``): the first one sets an event the loop checks
     (and runs ``on_first`` in a thread, e.g. to cut the work in flight short); a second one

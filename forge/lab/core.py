@@ -301,6 +301,21 @@ class Lab:
         self._gpu_host(host)
         gpus.set_gpus(self.config, host, gpu_state)
 
+    def gpu_state(self, host: str) -> dict[str, Any] | None:
+        """The GPU state the host's nvidia-smi replays (None: no nvidia-smi)."""
+        self._gpu_host(host)
+        return gpus.read_state(self.config, host)
+
+    def load_gpus(self, host: str, indexes: list[int], *, utilization_pct: int, memory_used_mib: int) -> dict[str, Any]:
+        """Put these GPUs of the host at this utilization and memory used (0, 0: idle); the
+        state written. A host without nvidia-smi gets its default GPUs first."""
+        current = self.gpu_state(host)
+        if current is None or current.get("mode", "ok") != "ok":
+            current = gpus.default_state(host)
+        new = gpus.with_load(current, indexes, utilization_pct=utilization_pct, memory_used_mib=memory_used_mib)
+        gpus.set_gpus(self.config, host, new)
+        return new
+
     def reset_gpus(self, host: str) -> None:
         """Give a GPU host back its default state: four idle GPUs with UUIDs of its own."""
         self._gpu_host(host)

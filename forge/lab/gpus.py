@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,33 @@ def set_gpus(cfg: LabConfig, name: str, state: dict[str, Any] | None) -> None:
     write_state(cfg, name, state)
     if not nvidia_smi(cfg, name).exists():
         install(cfg, name)
+
+
+def read_state(cfg: LabConfig, name: str) -> dict[str, Any] | None:
+    """The host's GPU state as last written (None: the host has no nvidia-smi)."""
+    path = cfg.gpu_state(name)
+    if not path.exists() or not nvidia_smi(cfg, name).exists():
+        return None
+    state: dict[str, Any] = json.loads(path.read_text())
+    return state
+
+
+def with_load(
+    state: dict[str, Any], indexes: Iterable[int], *, utilization_pct: int, memory_used_mib: int
+) -> dict[str, Any]:
+    """``state`` with the GPUs of ``indexes`` at this utilization and memory used (0 and 0: idle
+    again); the other GPUs and the processes as they were. Memory is capped at each GPU's total."""
+    want = set(indexes)
+    known = {g["index"] for g in state["gpus"]}
+    if missing := sorted(want - known):
+        raise ValueError(f"no GPU {', '.join(map(str, missing))} (the host has {', '.join(map(str, sorted(known)))})")
+    if not 0 <= utilization_pct <= 100 or memory_used_mib < 0:
+        raise ValueError("utilization is 0-100 %, memory used at least 0 MiB")
+    gpus = []
+    for g in state["gpus"]:
+        if g["index"] in want:
+            used = min(memory_used_mib, g.get("memory_total_mib") or memory_used_mib)
+            g = {**g, "utilization_gpu_pct": utilization_pct, "memory_used_mib": used}
+            g["utilization_memory_pct"] = min(100, utilization_pct // 2)
+        gpus.append(g)
+    return {**state, "gpus": gpus}

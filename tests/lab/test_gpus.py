@@ -473,3 +473,75 @@ def test_watch_on_a_terminal_fits_the_screen_and_follows_a_resize(lab: Any) -> N
         if proc.poll() is None:
             proc.kill()
         os.close(master)
+
+
+# ----------------------------------------------------------------- forge lab gpu, gpus --wait
+
+
+def lab_gpu(lab: Any, host: str, *args: str) -> subprocess.CompletedProcess[str]:
+    root = str(lab.lab.config.root)
+    return subprocess.run(
+        [sys.executable, "-m", "forge", "lab", "gpu", "--root", root, host, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture()
+def all_busy(lab: Any) -> Iterator[list[str]]:
+    """Every GPU of every lab host at work (through `forge lab gpu`); idle again afterwards."""
+    hosts = list(lab.hosts)
+    try:
+        for h in hosts:
+            r = lab_gpu(lab, h, "--busy", "all", "--util", "70", "--memory", "30000")
+            assert r.returncode == 0, r.stderr
+        yield hosts
+    finally:
+        for h in hosts:
+            lab.lab.reset_gpus(h)
+
+
+def test_lab_gpu_sets_what_forge_gpus_sees(lab: Any) -> None:
+    host = lab.hosts[0]
+    try:
+        r = lab_gpu(lab, host, "--busy", "0,2", "--util", "80", "--memory", "30000")
+        assert r.returncode == 0, r.stderr
+        seen = json.loads(forge_cli(lab, host, "--json").stdout)["hosts"][0]["gpus"]
+        got = [(g["index"], g["utilization_gpu_pct"], g["memory_used_mib"], g["free"]) for g in seen]
+        assert got == [(0, 80, 30000, False), (1, 0, 0, True), (2, 80, 30000, False), (3, 0, 0, True)]
+        assert lab_gpu(lab, host, "--idle", "all").returncode == 0
+        seen = json.loads(forge_cli(lab, host, "--json").stdout)["hosts"][0]["gpus"]
+        assert [g["free"] for g in seen] == [True] * 4
+        bad = lab_gpu(lab, host, "--busy", "7")
+        assert bad.returncode == 2 and "no GPU 7 (the host has 0, 1, 2, 3)" in bad.stderr
+    finally:
+        lab.lab.reset_gpus(host)
+
+
+def test_wait_returns_once_a_host_has_the_gpus(lab: Any, all_busy: list[str]) -> None:
+    argv = [sys.executable, "-m", "forge", "-i", str(lab.inventory_path), "gpus", "--wait", "2", "--interval", "0.5",
+            "--json"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # it keeps waiting while nothing fits (several probes: 0.5 s apart)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(3)
+        target = all_busy[1]
+        assert lab_gpu(lab, target, "--idle", "1,3").returncode == 0
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    (best,) = json.loads(out)["candidates"]
+    assert (best["host"], best["gpu_indexes"]) == (target, [1, 3])
+
+
+def test_wait_gives_up_after_its_timeout_and_refuses_what_never_fits(lab: Any, all_busy: list[str]) -> None:
+    late = forge_cli(lab, "--wait", "1", "--wait-timeout", "2s", "--interval", "0.5")
+    assert late.returncode == 7, late.stderr
+    assert "1 free GPU(s) on one host did not fit within 2s" in late.stderr
+    never = forge_cli(lab, "--wait", "5", "--interval", "0.5")
+    assert never.returncode == 1
+    assert "cannot wait for 5 free GPU(s) on one host: no host has 5 GPUs (the most on one host is 4)" in never.stderr
