@@ -139,6 +139,18 @@ class HistorySettings:
         return parse_duration(getattr(self, key))
 
 
+@dataclass(frozen=True)
+class PolicySettings:
+    """How the fleet is shared (see docs/sharing.md): at most this many GPUs held per user."""
+
+    max_gpus_per_user: int | None = None  # None: no quota
+    max_gpus: Mapping[str, int] = field(default_factory=dict)  # per-user overrides of it
+
+    def quota(self, user: str) -> int | None:
+        """The most GPUs ``user`` may hold through forge environments (None: no limit)."""
+        return self.max_gpus.get(user, self.max_gpus_per_user)
+
+
 #: The history settings that are durations, each with the least it may be.
 HISTORY_DURATIONS = {"keep_samples": 7200.0, "keep_hours": 2 * 86400.0, "keep_days": 86400.0, "max_gap": 1.0}
 
@@ -151,6 +163,7 @@ class Inventory:
     environment: EnvironmentSettings = field(default_factory=EnvironmentSettings)
     gpu_policy: GpuPolicySettings = field(default_factory=GpuPolicySettings)
     history: HistorySettings = field(default_factory=HistorySettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
     def host(self, name: str) -> Host:
         for h in self.hosts:
@@ -384,7 +397,7 @@ class _Validator:
 
     def inventory(self, doc: dict[str, Any], path: Path | None) -> Inventory:
         self.no_secrets(doc)
-        top = ["defaults", "hosts", "data", "environment", "gpu_policy", "history"]
+        top = ["defaults", "hosts", "data", "environment", "gpu_policy", "history", "policy"]
         self.unknown(doc, top, host=None)
         # The fleet-wide GPU policy is the top-level [gpu_policy] table, not [defaults].
         defaults = HostSettings(
@@ -398,6 +411,7 @@ class _Validator:
             **self.table(doc.get("environment", {}), EnvironmentSettings, host=None, key="environment")
         )
         history = self.history(doc.get("history", {}))
+        policy = self.policy(doc.get("policy", {}))
         lo, hi = env.ssh_port_range
         if not 1 <= lo <= hi <= 65535:
             raise self.error("must be [low, high] with 1 <= low <= high <= 65535", key="environment.ssh_port_range")
@@ -428,8 +442,28 @@ class _Validator:
         if not hosts:
             raise self.error("no hosts: add [[hosts]] tables with at least a name and an address", key="hosts")
         return Inventory(
-            path=path, hosts=tuple(hosts), data=data, environment=env, gpu_policy=gpu_policy, history=history
+            path=path,
+            hosts=tuple(hosts),
+            data=data,
+            environment=env,
+            gpu_policy=gpu_policy,
+            history=history,
+            policy=policy,
         )
+
+    def policy(self, doc: Any) -> PolicySettings:
+        """``[policy]``: ``max_gpus_per_user`` and a ``[policy.max_gpus]`` table of user = GPUs."""
+        if not isinstance(doc, dict):
+            raise self.error(f"must be a table, not {_tname(doc)}", key="policy")
+        self.unknown(doc, ["max_gpus_per_user", "max_gpus"], host=None, prefix="policy.")
+        fleet = doc.get("max_gpus_per_user")
+        if fleet is not None:
+            fleet = self.typed(fleet, int, host=None, key="policy.max_gpus_per_user")
+        users = doc.get("max_gpus", {})
+        if not isinstance(users, dict):
+            raise self.error(f"must be a table of user = GPUs, not {_tname(users)}", key="policy.max_gpus")
+        per_user = {u: self.typed(n, int, host=None, key=f"policy.max_gpus.{u}") for u, n in users.items()}
+        return PolicySettings(max_gpus_per_user=fleet, max_gpus=per_user)
 
     def history(self, doc: Any) -> HistorySettings:
         from forge.durations import format_duration, parse_duration

@@ -127,6 +127,14 @@ class Claim:
     def for_container(self) -> str | None:
         return self.container.label(CLAIM_CONTAINER)
 
+    @property
+    def owner(self) -> str | None:
+        return self.container.label(CLAIM_OWNER)
+
+    @property
+    def env(self) -> str | None:
+        return self.container.label(CLAIM_ENV)
+
 
 @dataclass(frozen=True)
 class HostListing:

@@ -3,13 +3,15 @@
 Steps, each named in errors (:class:`MigrateFailed.step`):
 
 1. **locate**: find the environment (labels ``forge.env`` + ``forge.owner``) across the fleet.
-2. **choose**: ``idle`` = the best host under the free-GPU policy for the GPUs asked (the
-   environment's current host excluded), GPUs held by live claims left out; or a named host.
+2. **choose**: refuse beyond the user's quota (``[policy]``, :mod:`forge.env.quota`); ``idle``
+   = the best host under the free-GPU policy for the GPUs asked (the environment's current
+   host excluded), GPUs held by live claims left out; or a named host.
 3. **image**: with ``keep_changes``, ``docker commit`` the old container; ship the image from the
    old host with :func:`forge.images.sync.sync_image` (only missing layers travel).
 4. **volume**: ensure the data volume on the target and read the marker through it.
 5. **claim**: claim the GPUs atomically (:mod:`forge.env.claims`), re-probe, and check they are
-   still free; a lost race picks other GPUs (or the next candidate host).
+   still free; a lost race picks other GPUs (or the next candidate host). With a quota, the
+   user's claims on the fleet are listed again: a run that came second gives its claims back.
 6. **container**: ``docker run`` and wait until its sshd answers (host keys read).
 7. **finish**: stop and remove the old container and release its claims.
 
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from forge import fleet
-from forge.env import claims, envs, launch, volume
+from forge.env import claims, envs, launch, quota, volume
 from forge.env.errors import ClaimConflict, EnvError, MigrateFailed
 from forge.env.listing import Environment, HostListing, list_host
 from forge.env.names import check_name
@@ -293,6 +295,7 @@ class _Migration:
             self.listings = envs.list_fleet(self.inv.hosts, self.pool)  # one round trip a host: locate and choose
             self.current = envs.locate(self.inv, self.req.env, self.pool, listings=self.listings)
         with self.steps.step("choose"):
+            self._quota_before()
             cands = candidates(self.inv, self.req, self.pool, current=self.current, listings=self.listings)
             self.progress.note(f"candidates: {', '.join(c.host for c in cands[:3])}")
         with self.steps.step("image"):
@@ -333,6 +336,7 @@ class _Migration:
                 self.progress.note(f"{s.name} has no free GPUs left; trying the next host")
                 return None
             self.steps.undo(f"claims on {s.name}", partial(claims.release, s, got.ids))
+            self._quota_after(got)
         with self.steps.step("container"):
             spec = self._spec(s, image, name, got.candidate, facts, vol)
             indexes = ",".join(map(str, got.candidate.gpu_indexes))
@@ -415,6 +419,43 @@ class _Migration:
             shm_size=req.shm_size,
             extra_args=req.extra_args,
         )
+
+    # ------------------------------------------------------------------ the quota
+
+    @property
+    def _owner(self) -> str:
+        return user_on(self.inv.hosts[0]) if self.inv.hosts else user_on(self.inv.here())
+
+    def _old_claims(self) -> set[str]:
+        """The claims of the environment being migrated: not counted (released at the end)."""
+        if self.current is None or self.listings is None:
+            return set()
+        return set(claims.claims_for(envs.listing_of(self.listings, self.current.host), self.current.container.name))
+
+    def _quota_before(self) -> None:
+        """What the user holds (all hosts that answered) and asks must fit ``[policy]``."""
+        quota_n = self.inv.policy.quota(self._owner)
+        if quota_n is None or self.listings is None:
+            return
+        listed = [r.value for r in self.listings.succeeded if r.value is not None]
+        mine = quota.claims_of(listed, self._owner, grace_s=self.req.claim_grace_s, ignore=self._old_claims())
+        quota.check(self._owner, quota_n, quota.holdings(mine), self.req.gpus)
+
+    def _quota_after(self, got: Claimed) -> None:
+        """After claiming: the fleet's claims of the user again, in their one order; ours past
+        the quota (another run of the user's came first) are given back by the caller's undo."""
+        quota_n = self.inv.policy.quota(self._owner)
+        if quota_n is None:
+            return
+        listed = [r.value for r in envs.list_fleet(self.inv.hosts, self.pool).succeeded if r.value is not None]
+        mine = quota.claims_of(listed, self._owner, grace_s=self.req.claim_grace_s, ignore=self._old_claims())
+        if quota.losers(mine, quota_n) & set(got.ids):
+            others = [c for c in mine if c.container.id not in got.ids]
+            raise quota.QuotaExceeded(
+                f"{self._owner} may hold {quota_n} GPU(s) through forge: another run of theirs claimed "
+                f"GPUs at the same time and came first (now held: {quota.describe(quota.holdings(others))})",
+                hint="stop an environment (`forge stop ENV`) or ask for fewer GPUs (--gpus)",
+            )
 
     # ------------------------------------------------------------------ whole-run steps
 

@@ -405,3 +405,49 @@ def test_an_image_that_runs_nothing_is_refused_with_what_to_do(lab: LabHandle, e
     assert "has no default command" in r.stderr and "forge build" in r.stderr, r.stderr
     assert "No command specified" not in r.stderr
     assert envs_on(lab, "gpu2", env) == [] and claims_on(lab, "gpu2", env) == []
+
+
+def _with_quota(env_lab: dict[str, Any], tmp_path: Path, n: int) -> Path:
+    """The kit's inventory with a fleet-wide quota of ``n`` GPUs per user."""
+    inv = tmp_path / "hosts.toml"
+    inv.write_text(Path(env_lab["inventory"]).read_text() + f"\n[policy]\nmax_gpus_per_user = {n}\n")
+    return inv
+
+
+def test_the_quota_refuses_a_second_environment_not_a_move_of_the_first(
+    lab: LabHandle, env_lab: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 12: [policy] max_gpus_per_user, checked at claim time, naming what is held where."""
+    inv = _with_quota(env_lab, tmp_path, 1)
+    first, second = new_env(env_lab), new_env(env_lab)
+    placed = migrate(inv, first, "--to", "gpu1")
+    refused = forge(inv, "migrate", "--env", second, "--to", "gpu2")
+    assert refused.returncode == 1
+    user = lab.lab.config.user
+    assert (
+        f"migrate failed at step 'choose': {user} may hold 1 GPU(s) through forge and holds 1 "
+        f"(1 on gpu1 for '{first}'): 1 more would be 2" in refused.stderr
+    ), refused.stderr
+    assert envs_on(lab, "gpu2", second) == [] and claims_on(lab, "gpu2", second) == []
+    moved = migrate(inv, first, "--to", "gpu2")  # its own GPU is not counted: it is given back
+    assert (moved["old_host"], moved["host"]) == (placed["host"], "gpu2")
+    assert forge(inv, "stop", first, "--keep-ssh-config").returncode == 0
+
+
+def test_two_runs_racing_for_the_last_gpu_of_the_quota_exactly_one_gets_it(
+    lab: LabHandle, env_lab: dict[str, Any], tmp_path: Path
+) -> None:
+    inv = _with_quota(env_lab, tmp_path, 1)
+    for _ in range(3):
+        names = [new_env(env_lab), new_env(env_lab)]
+        with ThreadPoolExecutor(2) as pool:
+            runs = list(pool.map(lambda a: forge(inv, "migrate", "--env", a[0], "--to", a[1], "--json"),
+                                 zip(names, ("gpu2", "gpu3"), strict=True)))  # fmt: skip
+        won = [n for n, r in zip(names, runs, strict=True) if r.returncode == 0]
+        assert len(won) == 1, [r.stderr for r in runs]
+        (lost,) = [r for r in runs if r.returncode != 0]
+        assert "may hold 1 GPU(s) through forge" in lost.stderr, lost.stderr
+        for n, host in zip(names, ("gpu2", "gpu3"), strict=True):  # the loser left nothing behind
+            if n not in won:
+                assert envs_on(lab, host, n) == [] and claims_on(lab, host, n) == []
+        assert forge(inv, "stop", won[0], "--keep-ssh-config").returncode == 0

@@ -241,3 +241,26 @@ def test_history_settings_are_checked_with_the_key_named() -> None:
         with pytest.raises(InventoryError) as e:
             parse(base + bad + "\n")
         assert message in str(e.value), str(e.value)
+
+
+def test_policy_quota_fleet_wide_with_per_user_overrides() -> None:
+    from forge.inventory import parse
+
+    base = '[[hosts]]\nname = "a"\naddress = "x"\n'
+    assert parse(base).policy.quota("alice") is None  # no [policy]: no quota
+    inv = parse(base + "[policy]\nmax_gpus_per_user = 4\n[policy.max_gpus]\nalice = 8\nbob = 0\n")
+    assert (inv.policy.quota("alice"), inv.policy.quota("bob"), inv.policy.quota("carol")) == (8, 0, 4)
+    only = parse(base + "[policy.max_gpus]\nalice = 2\n")
+    assert (only.policy.quota("alice"), only.policy.quota("bob")) == (2, None)
+    for bad, message in [
+        ("[policy]\nmax_gpus_per_user = -1", "key 'policy.max_gpus_per_user': must not be negative"),
+        ('[policy]\nmax_gpus_per_user = "4"', "key 'policy.max_gpus_per_user': must be an integer"),
+        ("[policy]\nmax_gpu_per_user = 4", "key 'policy.max_gpu_per_user': unknown key (did you mean"),
+        ("[policy]\nmax_gpus = 3", "key 'policy.max_gpus': must be a table of user = GPUs"),
+        ('[policy.max_gpus]\nalice = "lots"', "key 'policy.max_gpus.alice': must be an integer"),
+    ]:
+        with pytest.raises(InventoryError) as e:
+            parse(base + bad + "\n")
+        assert message in str(e.value), str(e.value)
+    with pytest.raises(InventoryError, match="key 'policy': must be a table"):
+        parse("policy = 3\n" + base)
