@@ -151,6 +151,13 @@ class PolicySettings:
         return self.max_gpus.get(user, self.max_gpus_per_user)
 
 
+@dataclass(frozen=True)
+class NotifySettings:
+    """``[notify]``: a command run on the client for each event (see :mod:`forge.notify`)."""
+
+    command: str | tuple[str, ...] | None = None  # a string runs with sh -c; a list is the argv
+
+
 #: The history settings that are durations, each with the least it may be.
 HISTORY_DURATIONS = {"keep_samples": 7200.0, "keep_hours": 2 * 86400.0, "keep_days": 86400.0, "max_gap": 1.0}
 
@@ -164,6 +171,7 @@ class Inventory:
     gpu_policy: GpuPolicySettings = field(default_factory=GpuPolicySettings)
     history: HistorySettings = field(default_factory=HistorySettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     def host(self, name: str) -> Host:
         for h in self.hosts:
@@ -397,7 +405,7 @@ class _Validator:
 
     def inventory(self, doc: dict[str, Any], path: Path | None) -> Inventory:
         self.no_secrets(doc)
-        top = ["defaults", "hosts", "data", "environment", "gpu_policy", "history", "policy"]
+        top = ["defaults", "hosts", "data", "environment", "gpu_policy", "history", "policy", "notify"]
         self.unknown(doc, top, host=None)
         # The fleet-wide GPU policy is the top-level [gpu_policy] table, not [defaults].
         defaults = HostSettings(
@@ -412,6 +420,7 @@ class _Validator:
         )
         history = self.history(doc.get("history", {}))
         policy = self.policy(doc.get("policy", {}))
+        notify = self.notify(doc.get("notify", {}))
         lo, hi = env.ssh_port_range
         if not 1 <= lo <= hi <= 65535:
             raise self.error("must be [low, high] with 1 <= low <= high <= 65535", key="environment.ssh_port_range")
@@ -449,6 +458,7 @@ class _Validator:
             gpu_policy=gpu_policy,
             history=history,
             policy=policy,
+            notify=notify,
         )
 
     def policy(self, doc: Any) -> PolicySettings:
@@ -464,6 +474,21 @@ class _Validator:
             raise self.error(f"must be a table of user = GPUs, not {_tname(users)}", key="policy.max_gpus")
         per_user = {u: self.typed(n, int, host=None, key=f"policy.max_gpus.{u}") for u, n in users.items()}
         return PolicySettings(max_gpus_per_user=fleet, max_gpus=per_user)
+
+    def notify(self, doc: Any) -> NotifySettings:
+        """``[notify]``: ``command``, a string (run with sh -c) or a non-empty list of strings."""
+        if not isinstance(doc, dict):
+            raise self.error(f"must be a table, not {_tname(doc)}", key="notify")
+        self.unknown(doc, ["command"], host=None, prefix="notify.")
+        command = doc.get("command")
+        if command is None:
+            return NotifySettings()
+        if isinstance(command, list):
+            argv = self.typed(command, tuple[str, ...], host=None, key="notify.command")
+            if not argv:
+                raise self.error("must not be empty", key="notify.command")
+            return NotifySettings(argv)
+        return NotifySettings(self.typed(command, str, host=None, key="notify.command"))
 
     def history(self, doc: Any) -> HistorySettings:
         from forge.durations import format_duration, parse_duration

@@ -17,6 +17,7 @@ from forge.env.launch import wait_ready
 from forge.env.listing import Environment
 from forge.env.names import check_name
 from forge.errors import ConnectError, ExitCode
+from forge.notify import notify
 
 PS_HEADERS = ["HOST", "ENV", "OWNER", "GPUS", "PORT", "IMAGE", "AGE", "STATE"]
 
@@ -104,6 +105,10 @@ def migrate(
         authorized_keys="\n".join(authorized),
     )
     result = mig.migrate(inv, req, state.pool, progress=output.Notes())
+    fields = {"env": result.env, "owner": result.owner, "host": result.host, "gpus": result.gpus,
+              "port": result.port, "old_host": result.old_host or ""}  # fmt: skip
+    if (warning := notify(inv.notify.command, "launched", fields)) is not None:
+        result.warnings.append(warning)
     way, config_path = access.publish(inv.host(result.host), result, manage_config=ssh_config)
     for w in result.warnings:
         output.echo(f"forge: warning: {w}", err=True)

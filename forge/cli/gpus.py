@@ -36,6 +36,7 @@ from forge.gpu.model import Gpu, GpuProcess, ProbeStatus
 from forge.gpu.policy import Candidate, GpuVerdict, select
 from forge.gpu.survey import HostReport, survey
 from forge.gpu.wait import NeverFits, Waiting, never_fits, wait_until
+from forge.notify import notify
 
 HEADERS = ["HOST", "GPU", "MODEL", "MEMORY", "UTIL", "HOLDER", "STATE"]
 
@@ -308,8 +309,11 @@ def gpus(
             return survey(inv, hosts, pool=state.pool, overrides=overrides, timeout=timeout)
 
         with output.Interrupt(on_first=state.pool.close) as stop, output.StatusLine() as line:
-            reports = _wait(view, quiet, stop, line, interval=interval, limit=limit)
+            reports, best = _wait(view, quiet, stop, line, interval=interval, limit=limit)
         view.show(reports)
+        fields = {"host": best.host, "gpus": best.gpu_uuids, "gpu_indexes": best.gpu_indexes}
+        if (warning := notify(inv.notify.command, "gpus_free", fields)) is not None:
+            output.echo(f"forge: warning: {warning}", err=True)
         ctx.exit(ExitCode.OK)
     if not watch:
         ctx.exit(view.show(probe()))
@@ -338,8 +342,9 @@ def _wait(
     *,
     interval: float,
     limit: float | None,
-) -> list[HostReport]:
-    """Probe until a host has ``view.want`` free GPUs; the reports that showed them."""
+) -> tuple[list[HostReport], Candidate]:
+    """Probe until a host has ``view.want`` free GPUs; the reports that showed them and the
+    best host."""
     want = view.want or 1
 
     def fit(reports: list[HostReport]) -> list[Candidate] | None:
@@ -357,8 +362,8 @@ def _wait(
         line.show(f"waiting for {want} free GPU(s) on one host ({now}) for {format_duration(w.waited_s)}")
 
     what = f"{want} free GPU(s) on one host"
-    reports, _ = wait_until(probe, fit, interval=interval, timeout=limit, stop=stop, on_wait=waiting, what=what)
-    return reports
+    reports, found = wait_until(probe, fit, interval=interval, timeout=limit, stop=stop, on_wait=waiting, what=what)
+    return reports, found[0]
 
 
 def _policy_flags(max_memory_used: int | None, max_utilization: int | None, max_foreign: int | None) -> dict[str, int]:

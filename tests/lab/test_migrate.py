@@ -408,9 +408,12 @@ def test_an_image_that_runs_nothing_is_refused_with_what_to_do(lab: LabHandle, e
 
 
 def _with_quota(env_lab: dict[str, Any], tmp_path: Path, n: int) -> Path:
-    """The kit's inventory with a fleet-wide quota of ``n`` GPUs per user."""
+    """The kit's inventory with a fleet-wide quota of ``n`` GPUs per user, and a notify command
+    that appends each event to ``tmp_path/events``."""
     inv = tmp_path / "hosts.toml"
-    inv.write_text(Path(env_lab["inventory"]).read_text() + f"\n[policy]\nmax_gpus_per_user = {n}\n")
+    notify = f'printf "%s %s %s %s\\n" "$FORGE_EVENT" "$FORGE_ENV" "$FORGE_HOST" "$FORGE_OLD_HOST" >> {tmp_path}/events'
+    extra = f"\n[policy]\nmax_gpus_per_user = {n}\n[notify]\ncommand = {json.dumps(notify)}\n"
+    inv.write_text(Path(env_lab["inventory"]).read_text() + extra)
     return inv
 
 
@@ -431,6 +434,9 @@ def test_the_quota_refuses_a_second_environment_not_a_move_of_the_first(
     assert envs_on(lab, "gpu2", second) == [] and claims_on(lab, "gpu2", second) == []
     moved = migrate(inv, first, "--to", "gpu2")  # its own GPU is not counted: it is given back
     assert (moved["old_host"], moved["host"]) == (placed["host"], "gpu2")
+    # [notify] heard of each launch, not of the refusal
+    events = (tmp_path / "events").read_text().splitlines()
+    assert events == [f"launched {first} gpu1 ", f"launched {first} gpu2 gpu1"]
     assert forge(inv, "stop", first, "--keep-ssh-config").returncode == 0
 
 
