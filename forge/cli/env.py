@@ -17,6 +17,7 @@ from forge.env.launch import wait_ready
 from forge.env.listing import Environment
 from forge.env.names import check_name
 from forge.errors import ConnectError, ExitCode
+from forge.inventory import Inventory
 from forge.notify import notify
 
 PS_HEADERS = ["HOST", "ENV", "OWNER", "GPUS", "PORT", "IMAGE", "AGE", "STATE"]
@@ -105,10 +106,7 @@ def migrate(
         authorized_keys="\n".join(authorized),
     )
     result = mig.migrate(inv, req, state.pool, progress=output.Notes())
-    fields = {"env": result.env, "owner": result.owner, "host": result.host, "gpus": result.gpus,
-              "port": result.port, "old_host": result.old_host or ""}  # fmt: skip
-    if (warning := notify(inv.notify.command, "launched", fields)) is not None:
-        result.warnings.append(warning)
+    _tell_launched(inv, result)
     way, config_path = access.publish(inv.host(result.host), result, manage_config=ssh_config)
     for w in result.warnings:
         output.echo(f"forge: warning: {w}", err=True)
@@ -124,6 +122,14 @@ def migrate(
         if config_path:
             output.echo(f"ssh {result.env}   (block in {config_path})")
     ctx.exit(ExitCode.OK)
+
+
+def _tell_launched(inv: Inventory, result: mig.Result) -> None:
+    """[notify]: the environment runs; a notifier that fails becomes one of the warnings."""
+    fields = {"env": result.env, "owner": result.owner, "host": result.host, "gpus": result.gpus,
+              "port": result.port, "old_host": result.old_host or ""}  # fmt: skip
+    if (warning := notify(inv.notify.command, "launched", fields)) is not None:
+        result.warnings.append(warning)
 
 
 def _row(e: Environment, now: int) -> list[str]:

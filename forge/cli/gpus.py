@@ -288,12 +288,7 @@ def gpus(
 
     if per_gpu and view_by not in (None, "gpu"):
         raise click.UsageError("-v/--per-gpu and --by host/user exclude each other")
-    if wait_for is not None:
-        if watch or (want is not None and want != wait_for):
-            raise click.UsageError("--wait N shows the hosts as --gpus N does: not with --watch or another --gpus")
-        want = wait_for
-    elif wait_timeout is not None:
-        raise click.UsageError("--wait-timeout needs --wait N")
+    want = _wanted(want, wait_for, wait_timeout, watch)
     view = View(
         free_only=free_only,
         as_json=as_json,
@@ -303,26 +298,48 @@ def gpus(
         colour=not as_json and use_colour(),
     )
     if wait_for is not None:
-        limit = _duration(wait_timeout, "--wait-timeout")
 
         def quiet() -> list[HostReport]:  # the wait's own line is the progress
             return survey(inv, hosts, pool=state.pool, overrides=overrides, timeout=timeout)
 
-        with output.Interrupt(on_first=state.pool.close) as stop, output.StatusLine() as line:
-            reports, best = _wait(view, quiet, stop, line, interval=interval, limit=limit)
-        view.show(reports)
-        fields = {"host": best.host, "gpus": best.gpu_uuids, "gpu_indexes": best.gpu_indexes}
-        if (warning := notify(inv.notify.command, "gpus_free", fields)) is not None:
-            output.echo(f"forge: warning: {warning}", err=True)
+        _wait_then_show(view, quiet, state, interval=interval, limit=_duration(wait_timeout, "--wait-timeout"))
         ctx.exit(ExitCode.OK)
     if not watch:
         ctx.exit(view.show(probe()))
+    _watch(view, probe, state, interval)
+    ctx.exit(ExitCode.OK)
+
+
+def _watch(view: View, probe: Callable[[], list[HostReport]], state: State, interval: float) -> None:
+    """--watch until Ctrl-C: in place on a terminal, else frame after frame."""
     with output.Interrupt(on_first=state.pool.close) as stop:
-        if not as_json and output.is_terminal():
+        if not view.as_json and output.is_terminal():
             _watch_in_place(view, probe, stop, interval)
         else:
             _watch_lines(view, probe, stop, interval)
-    ctx.exit(ExitCode.OK)
+
+
+def _wanted(want: int | None, wait_for: int | None, wait_timeout: str | None, watch: bool) -> int | None:
+    """The N of --gpus N, which --wait N sets too; the options that do not go together."""
+    if wait_for is None:
+        if wait_timeout is not None:
+            raise click.UsageError("--wait-timeout needs --wait N")
+        return want
+    if watch or (want is not None and want != wait_for):
+        raise click.UsageError("--wait N shows the hosts as --gpus N does: not with --watch or another --gpus")
+    return wait_for
+
+
+def _wait_then_show(
+    view: View, probe: Callable[[], list[HostReport]], state: State, *, interval: float, limit: float | None
+) -> None:
+    """--wait: probe until the GPUs are free, show them, tell [notify]."""
+    with output.Interrupt(on_first=state.pool.close) as stop, output.StatusLine() as line:
+        reports, best = _wait(view, probe, stop, line, interval=interval, limit=limit)
+    view.show(reports)
+    fields = {"host": best.host, "gpus": best.gpu_uuids, "gpu_indexes": best.gpu_indexes}
+    if (warning := notify(state.inventory.notify.command, "gpus_free", fields)) is not None:
+        output.echo(f"forge: warning: {warning}", err=True)
 
 
 def _duration(text: str | None, option: str) -> float | None:

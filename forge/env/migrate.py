@@ -31,7 +31,7 @@ from functools import partial
 from forge import fleet
 from forge.env import claims, envs, launch, quota, volume
 from forge.env.errors import ClaimConflict, EnvError, MigrateFailed
-from forge.env.listing import Environment, HostListing, list_host
+from forge.env.listing import Claim, Environment, HostListing, list_host
 from forge.env.names import check_name
 from forge.env.steps import Steps
 from forge.errors import ForgeError
@@ -449,8 +449,22 @@ class _Migration:
             return
         listed = [r.value for r in envs.list_fleet(self.inv.hosts, self.pool).succeeded if r.value is not None]
         mine = quota.claims_of(listed, self._owner, grace_s=self.req.claim_grace_s, ignore=self._old_claims())
-        if quota.losers(mine, quota_n) & set(got.ids):
-            others = [c for c in mine if c.container.id not in got.ids]
+        ids = set(got.ids)
+        if not quota.came_second(mine, ids, quota_n):
+            return
+        # Claims of the same second: the hosts' own times, to the nanosecond, decide.
+        close: dict[str, list[str]] = {}
+        for c in quota.same_second(mine, ids):
+            close.setdefault(c.host, []).append(c.container.id)
+        exact: dict[str, float] = {}
+        for host, host_ids in close.items():
+            exact |= quota.created_times(self.pool.get(self.inv.host(host)), host_ids)
+
+        def when(c: Claim) -> float:
+            return exact.get(c.container.id, float(c.container.created_s or 0))
+
+        if quota.came_second(mine, ids, quota_n, when=when):
+            others = [c for c in mine if c.container.id not in ids]
             raise quota.QuotaExceeded(
                 f"{self._owner} may hold {quota_n} GPU(s) through forge: another run of theirs claimed "
                 f"GPUs at the same time and came first (now held: {quota.describe(quota.holdings(others))})",

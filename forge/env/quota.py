@@ -6,25 +6,28 @@ forge environment has a claim container (:mod:`forge.env.claims`) that lives as 
 environment. ``forge migrate`` checks twice:
 
 1. before it chooses a host: what the user holds plus what they ask must fit the quota;
-2. after it has claimed GPUs: it lists the user's claims on the fleet again and orders them by
-   (creation time on their host, claim container ID). Claims past the quota in that order lose:
-   their run releases them and refuses. Two runs of one user racing for the last GPUs of the
-   quota see the same order, so exactly one of them gets them.
+2. after it has claimed GPUs: it lists the user's claims on the fleet again; when the claims
+   made up to the second of its own (a claim of the same second counts as first) and its own
+   exceed the quota, it releases its claims and refuses (:func:`came_second`). Of two runs of
+   one user racing for the last GPU of the quota, at most one keeps it.
 
 The GPUs of the environment being migrated are not counted (they are released once the new
 one answers). The bound of the race: the order uses each host's clock, so two claims made on
-hosts whose clocks disagree by more than the time between the claims can each be first in
-the eyes of its own run; a host that does not answer hides its claims. Each can let a user
-hold one request more than the quota, never lose one they had.
+hosts whose clocks disagree by more than the time between the claims can each look second to
+the other; a host that does not answer hides its claims. Each can let a user hold one
+request more than the quota, never lose one they had.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import re
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from forge.env.errors import EnvError
 from forge.env.listing import Claim, HostListing
+from forge.session import HostSession
 
 
 class QuotaExceeded(EnvError):
@@ -78,9 +81,54 @@ def check(owner: str, quota: int | None, held: list[Holding], asking: int) -> No
         )
 
 
-def losers(claims: Iterable[Claim], quota: int) -> set[str]:
-    """IDs of the claims past ``quota`` when every claim is ordered by (creation time on its
-    host, container ID): what the runs that made them must give back. Pure: every run that
-    sees the same claims computes the same answer."""
-    ordered = sorted(claims, key=lambda c: (c.container.created_s or 0, c.container.id))
-    return {c.container.id for c in ordered[quota:]}
+def came_second(
+    claims: Iterable[Claim], mine: Collection[str], quota: int, *, when: Callable[[Claim], float] | None = None
+) -> bool:
+    """Whether the run whose claims are ``mine`` (IDs) must give them back: the user's other
+    claims made up to the second of its last one (the order is by creation time on the hosts,
+    to the second; a claim of the same second counts as first) and its own exceed ``quota``.
+
+    Of two runs racing for the last GPU, the one that checks first either does not see the
+    other's claim yet (made later, so not ahead of the other's own) or sees it ahead of its
+    own: the two can never both keep their claims while the hosts' clocks agree. Both can
+    stop, when their claims fall in the same second: ``when`` then gives finer times (the
+    hosts' own, to the nanosecond: :func:`created_times`)."""
+    at = when or (lambda c: float(c.container.created_s or 0))
+    claims = list(claims)
+    own = [c for c in claims if c.container.id in mine]
+    if not own:
+        return False
+    last = max(at(c) for c in own)
+    ahead = [c for c in claims if c.container.id not in mine and at(c) <= last]
+    return len(ahead) + len(own) > quota
+
+
+def same_second(claims: Iterable[Claim], mine: Collection[str]) -> list[Claim]:
+    """The claims made in a second that one of ``mine`` was made in (theirs and ours): what
+    :func:`came_second` needs finer times for."""
+    claims = list(claims)
+    seconds = {c.container.created_s for c in claims if c.container.id in mine}
+    return [c for c in claims if c.container.created_s in seconds]
+
+
+_CREATED = re.compile(r"^([0-9a-f]{64}) (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z$")
+
+
+def parse_created(stdout: str) -> dict[str, float]:
+    """``docker inspect --format '{{.Id}} {{.Created}}'`` lines (UTC, RFC 3339 to the nanosecond)
+    as Unix times; lines that are not exactly that are left out (the output is the host's)."""
+    out = {}
+    for line in stdout.splitlines():
+        m = _CREATED.match(line.strip())
+        if m:
+            whole = datetime.strptime(m.group(2), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+            out[m.group(1)] = whole + float(f"0.{m.group(3) or '0'}")
+    return out
+
+
+def created_times(s: HostSession, ids: Sequence[str]) -> dict[str, float]:
+    """The creation times of these containers on the host, to the nanosecond (what answers)."""
+    if not ids:
+        return {}
+    r = s.run(s.docker("inspect", "--format", "{{.Id}} {{.Created}}", *ids), timeout=60)
+    return parse_created(r.stdout)

@@ -56,15 +56,35 @@ def test_check_refuses_past_the_quota_saying_what_is_held_where() -> None:
         quota.check("bob", 0, [], 1)
 
 
-def test_of_two_runs_racing_for_the_last_gpu_exactly_one_loses_whoever_looks_first() -> None:
-    held = claim("alice", "a", created=900)
-    first = claim("alice", "b", created=1000, cid="b" * 64)
-    second = claim("alice", "c", created=1001, cid="a" * 64)  # later, though its ID sorts first
-    claims = [Claim("gpu1", held), Claim("gpu2", first), Claim("gpu3", second)]
-    for order in itertools.permutations(claims):
-        assert quota.losers(order, 2) == {second.id}
-    # the same second: the ID decides, the same for every run
-    tie = [Claim("gpu1", held), Claim("gpu2", claim("alice", "b", created=1000, cid="b" * 64)),
-           Claim("gpu3", claim("alice", "c", created=1000, cid="a" * 64))]  # fmt: skip
-    assert quota.losers(tie, 2) == {"b" * 64}
-    assert quota.losers(claims, 3) == set()
+def test_of_two_runs_racing_for_the_last_gpu_at_most_one_keeps_it_whoever_looks_first() -> None:
+    held = Claim("gpu1", claim("alice", "a", created=900))
+    a = Claim("gpu2", claim("alice", "b", created=1000))
+    b = Claim("gpu3", claim("alice", "c", created=1001))
+    # A checks before B has claimed: alone with what was held, it keeps its claim
+    assert not quota.came_second([held, a], {a.container.id}, 2)
+    # B checks and sees A's claim, made before its own: B gives its claim back
+    assert quota.came_second([held, a, b], {b.container.id}, 2)
+    # had A checked after B claimed, it still keeps its own: B's was made later
+    assert not quota.came_second([held, a, b], {a.container.id}, 2)
+    assert not quota.came_second([held, a, b], {b.container.id}, 3)  # room for both
+
+
+def test_claims_of_the_same_second_count_against_the_run_that_checks() -> None:
+    held = Claim("gpu1", claim("alice", "a", created=900))
+    a = Claim("gpu2", claim("alice", "b", created=1000))
+    b = Claim("gpu3", claim("alice", "c", created=1000))
+    # whichever checks, the other's claim of the same second is ahead: both stop, none keeps
+    # a GPU past the quota (the docstring's "run again")
+    assert quota.came_second([held, a, b], {a.container.id}, 2)
+    assert quota.came_second([held, a, b], {b.container.id}, 2)
+    # but a run that checks before the other claimed keeps its own
+    assert not quota.came_second([held, a], {a.container.id}, 2)
+
+
+def test_a_run_with_several_gpus_counts_the_claims_made_up_to_its_last() -> None:
+    mine = [Claim("gpu2", claim("alice", "b", created=t)) for t in (1000, 1002)]
+    other = Claim("gpu3", claim("alice", "c", created=1001))
+    ids = {c.container.id for c in mine}
+    assert quota.came_second([*mine, other], ids, 2)
+    assert not quota.came_second([*mine, other], ids, 3)
+    assert not quota.came_second([other], ids, 0)  # none of its claims seen: nothing to give back
