@@ -88,3 +88,15 @@ def test_a_run_with_several_gpus_counts_the_claims_made_up_to_its_last() -> None
     assert quota.came_second([*mine, other], ids, 2)
     assert not quota.came_second([*mine, other], ids, 3)
     assert not quota.came_second([other], ids, 0)  # none of its claims seen: nothing to give back
+
+
+def test_creation_times_from_the_host_are_read_strictly() -> None:
+    cid = "ab" * 32
+    out = quota.parse_created(
+        f"{cid} 2026-11-29T04:30:01.123456789Z\n"
+        f"{'cd' * 32} 2026-11-29T04:30:01Z\n"
+        f"{'ef' * 32} 2026-11-29T04:30:01.5+02:00\n"  # not UTC as docker writes it: left out
+        "garbage\n"
+        f"{cid[:12]} 2026-11-29T04:30:01Z\n"  # a short ID: left out
+    )
+    assert out == {cid: pytest.approx(1795926601.123456789, abs=1e-6), "cd" * 32: 1795926601.0}
