@@ -145,6 +145,13 @@ class PolicySettings:
 
     max_gpus_per_user: int | None = None  # None: no quota
     max_gpus: Mapping[str, int] = field(default_factory=dict)  # per-user overrides of it
+    waiter_timeout: str = "60s"  # a waiter that stops renewing its place in line loses it after this
+
+    @property
+    def waiter_timeout_s(self) -> float:
+        from forge.durations import parse_duration
+
+        return parse_duration(self.waiter_timeout)
 
     def quota(self, user: str) -> int | None:
         """The most GPUs ``user`` may hold through forge environments (None: no limit)."""
@@ -465,7 +472,7 @@ class _Validator:
         """``[policy]``: ``max_gpus_per_user`` and a ``[policy.max_gpus]`` table of user = GPUs."""
         if not isinstance(doc, dict):
             raise self.error(f"must be a table, not {_tname(doc)}", key="policy")
-        self.unknown(doc, ["max_gpus_per_user", "max_gpus"], host=None, prefix="policy.")
+        self.unknown(doc, ["max_gpus_per_user", "max_gpus", "waiter_timeout"], host=None, prefix="policy.")
         fleet = doc.get("max_gpus_per_user")
         if fleet is not None:
             fleet = self.typed(fleet, int, host=None, key="policy.max_gpus_per_user")
@@ -473,7 +480,15 @@ class _Validator:
         if not isinstance(users, dict):
             raise self.error(f"must be a table of user = GPUs, not {_tname(users)}", key="policy.max_gpus")
         per_user = {u: self.typed(n, int, host=None, key=f"policy.max_gpus.{u}") for u, n in users.items()}
-        return PolicySettings(max_gpus_per_user=fleet, max_gpus=per_user)
+        waiter = self.typed(doc.get("waiter_timeout", "60s"), str, host=None, key="policy.waiter_timeout")
+        settings = PolicySettings(max_gpus_per_user=fleet, max_gpus=per_user, waiter_timeout=waiter)
+        try:
+            seconds = settings.waiter_timeout_s
+        except ValueError as e:
+            raise self.error(str(e), key="policy.waiter_timeout") from None
+        if not 2 <= seconds <= 3600:
+            raise self.error("must be from 2s to 1h", key="policy.waiter_timeout")
+        return settings
 
     def notify(self, doc: Any) -> NotifySettings:
         """``[notify]``: ``command``, a string (run with sh -c) or a non-empty list of strings."""

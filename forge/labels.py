@@ -30,3 +30,14 @@ def parse_created(text: str) -> int | None:
         return int(datetime.strptime(" ".join(parts[:3]), "%Y-%m-%d %H:%M:%S %z").timestamp())
     except ValueError:
         return None
+
+
+# A place in line for GPUs (forge migrate --wait): a Docker volume on each host the waiter may
+# land on, renewed while the waiter lives (forge/env/queue.py).
+WAIT = "forge.wait"  # the waiter's ticket ID
+WAIT_OWNER = "forge.wait.owner"
+WAIT_ENV = "forge.wait.env"
+WAIT_GPUS = "forge.wait.gpus"
+WAIT_MIN_FREE = "forge.wait.min_free_mib"
+WAIT_SINCE = "forge.wait.since"  # when the waiter first queued on this host (the host's clock)
+WAIT_UNTIL = "forge.wait.until"  # the ticket counts until then unless renewed (the host's clock)

@@ -10,6 +10,7 @@ import click
 from forge import keys
 from forge.cli import output
 from forge.cli.main import State, pass_state
+from forge.durations import parse_duration
 from forge.env import access, envs, sshconfig
 from forge.env import migrate as mig
 from forge.env.errors import EnvError
@@ -60,6 +61,23 @@ def _age(seconds: int | None) -> str:
     help="Public keys the container's sshd accepts. Default: the inventory key's .pub, "
     "else every ~/.ssh/id_*.pub (as forge build).",
 )
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="No free GPUs now: wait in line for them (first come first served, on every host it may "
+    "land on), then launch. Ctrl-C leaves the line.",
+)
+@click.option(
+    "--wait-timeout", metavar="DURATION", help="With --wait: give up after this long (90s, 2h), exit status 7."
+)
+@click.option(
+    "--wait-interval",
+    type=click.FloatRange(min=0.2),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --wait: how often to look again.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
 @click.pass_context
@@ -76,6 +94,9 @@ def migrate(
     among: str | None,
     ssh_config: bool,
     authorized_keys: str | None,
+    wait: bool,
+    wait_timeout: str | None,
+    wait_interval: float,
     as_json: bool,
 ) -> None:
     """Move the dev environment to another host, or start it where it does not run yet.
@@ -85,7 +106,8 @@ def migrate(
     missing layers); ensure the data volume; claim the GPUs atomically; start the container
     (GPUs by UUID, --ipc=host, -p PORT:22, -u UID:GID, --restart=always); wait for its sshd;
     then remove the old one. If a step fails, the old environment keeps running and what was
-    created for the new one is removed. Prints how to reach it (docs/migrate.md).
+    created for the new one is removed. Prints how to reach it (docs/migrate.md). With --wait,
+    waits in line for the GPUs (docs/sharing.md).
     """
     inv = state.inventory
     name = env or inv.environment.name
@@ -104,6 +126,9 @@ def migrate(
         keep_changes=keep_changes,
         among=tuple(among.split(",")) if among else None,
         authorized_keys="\n".join(authorized),
+        wait=wait,
+        wait_timeout_s=_wait_limit(wait, wait_timeout),
+        wait_interval_s=wait_interval,
     )
     result = mig.migrate(inv, req, state.pool, progress=output.Notes())
     _tell_launched(inv, result)
@@ -122,6 +147,17 @@ def migrate(
         if config_path:
             output.echo(f"ssh {result.env}   (block in {config_path})")
     ctx.exit(ExitCode.OK)
+
+
+def _wait_limit(wait: bool, text: str | None) -> float | None:
+    if text is None:
+        return None
+    if not wait:
+        raise click.UsageError("--wait-timeout needs --wait")
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--wait-timeout") from None
 
 
 def _tell_launched(inv: Inventory, result: mig.Result) -> None:

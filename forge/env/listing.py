@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from forge import dockercli, shell
+from forge.env import queue
+from forge.env.queue import Ticket
 from forge.errors import CommandFailed, HostError
 from forge.labels import (  # the env modules name them from here
     CLAIM,
@@ -28,6 +30,7 @@ from forge.labels import (  # the env modules name them from here
     OWNER,
     SSH_PORT,
     USER,
+    WAIT,
     parse_created,
 )
 from forge.session import HostSession
@@ -40,6 +43,7 @@ PS_FORMAT = "\t".join(
 #: A login name forge passes to ssh: POSIX-portable, as useradd accepts by default.
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _SSH_PUBLISHED = re.compile(r":(\d{1,5})->22/tcp\b")
+TICKETS_MARK = "@@forge-tickets"
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,7 @@ class HostListing:
     host: str
     now_s: int  # the host's clock when listed
     containers: tuple[Container, ...]
+    tickets: tuple[Ticket, ...] = ()  # places in line for GPUs (forge/env/queue.py)
 
     @property
     def names(self) -> frozenset[str]:
@@ -171,7 +176,9 @@ class HostListing:
 
 
 def parse_listing(host: str, stdout: str) -> HostListing:
-    """Parse ``date +%s`` then ``docker ps -a --format PS_FORMAT`` (one JSON value per column)."""
+    """Parse ``date +%s``, ``docker ps -a --format PS_FORMAT`` (one JSON value per column), then
+    after a line ``@@forge-tickets`` the tickets' volumes (:func:`forge.env.queue.parse_tickets`)."""
+    stdout, _, tickets = stdout.partition(f"\n{TICKETS_MARK}\n")
     lines = stdout.splitlines()
     if not lines or not lines[0].strip().isdigit():
         raise ValueError(f"unexpected listing output: {stdout[:200]!r}")
@@ -189,14 +196,19 @@ def parse_listing(host: str, stdout: str) -> HostListing:
         cid, name, image, state, status, created, ports = cols[: len(_FIXED)]
         labels = {k: v for k, v in zip(LABELS, cols[len(_FIXED) :], strict=True) if v}
         containers.append(Container(cid, name, image, state, status, parse_created(created), labels, ports))
-    return HostListing(host, int(lines[0]), tuple(containers))
+    return HostListing(host, int(lines[0]), tuple(containers), tuple(queue.parse_tickets(host, tickets)))
 
 
 def listing_command(s: HostSession) -> shell.Script:
-    """``date +%s`` and ``docker ps -a`` in one round trip ($1: the format, then docker's words)."""
+    """``date +%s``, ``docker ps -a`` and the tickets in line for GPUs, in one round trip ($1,
+    $2: the formats, then docker's words)."""
     return shell.script(
-        'fmt=$1; shift; date +%s && exec "$@" ps -a --no-trunc --format "$fmt"', PS_FORMAT, *s.docker_words
-    )
+        'fmt=$1; vfmt=$2; shift 2; date +%s && "$@" ps -a --no-trunc --format "$fmt" && echo ' + TICKETS_MARK
+        + ' && exec "$@" volume ls --filter label=' + WAIT + ' --format "$vfmt"',
+        PS_FORMAT,
+        queue.VOLUME_FORMAT,
+        *s.docker_words,
+    )  # fmt: skip
 
 
 def list_host(s: HostSession, *, timeout: float = 60.0) -> HostListing:

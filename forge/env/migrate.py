@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from forge import fleet
-from forge.env import claims, envs, launch, quota, volume
+from forge.durations import format_duration
+from forge.env import claims, envs, launch, queue, quota, volume
 from forge.env.errors import ClaimConflict, EnvError, MigrateFailed
 from forge.env.listing import Claim, Environment, HostListing, list_host
 from forge.env.names import check_name
@@ -37,9 +38,10 @@ from forge.env.steps import Steps
 from forge.errors import ForgeError
 from forge.fleet import FleetResult, Pool
 from forge.gpu.model import HostGpus
-from forge.gpu.policy import Candidate, gpu_is_free, select
+from forge.gpu.policy import Candidate, gpu_is_free, select, usable
 from forge.gpu.probe import probe_host
 from forge.gpu.survey import policies, policy_for
+from forge.gpu.wait import WaitTimedOut
 from forge.images.sync import sync_image
 from forge.inventory import Host, Inventory
 from forge.progress import NoProgress, Progress
@@ -71,6 +73,10 @@ class Request:
     with_volume: bool = True
     ready_timeout_s: float = 120.0
     claim_grace_s: float = claims.DEFAULT_GRACE_S
+    wait: bool = False  # no free GPUs: wait in line for them (forge/env/queue.py)
+    wait_timeout_s: float | None = None  # None: wait on
+    wait_interval_s: float = 5.0
+    waiter_timeout_s: float = 60.0  # [policy] waiter_timeout
 
     def __post_init__(self) -> None:
         # Before anything is created: the name becomes a label, a hostname, a ~/.ssh/config Host.
@@ -92,6 +98,7 @@ def request_from(inv: Inventory, **overrides: object) -> Request:
         shm_size=e.shm_size,
         extra_args=e.extra_args,
         with_volume=inv.data.address is not None,
+        waiter_timeout_s=inv.policy.waiter_timeout_s,
     )
     base.update({k: v for k, v in overrides.items() if v is not None})
     return Request(**base)  # type: ignore[arg-type]
@@ -159,6 +166,16 @@ def _target_hosts(inv: Inventory, req: Request, current: Environment | None) -> 
     return hosts
 
 
+class NoCandidate(EnvError):
+    """No host has the GPUs asked for free right now (waiting may help: ``--wait``)."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    candidates: list[Candidate]  # best first
+    reserved: dict[str, set[str]]  # per host, the GPUs left to the waiters ahead in line
+
+
 def candidates(
     inv: Inventory,
     req: Request,
@@ -166,8 +183,10 @@ def candidates(
     *,
     current: Environment | None,
     listings: FleetResult[HostListing] | None = None,
-) -> list[Candidate]:
-    """Target hosts, best first, with the GPUs to use on each. ``listings``: the fleet as
+    ticket: str | None = None,
+) -> Choice:
+    """Target hosts, best first, with the GPUs to use on each, leaving to the waiters in line
+    ahead (of ``ticket``, or of everyone) the GPUs they would take. ``listings``: the fleet as
     :func:`~forge.env.envs.locate` just listed it (not listed again)."""
     hosts = _target_hosts(inv, req, current)
     wanted = {h.name for h in hosts}
@@ -177,31 +196,55 @@ def candidates(
         listings = envs.list_fleet(hosts, pool)
     excluded = _excluded_gpus(listings, pool, req.claim_grace_s)
     snapshots = fleet.run([r.host for r in listings.succeeded], lambda s: probe_host(s, timeout=30), pool=pool)
+    reserved = _reserved(inv, listings, snapshots, excluded, ticket)
     found = select(
         [r.value for r in snapshots.succeeded if r.value is not None],
         count=req.gpus,
         min_free_memory_mib=req.min_free_memory_mib,
         policy=policies(inv, hosts),
         me=user_on(hosts[0]),
-        exclude_gpus=excluded,
+        exclude_gpus=excluded.union(*reserved.values()),
     )
     if not found:
         failed: dict[str, ForgeError] = {r.host.name: r.error for r in listings.failed if r.error is not None}
         failed.update({r.host.name: r.error for r in snapshots.failed if r.error is not None})
-        raise _no_candidate(req, failed, excluded)
-    return found
+        raise _no_candidate(req, failed, excluded, sum(map(len, reserved.values())))
+    return Choice(found, reserved)
 
 
-def _no_candidate(req: Request, failed: dict[str, ForgeError], excluded: set[str]) -> ForgeError:
+def _reserved(
+    inv: Inventory,
+    listings: FleetResult[HostListing],
+    snapshots: FleetResult[HostGpus],
+    excluded: set[str],
+    ticket: str | None,
+) -> dict[str, set[str]]:
+    """Per host, the free GPUs the waiters ahead of ``ticket`` in its line would take now."""
+    lines = {r.host.name: r.value for r in listings.succeeded if r.value is not None and r.value.tickets}
+    out: dict[str, set[str]] = {}
+    for r in snapshots.succeeded:
+        listing = lines.get(r.host.name)
+        if listing is None or r.value is None:
+            continue
+        ahead = queue.ahead_of(queue.line(listing.tickets, listing.now_s), ticket)
+        if ahead:
+            free = usable(r.value, policy_for(inv, r.host), user_on(r.host), excluded, 0)
+            out[r.host.name] = queue.reserved(ahead, free)
+    return out
+
+
+def _no_candidate(req: Request, failed: dict[str, ForgeError], excluded: set[str], waited_for: int) -> ForgeError:
     if req.to in failed:  # a named host that did not answer: say so, not "no free GPUs"
         return failed[req.to]
     what = f"no host has {req.gpus}" if req.to == "idle" else f"{req.to} has no {req.gpus}"
-    hints = ["see `forge gpus --free`"]
+    hints = ["see `forge gpus --free`", "--wait waits in line for them"]
     if excluded:
         hints.append(f"{len(excluded)} GPU(s) are held by forge environments, idle or not (`forge ps`)")
+    if waited_for:
+        hints.append(f"{waited_for} free GPU(s) are left to people waiting in line before you")
     if failed:
         hints.append(f"unreachable: {', '.join(failed)}")
-    return EnvError(f"{what} free GPU(s) right now", hint="; ".join(hints))
+    return NoCandidate(f"{what} free GPU(s) right now", hint="; ".join(hints))
 
 
 def still_free(inv: Inventory, s: HostSession, gpus: HostGpus, chosen: Sequence[str]) -> list[str]:
@@ -223,14 +266,21 @@ class Claimed:
 
 
 def claim_gpus(
-    inv: Inventory, req: Request, s: HostSession, *, image: str, container: str, attempts: int = 6
+    inv: Inventory,
+    req: Request,
+    s: HostSession,
+    *,
+    image: str,
+    container: str,
+    reserved: set[str] | None = None,
+    attempts: int = 6,
 ) -> Claimed | None:
     """Claim free GPUs on the host, or None when it has none left.
 
     The probe sees which GPUs forge environments hold (claims included) and the claim is
     atomic (a container name), so the host is listed again only after losing a race to another
     claimer (to clear stale claims before choosing again)."""
-    lost: set[str] = set()
+    lost: set[str] = set(reserved or ())  # left to the waiters ahead in line
     listing: HostListing | None = None
     for _ in range(attempts):
         excluded = set(lost)
@@ -278,6 +328,9 @@ def migrate(inv: Inventory, req: Request, pool: Pool, *, progress: Progress | No
     except ForgeError as e:
         cleaned = run.steps.rollback()
         raise MigrateFailed(run.steps.current, e, old=run.current.host if run.current else None, cleaned=cleaned) from e
+    except KeyboardInterrupt:  # Ctrl-C (e.g. while waiting in line): leave nothing behind
+        run.steps.rollback()
+        raise
 
 
 class _Migration:
@@ -288,6 +341,8 @@ class _Migration:
         self.steps = Steps()
         self.current: Environment | None = None
         self.listings: FleetResult[HostListing] | None = None
+        self.reserved: dict[str, set[str]] = {}
+        self.waiter: queue.Waiter | None = None
 
     def go(self) -> Result:
         with self.steps.step("locate"):
@@ -296,7 +351,7 @@ class _Migration:
             self.current = envs.locate(self.inv, self.req.env, self.pool, listings=self.listings)
         with self.steps.step("choose"):
             self._quota_before()
-            cands = candidates(self.inv, self.req, self.pool, current=self.current, listings=self.listings)
+            cands = self._choose()
             self.progress.note(f"candidates: {', '.join(c.host for c in cands[:3])}")
         with self.steps.step("image"):
             image, source = self._image_source()
@@ -331,12 +386,14 @@ class _Migration:
             vol = self._volume(s, image, facts)
         with self.steps.step("claim"):
             name = launch.container_name(self.req.env, s.me)
-            got = claim_gpus(self.inv, self.req, s, image=image, container=name)
+            got = claim_gpus(self.inv, self.req, s, image=image, container=name, reserved=self.reserved.get(s.name))
             if got is None:
                 self.progress.note(f"{s.name} has no free GPUs left; trying the next host")
                 return None
             self.steps.undo(f"claims on {s.name}", partial(claims.release, s, got.ids))
             self._quota_after(got)
+            if self.waiter is not None:  # the claims hold the GPUs now: out of the line
+                self.waiter.leave()
         with self.steps.step("container"):
             spec = self._spec(s, image, name, got.candidate, facts, vol)
             indexes = ",".join(map(str, got.candidate.gpu_indexes))
@@ -419,6 +476,48 @@ class _Migration:
             shm_size=req.shm_size,
             extra_args=req.extra_args,
         )
+
+    # ------------------------------------------------------------------ waiting in line
+
+    def _choose(self) -> list[Candidate]:
+        try:
+            choice = candidates(self.inv, self.req, self.pool, current=self.current, listings=self.listings)
+        except NoCandidate:
+            if not self.req.wait:
+                raise
+            choice = self._wait_in_line()
+        self.reserved = choice.reserved
+        return choice.candidates
+
+    def _wait_in_line(self) -> Choice:
+        """Hold a place in line on every target host until the request fits there (or the
+        wait's time runs out: :class:`~forge.gpu.wait.WaitTimedOut`)."""
+        req = self.req
+        hosts = _target_hosts(self.inv, req, self.current)
+        owner = user_on(hosts[0])
+        self.waiter = waiter = queue.Waiter(
+            queue.new_id(), owner=owner, env=req.env, gpus=req.gpus, min_free_mib=req.min_free_memory_mib,
+            ttl_s=req.waiter_timeout_s, session=lambda name: self.pool.get(self.inv.host(name)),
+        )  # fmt: skip
+        self.steps.undo("place in line", waiter.leave)
+        start, said = time.monotonic(), ""
+        while True:
+            listings = envs.list_fleet(hosts, self.pool)
+            waiter.keep(r.value for r in listings.succeeded if r.value is not None)
+            try:
+                return candidates(self.inv, req, self.pool, current=self.current, listings=listings, ticket=waiter.id)
+            except NoCandidate:
+                pass
+            waited = time.monotonic() - start
+            if req.wait_timeout_s is not None and waited >= req.wait_timeout_s:
+                raise WaitTimedOut(f"{req.gpus} free GPU(s) did not come within {format_duration(req.wait_timeout_s)}")
+            places = waiter.places(r.value for r in listings.succeeded if r.value is not None)
+            now = ", ".join(f"{n} of {total} on {h}" for h, n, total in places) or "no place yet"
+            if now != said:
+                self.progress.note(f"waiting in line for {req.gpus} GPU(s): {now}")
+                said = now
+            left = None if req.wait_timeout_s is None else req.wait_timeout_s - waited
+            time.sleep(req.wait_interval_s if left is None else max(0.0, min(req.wait_interval_s, left)))
 
     # ------------------------------------------------------------------ the quota
 

@@ -150,9 +150,10 @@ def _gpu_load(gpu: Gpu) -> tuple[int, int, int]:
     return (gpu.memory_used_mib or 0, gpu.utilization_gpu_pct or 0, gpu.index)
 
 
-def _usable(host: HostGpus, policy: FreePolicy, me: str | None, excluded: set[str], min_free_mib: int) -> list[Gpu]:
-    """The host's GPUs a request may take: free, not excluded, with the memory asked for."""
-    usable = []
+def usable(host: HostGpus, policy: FreePolicy, me: str | None, excluded: set[str], min_free_mib: int) -> list[Gpu]:
+    """The host's GPUs a request may take: free, not excluded, with the memory asked for,
+    least loaded first."""
+    found = []
     for gpu in host.gpus:
         if (
             gpu.uuid in excluded
@@ -161,8 +162,8 @@ def _usable(host: HostGpus, policy: FreePolicy, me: str | None, excluded: set[st
             continue
         if min_free_mib > 0 and (gpu.free_memory_mib is None or gpu.free_memory_mib < min_free_mib):
             continue
-        usable.append(gpu)
-    return usable
+        found.append(gpu)
+    return sorted(found, key=_gpu_load)
 
 
 def select(
@@ -207,16 +208,16 @@ def select(
     for host in hosts:
         if not host.ok or host.holds_unknown is not None or host.host in excluded_hosts:
             continue
-        usable = _usable(host, _policy_for(host.host, policy), me, set(exclude_gpus), min_free_memory_mib)
-        if len(usable) < count:
+        fit = usable(host, _policy_for(host.host, policy), me, set(exclude_gpus), min_free_memory_mib)
+        if len(fit) < count:
             continue
-        chosen = sorted(sorted(usable, key=_gpu_load)[:count], key=lambda g: g.index)
+        chosen = sorted(fit[:count], key=lambda g: g.index)
         candidates.append(
             Candidate(
                 host=host.host,
                 gpu_uuids=tuple(g.uuid for g in chosen),
                 gpu_indexes=tuple(g.index for g in chosen),
-                free_gpus=len(usable),
+                free_gpus=len(fit),
                 memory_used_mib=sum(g.memory_used_mib or 0 for g in chosen),
                 utilization_pct=sum(g.utilization_gpu_pct or 0 for g in chosen),
             )

@@ -24,6 +24,15 @@ from forge.fleet import Pool
 from forge.lab import DATA_MARKER
 from tests.conftest import LabHandle
 
+#: forge as started from a terminal, where Ctrl-C interrupts. A test run started in the
+#: background (as CI may start it) has SIGINT ignored, as every background job of a
+#: non-interactive shell has, and forge rightly keeps what it inherits: a sync then ran to
+#: its end and exited 0 (seen once in CI).
+AS_FROM_A_TERMINAL = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'forge'; runpy.run_module('forge', run_name='__main__', alter_sys=True)"
+)
+
 IMAGE = "forge-test/env:lab"  # starts sshd on port 22 as the container's user
 EXITS = "forge-test/env-exits:lab"  # its command exits at once
 HOSTS = ("gpu1", "gpu2", "gpu3")

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,13 +21,15 @@ from typing import Any
 import pytest
 
 from forge import inventory, shell
-from forge.env import volume
+from forge.env import quota, volume
 from forge.env.launch import host_facts
 from forge.fleet import Pool
 from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT
 from tests.conftest import LabHandle
 from tests.lab.envkit import (
+    AS_FROM_A_TERMINAL,
     EXITS,
+    HOME,
     HOSTS,
     IMAGE,
     _inventory,
@@ -457,3 +462,139 @@ def test_two_runs_racing_for_the_last_gpu_of_the_quota_exactly_one_gets_it(
             if n not in won:
                 assert envs_on(lab, host, n) == [] and claims_on(lab, host, n) == []
         assert forge(inv, "stop", won[0], "--keep-ssh-config").returncode == 0
+
+
+# ------------------------------------------------------------------ migrate --wait: the line
+
+
+def _with_policy(env_lab: dict[str, Any], tmp_path: Path, policy: str) -> Path:
+    inv = tmp_path / "hosts-policy.toml"
+    inv.write_text(Path(env_lab["inventory"]).read_text() + f"\n[policy]\n{policy}\n")
+    return inv
+
+
+@pytest.fixture()
+def busy(lab: LabHandle) -> Iterator[None]:
+    """Every GPU of gpu1..gpu3 at work; their default state again afterwards."""
+    try:
+        for h in HOSTS:
+            lab.lab.load_gpus(h, [0, 1, 2, 3], utilization_pct=90, memory_used_mib=40000)
+        yield
+    finally:
+        for h in HOSTS:
+            lab.lab.reset_gpus(h)
+
+
+def tickets(lab: LabHandle, env: str) -> list[str]:
+    """The ticket volumes of ``env`` on gpu1..gpu3."""
+    out = []
+    for h in HOSTS:
+        out += lab.docker(h, "volume", "ls", "-q", "--filter", f"label=forge.wait.env={env}").stdout.split()
+    return out
+
+
+def waiter(inv: Path, env: str, *args: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-c", AS_FROM_A_TERMINAL, "-i", str(inv), "migrate", "--env", env, "--gpus", "2",
+            "--among", ",".join(HOSTS), "--wait", "--wait-interval", "0.5", "--json", *args]  # fmt: skip
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HOME": str(HOME)},
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def in_line(lab: LabHandle, env: str, proc: subprocess.Popen[str]) -> None:
+    """Until ``env``'s waiter holds its place on each host."""
+    deadline = time.monotonic() + 60
+    while len(tickets(lab, env)) < len(HOSTS):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the waiter never queued"
+        time.sleep(0.2)
+
+
+def test_two_waiters_first_come_first_served(
+    lab: LabHandle, env_lab: dict[str, Any], tmp_path: Path, busy: None
+) -> None:
+    """Issue 12: the one who asked first gets the first GPUs that fit; the other waits on."""
+    inv = _with_policy(env_lab, tmp_path, 'waiter_timeout = "6s"')
+    first, second = new_env(env_lab), new_env(env_lab)
+    a = waiter(inv, first)
+    try:
+        in_line(lab, first, a)
+        b = waiter(inv, second)
+        in_line(lab, second, b)
+        time.sleep(2)  # several looks at the fleet: nobody launches, nobody leaves
+        assert a.poll() is None and b.poll() is None
+        lab.lab.load_gpus("gpu2", [0, 1], utilization_pct=0, memory_used_mib=0)  # two GPUs free up
+        out, err = a.communicate(timeout=180)
+        assert a.returncode == 0, err
+        got = json.loads(out)
+        assert (got["host"], got["gpu_indexes"]) == ("gpu2", [0, 1])
+        assert tickets(lab, first) == []  # out of the line once it had the GPUs
+        time.sleep(2)
+        assert b.poll() is None  # the two GPUs went to the first: the second waits on
+        lab.lab.load_gpus("gpu3", [2, 3], utilization_pct=0, memory_used_mib=0)
+        out, err = b.communicate(timeout=180)
+        assert b.returncode == 0, err
+        got = json.loads(out)
+        assert (got["host"], got["gpu_indexes"]) == ("gpu3", [2, 3])
+        assert tickets(lab, second) == []
+    finally:
+        for p in (a, locals().get("b")):
+            if p is not None and p.poll() is None:
+                p.kill()
+    for env in (first, second):
+        assert forge(inv, "stop", env, "--keep-ssh-config").returncode == 0
+
+
+def test_a_waiter_killed_stops_blocking_after_its_timeout(
+    lab: LabHandle, env_lab: dict[str, Any], tmp_path: Path, busy: None
+) -> None:
+    inv = _with_policy(env_lab, tmp_path, 'waiter_timeout = "6s"')
+    dead, alive = new_env(env_lab), new_env(env_lab)
+    a = waiter(inv, dead)
+    in_line(lab, dead, a)
+    a.kill()  # kill -9: no chance to leave the line
+    a.communicate(timeout=30)
+    b = waiter(inv, alive)
+    try:
+        in_line(lab, alive, b)
+        lab.lab.load_gpus("gpu2", [0, 1], utilization_pct=0, memory_used_mib=0)
+        # the dead waiter's place on gpu2 still counts now, until its ticket expires
+        fmt = '{{index .Labels "forge.wait.until"}}'
+        names = lab.docker("gpu2", "volume", "ls", "-q", "--filter", f"label=forge.wait.env={dead}").stdout.split()
+        until = max(int(lab.docker("gpu2", "volume", "inspect", "--format", fmt, n).stdout) for n in names)
+        assert until > int(lab.ssh("gpu2", "date", "+%s").stdout)
+        out, err = b.communicate(timeout=180)  # behind the dead one until its tickets expire
+        assert b.returncode == 0, err
+        got = json.loads(out)
+        assert got["host"] == "gpu2"
+        created = lab.docker("gpu2", "inspect", "--format", "{{.Id}} {{.Created}}", got["container"]).stdout
+        (launched,) = quota.parse_created(created).values()
+        assert launched >= until  # not before the dead waiter's place expired
+    finally:
+        if b.poll() is None:
+            b.kill()
+        for h in HOSTS:  # what the dead waiter left, where nobody listed it after it expired
+            names = lab.docker(h, "volume", "ls", "-q", "--filter", f"label=forge.wait.env={dead}").stdout.split()
+            if names:
+                lab.docker(h, "volume", "rm", "-f", *names)
+    assert forge(inv, "stop", alive, "--keep-ssh-config").returncode == 0
+
+
+def test_a_wait_that_times_out_or_is_interrupted_leaves_the_line(
+    lab: LabHandle, env_lab: dict[str, Any], tmp_path: Path, busy: None
+) -> None:
+    inv = env_lab["inventory"]
+    late = new_env(env_lab)
+    r = forge(inv, "migrate", "--env", late, "--among", ",".join(HOSTS), "--wait", "--wait-timeout", "2s",
+              "--wait-interval", "0.5")  # fmt: skip
+    assert r.returncode == 7, r.stderr
+    assert "migrate failed at step 'choose': 1 free GPU(s) did not come within 2s" in r.stderr
+    assert tickets(lab, late) == []
+    gone = new_env(env_lab)
+    w = waiter(inv, gone)
+    in_line(lab, gone, w)
+    os.killpg(w.pid, signal.SIGINT)  # Ctrl-C
+    _, err = w.communicate(timeout=60)
+    assert w.returncode == 130, err
+    assert tickets(lab, gone) == [] and envs_on(lab, "gpu1", gone) == []

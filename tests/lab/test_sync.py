@@ -22,6 +22,7 @@ from forge.errors import ConnectError
 from forge.fleet import Pool
 from forge.images.sync import sync_image
 from forge.lock import FileLock
+from tests.lab.envkit import AS_FROM_A_TERMINAL
 from tests.lab.imagekit import SOURCE, Images, cut_at, cut_before_manifest, cutting_pool, sync
 
 pytestmark = pytest.mark.lab
@@ -230,16 +231,6 @@ def test_overlapping_cron_runs_do_not_collide(lab: Any, images: Images, tmp_path
     out, _ = check.communicate(timeout=60)
     assert check.returncode == 4
     assert [line.split()[-1] for line in out.splitlines()] == ["current", "missing"]
-
-
-#: forge as started from a terminal, where Ctrl-C interrupts. A test run started in the
-#: background (as CI may start it) has SIGINT ignored, as every background job of a
-#: non-interactive shell has, and forge rightly keeps what it inherits: the sync then ran to
-#: its end and exited 0 (seen once in CI).
-AS_FROM_A_TERMINAL = (
-    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "sys.argv[0] = 'forge'; runpy.run_module('forge', run_name='__main__', alter_sys=True)"
-)
 
 
 def test_ctrl_c_twice_mid_transfer_exits_130_without_a_traceback_and_leaves_nothing_tagged(

@@ -1,0 +1,78 @@
+"""The line for GPUs (forge migrate --wait) as pure rules over snapshots: tickets read from a
+host's `docker volume ls` (untrusted), the line they form, what the waiters ahead would take."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from forge.env import queue
+from forge.env.queue import Ticket
+from tests.unit.test_policy import gpu
+
+ID_A, ID_B, ID_C = "a" * 16, "b" * 16, "c" * 16
+
+
+def ticket(tid: str, *, gpus: int = 1, since: int = 100, until: int = 200, seq: int = 0, mem: int = 0) -> Ticket:
+    return Ticket("gpu1", f"forge-wait-{tid}-{seq}", tid, seq, "alice", "dev", gpus, mem, since, until)
+
+
+def volume_line(name: str, *values: str) -> str:
+    return "\t".join(json.dumps(v) for v in (name, *values))
+
+
+def test_tickets_are_read_strictly_from_the_hosts_output() -> None:
+    good = volume_line(f"forge-wait-{ID_A}-3", ID_A, "alice", "dev", "2", "16000", "100", "160")
+    out = "\n".join([
+        good,
+        volume_line(f"forge-wait-{ID_B}-0", ID_C, "bob", "x", "1", "0", "100", "160"),  # the name and ID disagree
+        volume_line(f"forge-wait-{ID_B}-0", ID_B, "bob", "x", "-1", "0", "100", "160"),  # not a number
+        volume_line("forge-wait-zz-0", "zz", "bob", "x", "1", "0", "100", "160"),  # not an ID
+        volume_line(f"forge-wait-{ID_B}-0", ID_B, "bob", "x", "1", "0", "100"),  # a column short
+        "not json\tat all",
+    ])  # fmt: skip
+    (t,) = queue.parse_tickets("gpu1", out)
+    assert t == Ticket("gpu1", f"forge-wait-{ID_A}-3", ID_A, 3, "alice", "dev", 2, 16000, 100, 160)
+
+
+def test_the_line_is_first_come_first_served_one_ticket_per_waiter_and_only_live_ones() -> None:
+    tickets = [
+        ticket(ID_B, since=90),
+        ticket(ID_A, since=100, seq=0, until=150),
+        ticket(ID_A, since=100, seq=1, until=200),  # renewed: the newest counts
+        ticket(ID_C, since=80, until=120),  # its waiter is gone: expired at 120
+    ]
+    assert [(t.id, t.seq) for t in queue.line(tickets, now=130)] == [(ID_B, 0), (ID_A, 1)]
+    assert [(t.id, t.seq) for t in queue.expired(tickets, now=130)] == [(ID_C, 0)]
+    # a ticket that claims to count for hours, or to have been placed in the future, does not
+    planted = [ticket(ID_C, since=0, until=130 + queue.MAX_TTL_S + 1), ticket(ID_B, since=500, until=600)]
+    assert queue.line(planted, now=130) == []
+
+
+def test_ahead_of_a_waiter_or_of_someone_not_in_line() -> None:
+    waiting = [ticket(ID_B, since=90), ticket(ID_A, since=100), ticket(ID_C, since=110)]
+    assert [t.id for t in queue.ahead_of(waiting, ID_A)] == [ID_B]
+    assert [t.id for t in queue.ahead_of(waiting, None)] == [ID_B, ID_A, ID_C]
+    assert queue.ahead_of(waiting, ID_B) == []
+
+
+def test_the_first_that_fits_takes_its_gpus_and_a_smaller_later_one_may_go_ahead() -> None:
+    free = [gpu(i, host="gpu1") for i in range(3)]
+    big, small = ticket(ID_A, gpus=4), ticket(ID_B, gpus=2)
+    # 4 do not fit on 3 free GPUs: the first takes nothing, the second takes two
+    assert queue.reserved([big, small], free) == {"GPU-gpu1-0", "GPU-gpu1-1"}
+    assert queue.reserved([small, ticket(ID_C, gpus=2)], free) == {"GPU-gpu1-0", "GPU-gpu1-1"}
+    assert queue.reserved([], free) == set()
+
+
+def test_a_ticket_asking_for_memory_takes_only_gpus_with_that_much_free() -> None:
+    free = [gpu(0, host="gpu1", used=140000), gpu(1, host="gpu1"), gpu(2, host="gpu1")]
+    assert queue.reserved([ticket(ID_A, gpus=1, mem=16000)], free) == {"GPU-gpu1-1"}
+    assert queue.reserved([ticket(ID_A, gpus=3, mem=16000)], free) == set()
+
+
+def test_volume_names_are_built_from_ids_only() -> None:
+    assert queue.volume_name(ID_A, 2) == f"forge-wait-{ID_A}-2"
+    with pytest.raises(ValueError, match="not a ticket ID"):
+        queue.volume_name("../etc", 0)
