@@ -26,23 +26,12 @@ import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from forge.errors import ForgeError
 from forge.gpu.model import Gpu
 from forge.labels import WAIT, WAIT_ENV, WAIT_GPUS, WAIT_MIN_FREE, WAIT_OWNER, WAIT_SINCE, WAIT_UNTIL
 from forge.session import HostSession
-
-if TYPE_CHECKING:
-    from forge.env.listing import HostListing
-
-PREFIX = "forge-wait-"
-LABELS = (WAIT, WAIT_OWNER, WAIT_ENV, WAIT_GPUS, WAIT_MIN_FREE, WAIT_SINCE, WAIT_UNTIL)
-#: The most a ticket may count for past its host's clock without renewal, whatever it says.
-MAX_TTL_S = 3600
-_ID = re.compile(r"^[0-9a-f]{12,32}$")
-_NAME = re.compile(r"^forge-wait-([0-9a-f]{12,32})-(\d{1,9})$")
-VOLUME_FORMAT = "\t".join(["{{json .Name}}", *(f'{{{{json (.Label "{label}")}}}}' for label in LABELS)])
 
 
 @dataclass(frozen=True)
@@ -59,6 +48,28 @@ class Ticket:
     min_free_mib: int
     since: int
     until: int
+
+
+class Listed(Protocol):
+    """A host as listed (:class:`forge.env.listing.HostListing`): its clock and its tickets."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def now_s(self) -> int: ...
+
+    @property
+    def tickets(self) -> tuple[Ticket, ...]: ...
+
+
+PREFIX = "forge-wait-"
+LABELS = (WAIT, WAIT_OWNER, WAIT_ENV, WAIT_GPUS, WAIT_MIN_FREE, WAIT_SINCE, WAIT_UNTIL)
+#: The most a ticket may count for past its host's clock without renewal, whatever it says.
+MAX_TTL_S = 3600
+_ID = re.compile(r"^[0-9a-f]{12,32}$")
+_NAME = re.compile(r"^forge-wait-([0-9a-f]{12,32})-(\d{1,9})$")
+VOLUME_FORMAT = "\t".join(["{{json .Name}}", *(f'{{{{json (.Label "{label}")}}}}' for label in LABELS)])
 
 
 def parse_tickets(host: str, stdout: str) -> list[Ticket]:
@@ -178,14 +189,14 @@ class Waiter:
         self.session = session
         self.placed: dict[str, tuple[str, int, int, int]] = {}  # host -> (volume, seq, since, until)
 
-    def keep(self, listings: Iterable[HostListing]) -> None:
+    def keep(self, listings: Iterable[Listed]) -> None:
         for listing in listings:
             try:
                 self._keep(listing)
             except ForgeError:
                 continue
 
-    def _keep(self, listing: HostListing) -> None:
+    def _keep(self, listing: Listed) -> None:
         s = self.session(listing.host)
         now = listing.now_s
         dead = [t.name for t in expired(listing.tickets, now)]
@@ -209,7 +220,7 @@ class Waiter:
                 pass
             self.placed.pop(host, None)
 
-    def places(self, listings: Iterable[HostListing]) -> list[tuple[str, int, int]]:
+    def places(self, listings: Iterable[Listed]) -> list[tuple[str, int, int]]:
         """(host, place in line from 1, waiters) where this waiter's ticket was listed."""
         out = []
         for listing in listings:
