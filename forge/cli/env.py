@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from typing import Any
 
 import click
 
@@ -11,13 +12,14 @@ from forge import keys
 from forge.cli import output
 from forge.cli.main import State, pass_state
 from forge.durations import parse_duration
-from forge.env import access, envs, sshconfig
+from forge.env import access, envs, queue, sshconfig
 from forge.env import migrate as mig
 from forge.env.errors import EnvError
 from forge.env.launch import wait_ready
-from forge.env.listing import Environment
+from forge.env.listing import Environment, HostListing
 from forge.env.names import check_name
 from forge.errors import ConnectError, ExitCode
+from forge.gpu.holders import env_name, user_name
 from forge.inventory import Inventory
 from forge.notify import notify
 
@@ -189,7 +191,8 @@ def _row(e: Environment, now: int) -> list[str]:
 @click.pass_context
 def ps(ctx: click.Context, state: State, targets: tuple[str, ...], as_json: bool) -> None:
     """Environments across the fleet (TARGETS: hosts, tags or 'all'): host, GPUs, port, image,
-    age, state. Every owner's are shown.
+    age, state. Every owner's are shown, and the requests waiting in line for GPUs on each
+    host (`forge migrate --wait`): their GPUs in parentheses, how long they have waited.
 
     Exit status: 0 when every host answered, 4 when some did not, 5 when none did."""
     inv = state.inventory
@@ -203,11 +206,33 @@ def ps(ctx: click.Context, state: State, targets: tuple[str, ...], as_json: bool
         for e in r.value.environments:
             rows.append(_row(e, r.value.now_s))
             items.append(e.to_json())
+    waiting = [w for r in listings.succeeded if r.value is not None for w in _waiting(r.value)]
     if as_json:
-        output.emit_json({"environments": items, "unreachable": {r.host.name: r.reason for r in listings.failed}})
+        unreachable = {r.host.name: r.reason for r in listings.failed}
+        output.emit_json({"environments": items, "waiting": waiting, "unreachable": unreachable})
     else:
+        rows += [[w["host"], w["env"], w["owner"], f"({w['gpus']})", "", "", _age(w["waited_s"]),
+                  f"waiting: {w['place']} of {w['of']} in line"] for w in waiting]  # fmt: skip
         output.echo(output.table(rows, PS_HEADERS))
     ctx.exit(listings.exit_code())
+
+
+def _waiting(listing: HostListing) -> list[dict[str, Any]]:
+    """The host's line for GPUs (forge migrate --wait), names that are not names shown as ?."""
+    line = queue.line(listing.tickets, listing.now_s)
+    return [
+        {
+            "host": listing.host,
+            "env": env_name(t.env),
+            "owner": user_name(t.owner),
+            "gpus": t.gpus,
+            "min_free_memory_mib": t.min_free_mib,
+            "place": n,
+            "of": len(line),
+            "waited_s": max(0, listing.now_s - t.since),
+        }  # fmt: skip
+        for n, t in enumerate(line, 1)
+    ]
 
 
 @click.command()

@@ -524,6 +524,8 @@ def test_two_waiters_first_come_first_served(
         in_line(lab, second, b)
         time.sleep(2)  # several looks at the fleet: nobody launches, nobody leaves
         assert a.poll() is None and b.poll() is None
+        ps = json.loads(forge(inv, "ps", "gpu1", "--json").stdout)["waiting"]
+        assert [(w["env"], w["gpus"], w["place"], w["of"]) for w in ps] == [(first, 2, 1, 2), (second, 2, 2, 2)]
         lab.lab.load_gpus("gpu2", [0, 1], utilization_pct=0, memory_used_mib=0)  # two GPUs free up
         out, err = a.communicate(timeout=180)
         assert a.returncode == 0, err
