@@ -187,6 +187,12 @@ def _indexes(ctx: click.Context, param: click.Parameter, value: str | None) -> l
 @click.option(
     "--memory", default=40000, show_default=True, type=click.IntRange(min=0), metavar="MIB", help="With --busy."
 )
+@click.option(
+    "--user",
+    metavar="NAME",
+    help="With --busy: a process of this user (of this machine, e.g. the lab's other user) holds "
+    "the GPUs, so forge shows who holds them. --idle or --reset ends it.",
+)
 @click.option("--reset", is_flag=True, help="Back to four idle GPUs (what `forge lab up` gives a host).")
 @click.option("--json", "as_json", is_flag=True, help="Print the host's GPU state as JSON.")
 @_errors
@@ -197,12 +203,13 @@ def gpu(
     idle: list[int] | None,
     util: int,
     memory: int,
+    user: str | None,
     reset: bool,
     as_json: bool,
 ) -> None:
     """Show or set what a lab host's replayed nvidia-smi reports, to watch `forge gpus`,
-    `--wait` and `migrate` react: e.g. `forge lab gpu gpu1 --busy 0,1 --util 80`, then
-    `forge lab gpu gpu1 --idle all`. Without options, the host's GPUs as they are now."""
+    `--wait` and `migrate` react: e.g. `forge lab gpu gpu1 --busy 0,1 --util 80 --user
+    nobody`, then `forge lab gpu gpu1 --idle all`. Without options, the host's GPUs now."""
     the_lab = Lab.at(root)
     if reset:
         if busy is not None or idle is not None:
@@ -211,8 +218,11 @@ def gpu(
     every = [g["index"] for g in (the_lab.gpu_state(host) or {"gpus": []})["gpus"]]
     if idle is not None:
         the_lab.load_gpus(host, every if idle == [-1] else idle, utilization_pct=0, memory_used_mib=0)
+    if user is not None and busy is None:
+        raise click.UsageError("--user goes with --busy")
     if busy is not None:
-        the_lab.load_gpus(host, every if busy == [-1] else busy, utilization_pct=util, memory_used_mib=memory)
+        chosen = every if busy == [-1] else busy
+        the_lab.load_gpus(host, chosen, utilization_pct=util, memory_used_mib=memory, user=user)
     st = the_lab.gpu_state(host)
     if as_json:
         click.echo(json.dumps(st, indent=2))
@@ -220,8 +230,10 @@ def gpu(
         click.echo(f"{host}: no nvidia-smi")
     else:
         click.echo(f"{host}: {st.get('mode', 'ok')}, {len(st['gpus'])} GPUs, {len(st.get('processes', []))} processes")
+        pids = {p["gpu_uuid"]: p["pid"] for p in st.get("processes", [])}
         for g in st["gpus"]:
+            by = f"  pid {pids[g['uuid']]}" if g["uuid"] in pids else ""
             click.echo(
                 f"  {g['index']}  {g['uuid']}  {g['utilization_gpu_pct']:3d} %"
-                f"  {g['memory_used_mib']:>6} / {g['memory_total_mib']} MiB"
+                f"  {g['memory_used_mib']:>6} / {g['memory_total_mib']} MiB{by}"
             )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from forge import shell
-from forge.lab import bringup, dockerd, fuse, gpus, image, mounts, netns, sshd, state, users
+from forge.lab import bringup, dockerd, fuse, gpus, holders, image, mounts, netns, sshd, state, users
 from forge.lab.bringup import each
 from forge.lab.config import JUMP_HOST, LabConfig, default_root
 from forge.lab.errors import LabError
@@ -306,19 +306,29 @@ class Lab:
         self._gpu_host(host)
         return gpus.read_state(self.config, host)
 
-    def load_gpus(self, host: str, indexes: list[int], *, utilization_pct: int, memory_used_mib: int) -> dict[str, Any]:
-        """Put these GPUs of the host at this utilization and memory used (0, 0: idle); the
-        state written. A host without nvidia-smi gets its default GPUs first."""
+    def load_gpus(
+        self, host: str, indexes: list[int], *, utilization_pct: int, memory_used_mib: int, user: str | None = None
+    ) -> dict[str, Any]:
+        """Put these GPUs of the host at this utilization and memory used (0, 0: idle), held by
+        a process of ``user`` when one is named (their earlier holders ended); the state
+        written. A host without nvidia-smi gets its default GPUs first."""
         current = self.gpu_state(host)
         if current is None or current.get("mode", "ok") != "ok":
             current = gpus.default_state(host)
         new = gpus.with_load(current, indexes, utilization_pct=utilization_pct, memory_used_mib=memory_used_mib)
+        uuids = [g["uuid"] for g in new["gpus"] if g["index"] in set(indexes)]
+        holders.release(self.config, host, set(uuids))
+        pid = None
+        if user is not None:
+            pid = holders.start(self.config, host, self.config.host(host).netns, user, uuids)
+        new = gpus.with_holder(new, uuids, pid, memory_used_mib)
         gpus.set_gpus(self.config, host, new)
         return new
 
     def reset_gpus(self, host: str) -> None:
         """Give a GPU host back its default state: four idle GPUs with UUIDs of its own."""
         self._gpu_host(host)
+        holders.release(self.config, host)
         gpus.install(self.config, host)
         gpus.write_state(self.config, host, gpus.default_state(host))
 

@@ -164,3 +164,14 @@ def with_load(
             g["utilization_memory_pct"] = min(100, utilization_pct // 2)
         gpus.append(g)
     return {**state, "gpus": gpus}
+
+
+def with_holder(state: dict[str, Any], uuids: Iterable[str], pid: int | None, memory_used_mib: int) -> dict[str, Any]:
+    """``state`` with the processes on these GPUs replaced: by one process ``pid`` using
+    ``memory_used_mib`` on each, or (``pid`` None) by none."""
+    chosen = set(uuids)
+    kept = [p for p in state.get("processes", []) if p.get("gpu_uuid") not in chosen]
+    if pid is not None:
+        name = "python3"
+        kept += [{"pid": pid, "name": name, "used_memory_mib": memory_used_mib, "gpu_uuid": u} for u in sorted(chosen)]
+    return {**state, "processes": kept}

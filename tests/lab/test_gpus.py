@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 
 from forge.lab.gpus import default_state as default_gpu_state
@@ -515,6 +516,17 @@ def test_lab_gpu_sets_what_forge_gpus_sees(lab: Any) -> None:
         assert [g["free"] for g in seen] == [True] * 4
         bad = lab_gpu(lab, host, "--busy", "7")
         assert bad.returncode == 2 and "no GPU 7 (the host has 0, 1, 2, 3)" in bad.stderr
+        # --user: a real process of that user holds the GPU, and forge names them
+        assert lab_gpu(lab, host, "--busy", "1", "--user", "nobody", "--memory", "9000").returncode == 0
+        (g1,) = [g for g in json.loads(forge_cli(lab, host, "--json").stdout)["hosts"][0]["gpus"] if g["index"] == 1]
+        (proc,) = g1["processes"]
+        assert (proc["user"], proc["used_memory_mib"], g1["free"]) == ("nobody", 9000, False)
+        users = json.loads(forge_cli(lab, host, "--by", "user", "--json").stdout)["users"]
+        assert any(u["user"] == "nobody" for u in users), users
+        assert lab_gpu(lab, host, "--idle", "1").returncode == 0
+        assert not psutil.pid_exists(proc["pid"]) or psutil.Process(proc["pid"]).status() == psutil.STATUS_ZOMBIE
+        nouser = lab_gpu(lab, host, "--busy", "1", "--user", "no-such-user-here")
+        assert nouser.returncode != 0 and "no user 'no-such-user-here' on this machine" in nouser.stderr
     finally:
         lab.lab.reset_gpus(host)
 

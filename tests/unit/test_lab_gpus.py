@@ -36,3 +36,17 @@ def test_memory_is_capped_at_the_gpu_total() -> None:
 def test_bad_requests_say_what_is_wrong(indexes: list[int], util: int, memory: int, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         with_load(default_state(), indexes, utilization_pct=util, memory_used_mib=memory)
+
+
+def test_a_holder_replaces_the_processes_on_its_gpus_only() -> None:
+    from forge.lab.gpus import with_holder
+
+    state = default_state("gpu1")
+    u = [g["uuid"] for g in state["gpus"]]
+    state["processes"] = [{"pid": 5, "name": "a", "used_memory_mib": 1, "gpu_uuid": u[0]},
+                          {"pid": 6, "name": "b", "used_memory_mib": 1, "gpu_uuid": u[2]}]  # fmt: skip
+    held = with_holder(state, [u[0], u[1]], 4242, 9000)
+    assert sorted((p["pid"], p["gpu_uuid"], p["used_memory_mib"]) for p in held["processes"]) == sorted(
+        [(6, u[2], 1), (4242, u[0], 9000), (4242, u[1], 9000)]
+    )
+    assert with_holder(held, [u[0], u[1]], None, 0)["processes"] == [state["processes"][1]]
