@@ -294,7 +294,7 @@ def gpus(
         as_json=as_json,
         want=want,
         min_free_memory=min_free_memory,
-        by="gpu" if per_gpu or len(hosts) == 1 else view_by,
+        by="gpu" if per_gpu else view_by or ("gpu" if len(hosts) == 1 else None),  # asked for, else by size
         colour=not as_json and use_colour(),
     )
     if wait_for is not None:
