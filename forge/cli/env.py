@@ -134,21 +134,24 @@ def migrate(
     )
     result = mig.migrate(inv, req, state.pool, progress=output.Notes())
     _tell_launched(inv, result)
+    _show_migrated(inv, result, ssh_config=ssh_config, as_json=as_json)
+    ctx.exit(ExitCode.OK)
+
+
+def _show_migrated(inv: Inventory, result: mig.Result, *, ssh_config: bool, as_json: bool) -> None:
+    """Publish the way in (pinned keys, the ~/.ssh/config block) and say where it runs."""
     way, config_path = access.publish(inv.host(result.host), result, manage_config=ssh_config)
     for w in result.warnings:
         output.echo(f"forge: warning: {w}", err=True)
     if as_json:
         output.emit_json({**result.to_json(), "ssh": access.display(way)})
-    else:
-        moved = f" (from {result.old_host})" if result.old_host else ""
-        output.echo(
-            f"{result.env} runs on {result.host}{moved}, GPU(s) "
-            f"{','.join(map(str, result.gpu_indexes))}, port {result.port}"
-        )
-        output.echo(access.display(way))
-        if config_path:
-            output.echo(f"ssh {result.env}   (block in {config_path})")
-    ctx.exit(ExitCode.OK)
+        return
+    moved = f" (from {result.old_host})" if result.old_host else ""
+    indexes = ",".join(map(str, result.gpu_indexes))
+    output.echo(f"{result.env} runs on {result.host}{moved}, GPU(s) {indexes}, port {result.port}")
+    output.echo(access.display(way))
+    if config_path:
+        output.echo(f"ssh {result.env}   (block in {config_path})")
 
 
 def _wait_limit(wait: bool, text: str | None) -> float | None:

@@ -189,6 +189,35 @@ def exit_code(reports: list[HostReport]) -> ExitCode:
     return fleet.exit_code([(r.answered, served(r)) for r in reports])
 
 
+_POLICY_FLAGS = {
+    "max_memory_used": "max_memory_used_mib",
+    "max_utilization": "max_utilization_pct",
+    "max_foreign_processes": "max_foreign_processes",
+}
+
+
+def policy_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--max-memory-used, --max-utilization, --max-foreign-processes, handed to the command as
+    one ``overrides`` mapping of the free-GPU policy's keys (only those given)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        flags = {key: kwargs.pop(flag) for flag, key in _POLICY_FLAGS.items()}
+        return fn(*args, overrides={k: v for k, v in flags.items() if v is not None}, **kwargs)
+
+    options = [
+        click.option("--max-memory-used", type=click.IntRange(min=0), metavar="MIB",
+                     help="Policy: busy above this much memory used."),
+        click.option("--max-utilization", type=click.IntRange(0, 100), metavar="PCT",
+                     help="Policy: busy above this utilization."),
+        click.option("--max-foreign-processes", type=click.IntRange(min=0), metavar="N",
+                     help="Policy: busy above N processes of other users."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 @click.command()
 @click.argument("targets", nargs=-1)
 @click.option("--free", "free_only", is_flag=True, help="Show only free GPUs.")
@@ -209,18 +238,7 @@ def exit_code(reports: list[HostReport]) -> ExitCode:
     metavar="MIB",
     help="With --gpus: GPUs need this much free memory.",
 )
-@click.option(
-    "--max-memory-used", type=click.IntRange(min=0), metavar="MIB", help="Policy: busy above this much memory used."
-)
-@click.option(
-    "--max-utilization", type=click.IntRange(0, 100), metavar="PCT", help="Policy: busy above this utilization."
-)
-@click.option(
-    "--max-foreign-processes",
-    type=click.IntRange(min=0),
-    metavar="N",
-    help="Policy: busy above N processes of other users.",
-)
+@policy_options
 @click.option(
     "--by",
     "view_by",
@@ -255,9 +273,7 @@ def gpus(
     interval: float,
     want: int | None,
     min_free_memory: int,
-    max_memory_used: int | None,
-    max_utilization: int | None,
-    max_foreign_processes: int | None,
+    overrides: dict[str, int],
     view_by: str | None,
     per_gpu: bool,
     wait_for: int | None,
@@ -280,7 +296,6 @@ def gpus(
     """
     inv = state.inventory
     hosts = inv.select(list(targets) or None)
-    overrides = _policy_flags(max_memory_used, max_utilization, max_foreign_processes)
 
     def probe() -> list[HostReport]:
         with output.HostCounter("probed", len(hosts)) as counter:
@@ -381,15 +396,6 @@ def _wait(
     what = f"{want} free GPU(s) on one host"
     reports, found = wait_until(probe, fit, interval=interval, timeout=limit, stop=stop, on_wait=waiting, what=what)
     return reports, found[0]
-
-
-def _policy_flags(max_memory_used: int | None, max_utilization: int | None, max_foreign: int | None) -> dict[str, int]:
-    flags = {
-        "max_memory_used_mib": max_memory_used,
-        "max_utilization_pct": max_utilization,
-        "max_foreign_processes": max_foreign,
-    }
-    return {k: v for k, v in flags.items() if v is not None}
 
 
 def _watch_lines(view: View, probe: Callable[[], list[HostReport]], stop: threading.Event, interval: float) -> None:
