@@ -188,6 +188,9 @@ class Waiter:
         self.ttl = max(1, int(ttl_s))
         self.session = session
         self.placed: dict[str, tuple[str, int, int, int]] = {}  # host -> (volume, seq, since, until)
+        # Every volume that may exist, noted before it is created: a Ctrl-C between `docker
+        # volume create` and its answer must not leave one that leave() does not know of.
+        self.names: dict[str, set[str]] = {}
 
     def keep(self, listings: Iterable[Listed]) -> None:
         for listing in listings:
@@ -206,18 +209,24 @@ class Waiter:
             return
         seq, since = (0, now) if mine is None else (mine[1] + 1, mine[2])
         until = now + self.ttl
+        names = self.names.setdefault(listing.host, set())
+        names.add(volume_name(self.id, seq))
         name = place(s, self.id, seq, owner=self.owner, env=self.env, gpus=self.gpus,
                      min_free_mib=self.min_free_mib, since=since, until=until)  # fmt: skip
         self.placed[listing.host] = (name, seq, since, until)
-        remove(s, dead + ([mine[0]] if mine is not None else []))
+        old = [mine[0]] if mine is not None else []
+        remove(s, dead + old)
+        names.difference_update(old)
 
     def leave(self) -> None:
-        """Remove every ticket placed (best effort: one left behind expires by itself)."""
-        for host, (name, *_rest) in list(self.placed.items()):
+        """Remove every ticket this waiter may have placed (best effort: one left behind
+        expires by itself)."""
+        for host, names in list(self.names.items()):
             try:
-                remove(self.session(host), [name])
+                remove(self.session(host), sorted(names))
             except ForgeError:
-                pass
+                continue
+            self.names.pop(host, None)
             self.placed.pop(host, None)
 
     def places(self, listings: Iterable[Listed]) -> list[tuple[str, int, int]]:

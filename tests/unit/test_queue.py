@@ -76,3 +76,50 @@ def test_volume_names_are_built_from_ids_only() -> None:
     assert queue.volume_name(ID_A, 2) == f"forge-wait-{ID_A}-2"
     with pytest.raises(ValueError, match="not a ticket ID"):
         queue.volume_name("../etc", 0)
+
+
+class FakeHost:
+    """Just enough of a HostSession for the waiter: docker argv, and runs recorded. A create
+    can be interrupted after it reached the host (a Ctrl-C before its answer came back)."""
+
+    def __init__(self, interrupt_create: bool = False) -> None:
+        self.ran: list[list[str]] = []
+        self.interrupt_create = interrupt_create
+
+    def docker(self, *args: str) -> list[str]:
+        return ["docker", *args]
+
+    def run(self, command: list[str], *, timeout: float | None = None, check: bool = False) -> None:
+        self.ran.append(command)
+        if self.interrupt_create and command[1:3] == ["volume", "create"]:
+            raise KeyboardInterrupt
+
+
+class Listing:
+    def __init__(self, host: str, now_s: int, tickets: tuple[Ticket, ...] = ()) -> None:
+        self.host, self.now_s, self.tickets = host, now_s, tickets
+
+
+def test_a_waiter_leaves_even_a_ticket_whose_creation_was_interrupted() -> None:
+    hosts = {"gpu1": FakeHost(), "gpu2": FakeHost(interrupt_create=True)}
+    w = queue.Waiter(ID_A, owner="alice", env="dev", gpus=1, min_free_mib=0, ttl_s=60, session=hosts.__getitem__)
+    with pytest.raises(KeyboardInterrupt):
+        w.keep([Listing("gpu1", 1000), Listing("gpu2", 1000)])
+    w.leave()
+    assert hosts["gpu1"].ran[-1] == ["docker", "volume", "rm", "-f", f"forge-wait-{ID_A}-0"]
+    assert hosts["gpu2"].ran[-1] == ["docker", "volume", "rm", "-f", f"forge-wait-{ID_A}-0"]
+
+
+def test_a_waiter_renews_before_its_ticket_expires_and_removes_the_old_one() -> None:
+    host = FakeHost()
+    w = queue.Waiter(ID_A, owner="alice", env="dev", gpus=1, min_free_mib=0, ttl_s=30, session=lambda _: host)
+    w.keep([Listing("gpu1", 1000)])
+    w.keep([Listing("gpu1", 1005)])  # a sixth of the time: nothing to do
+    assert [c[1:3] for c in host.ran] == [["volume", "create"]]
+    w.keep([Listing("gpu1", 1011)])  # past a third: a new ticket, then the old one goes
+    created = [c for c in host.ran if c[1:3] == ["volume", "create"]]
+    assert created[-1][-1] == f"forge-wait-{ID_A}-1"
+    assert "forge.wait.since=1000" in created[-1] and f"forge.wait.until={1011 + 30}" in created[-1]
+    assert host.ran[-1] == ["docker", "volume", "rm", "-f", f"forge-wait-{ID_A}-0"]
+    w.leave()
+    assert host.ran[-1] == ["docker", "volume", "rm", "-f", f"forge-wait-{ID_A}-1"]
