@@ -4,8 +4,8 @@ A waiter puts a *ticket* on every host it may land on: a Docker volume (no image
 everyone who can run docker there, removable by them too) named ``forge-wait-<ID>-<N>`` whose
 labels say who waits, for how many GPUs with how much free memory, since when and until when
 (the host's clock). The waiter renews its tickets while it lives (a new ``N``, then the old one
-removed); a ticket not renewed by its ``until`` no longer counts, and whoever lists the host
-next removes it, so a waiter killed with ``kill -9`` stops blocking others after
+removed); a ticket not renewed by its ``until`` no longer counts, and the next waiter that
+lists the host removes it, so a waiter killed with ``kill -9`` stops blocking others after
 ``[policy] waiter_timeout``.
 
 On each host the tickets form a line, first come first served (:func:`line`). Whoever wants GPUs
