@@ -41,6 +41,19 @@ def busy_cpu_s() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def bench_lab(hosts: int) -> LabConfig:
+    """The benchmarks' own lab, beside the tests' one (its own root, bridge, network, user)."""
+    return LabConfig(
+        root=Path("/var/lib/forge-lab-bench"),
+        hosts=hosts,
+        bridge="forgebench0",
+        network="10.78.0.0/24",
+        netns_prefix="forgebench-",
+        docker_subnet_base=100,
+        user="forgebench",
+    )
+
+
 def cpu_split(fn: Callable[[], object]) -> tuple[float, float, float]:
     """(wall s, CPU s of the whole machine, CPU s of this process) for one call."""
     machine, own, wall = busy_cpu_s(), time.process_time(), time.perf_counter()
@@ -115,16 +128,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="leave the bench lab up")
     args = ap.parse_args()
 
-    cfg = LabConfig(
-        root=Path("/var/lib/forge-lab-bench"),
-        hosts=args.hosts,
-        bridge="forgebench0",
-        network="10.78.0.0/24",
-        netns_prefix="forgebench-",
-        docker_subnet_base=100,
-        user="forgebench",
-    )
-    lab = Lab(cfg)
+    lab = Lab(bench_lab(args.hosts))
     t0 = time.perf_counter()
     lab.up()
     print(f"# bench lab of {args.hosts} hosts up in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -37,14 +37,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_gpus import bench_lab, busy_cpu_s  # noqa: E402
+
 from forge.history.store import DAY, HOUR, SAMPLE, History, Retention  # noqa: E402
 
 DB = Path("/var/tmp/forge-bench-history.sqlite")
-
-
-def busy_cpu_s() -> float:
-    fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- report
@@ -143,18 +142,9 @@ def bench_report(args: argparse.Namespace) -> None:
 
 
 def bench_record(args: argparse.Namespace) -> None:
-    from forge.lab import Lab, LabConfig
+    from forge.lab import Lab
 
-    cfg = LabConfig(
-        root=Path("/var/lib/forge-lab-bench"),
-        hosts=args.hosts,
-        bridge="forgebench0",
-        network="10.78.0.0/24",
-        netns_prefix="forgebench-",
-        docker_subnet_base=100,
-        user="forgebench",
-    )
-    lab = Lab(cfg)
+    lab = Lab(bench_lab(args.hosts))
     t0 = time.perf_counter()
     lab.up()
     print(f"# bench lab of {args.hosts} hosts up in {time.perf_counter() - t0:.0f} s", file=sys.stderr)

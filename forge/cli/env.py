@@ -10,8 +10,7 @@ import click
 
 from forge import keys
 from forge.cli import output
-from forge.cli.main import State, pass_state
-from forge.durations import parse_duration
+from forge.cli.main import DURATION, State, pass_state
 from forge.env import access, envs, queue, sshconfig
 from forge.env import migrate as mig
 from forge.env.errors import EnvError
@@ -70,7 +69,10 @@ def _age(seconds: int | None) -> str:
     "land on), then launch. Ctrl-C leaves the line.",
 )
 @click.option(
-    "--wait-timeout", metavar="DURATION", help="With --wait: give up after this long (90s, 2h), exit status 7."
+    "--wait-timeout",
+    type=DURATION,
+    metavar="DURATION",
+    help="With --wait: give up after this long (90s, 2h), exit status 7.",
 )
 @click.option(
     "--wait-interval",
@@ -97,7 +99,7 @@ def migrate(
     ssh_config: bool,
     authorized_keys: str | None,
     wait: bool,
-    wait_timeout: str | None,
+    wait_timeout: float | None,
     wait_interval: float,
     as_json: bool,
 ) -> None:
@@ -129,7 +131,7 @@ def migrate(
         among=tuple(among.split(",")) if among else None,
         authorized_keys="\n".join(authorized),
         wait=wait,
-        wait_timeout_s=_wait_limit(wait, wait_timeout),
+        wait_timeout_s=_needs_wait(wait, wait_timeout),
         wait_interval_s=wait_interval,
     )
     result = mig.migrate(inv, req, state.pool, progress=output.Notes())
@@ -154,15 +156,10 @@ def _show_migrated(inv: Inventory, result: mig.Result, *, ssh_config: bool, as_j
         output.echo(f"ssh {result.env}   (block in {config_path})")
 
 
-def _wait_limit(wait: bool, text: str | None) -> float | None:
-    if text is None:
-        return None
-    if not wait:
+def _needs_wait(wait: bool, timeout: float | None) -> float | None:
+    if timeout is not None and not wait:
         raise click.UsageError("--wait-timeout needs --wait")
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--wait-timeout") from None
+    return timeout
 
 
 def _tell_launched(inv: Inventory, result: mig.Result) -> None:

@@ -28,8 +28,8 @@ from forge.cli.gpuviews import (
     use_colour,
     user_rows,
 )
-from forge.cli.main import State, pass_state
-from forge.durations import format_duration, parse_duration
+from forge.cli.main import DURATION, State, pass_state
+from forge.durations import format_duration
 from forge.errors import ExitCode
 from forge.gpu.holders import Holder, holders_of
 from forge.gpu.model import Gpu, GpuProcess, ProbeStatus
@@ -257,6 +257,7 @@ def policy_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option(
     "--wait-timeout",
+    type=DURATION,
     metavar="DURATION",
     help="With --wait: give up after this long (90s, 10m, 2h), exit status 7. Default: wait on.",
 )
@@ -277,7 +278,7 @@ def gpus(
     view_by: str | None,
     per_gpu: bool,
     wait_for: int | None,
-    wait_timeout: str | None,
+    wait_timeout: float | None,
     timeout: float,
 ) -> None:
     """Show every GPU of the fleet (TARGETS: hosts, tags or 'all'): model, memory, utilization,
@@ -317,7 +318,7 @@ def gpus(
         def quiet() -> list[HostReport]:  # the wait's own line is the progress
             return survey(inv, hosts, pool=state.pool, overrides=overrides, timeout=timeout)
 
-        _wait_then_show(view, quiet, state, interval=interval, limit=_duration(wait_timeout, "--wait-timeout"))
+        _wait_then_show(view, quiet, state, interval=interval, limit=wait_timeout)
         ctx.exit(ExitCode.OK)
     if not watch:
         ctx.exit(view.show(probe()))
@@ -334,7 +335,7 @@ def _watch(view: View, probe: Callable[[], list[HostReport]], state: State, inte
             _watch_lines(view, probe, stop, interval)
 
 
-def _wanted(want: int | None, wait_for: int | None, wait_timeout: str | None, watch: bool) -> int | None:
+def _wanted(want: int | None, wait_for: int | None, wait_timeout: float | None, watch: bool) -> int | None:
     """The N of --gpus N, which --wait N sets too; the options that do not go together."""
     if wait_for is None:
         if wait_timeout is not None:
@@ -355,15 +356,6 @@ def _wait_then_show(
     fields = {"host": best.host, "gpus": best.gpu_uuids, "gpu_indexes": best.gpu_indexes}
     if (warning := notify(state.inventory.notify.command, "gpus_free", fields)) is not None:
         output.echo(f"forge: warning: {warning}", err=True)
-
-
-def _duration(text: str | None, option: str) -> float | None:
-    if text is None:
-        return None
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint=option) from None
 
 
 def _wait(

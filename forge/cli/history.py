@@ -13,8 +13,8 @@ import click
 
 from forge.cli import output
 from forge.cli.gpus import exit_code
-from forge.cli.main import State, pass_state
-from forge.durations import format_duration, parse_duration
+from forge.cli.main import DURATION, State, pass_state
+from forge.durations import format_duration
 from forge.history.report import GROUPS, Reader, Report, Usage
 from forge.history.samples import samples_of
 from forge.history.store import History, Retention, default_path
@@ -116,7 +116,9 @@ def _why(r: Any) -> str:
 
 @click.command()
 @db_option
-@click.option("--since", default="7d", show_default=True, metavar="DURATION", help="How far back: 24h, 7d, 4w, 1y.")
+@click.option(
+    "--since", type=DURATION, default="7d", show_default=True, metavar="DURATION", help="How far back: 24h, 7d, 4w, 1y."
+)
 @click.option(
     "--by",
     type=click.Choice(GROUPS),
@@ -133,7 +135,7 @@ def _why(r: Any) -> str:
     help="Also draw the fleet over the period into FILE (.svg or .png; needs forge-fleet[plot]).",
 )
 @pass_state
-def report(state: State, db: str | None, since: str, by: str, as_json: bool, as_csv: bool, plot: Path | None) -> None:
+def report(state: State, db: str | None, since: float, by: str, as_json: bool, as_csv: bool, plot: Path | None) -> None:
     """GPU-hours per user, environment, host or hour of the day over a period: held (a process
     of the user ran on the GPU, or it was given to their environment), worked (weighted by
     utilization), idle (held below [history] idle_utilization_pct) and free; then the hosts
@@ -141,15 +143,11 @@ def report(state: State, db: str | None, since: str, by: str, as_json: bool, as_
     """
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
-    try:
-        period = parse_duration(since)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--since") from None
     inv = state.inventory
     path = history_path(inv, db)
     with History(path, retention(inv), create=False) as history:
         reader = Reader(history)
-        rep = reader.report(by, period)
+        rep = reader.report(by, since)
         if plot is not None:
             from forge.history.plot import draw
 

@@ -38,6 +38,25 @@ class State:
 
 pass_state = click.make_pass_decorator(State)
 
+
+class Duration(click.ParamType):
+    """A duration as people write it (``90s``, ``2h``, ``7d``), given to the command in seconds."""
+
+    name = "duration"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        from forge.durations import parse_duration
+
+        try:
+            return parse_duration(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+DURATION = Duration()
+
 #: Subcommands, imported only when run (or listed by --help): `forge gpus` does not pay for
 #: importing the lab or the image code, and forge starts faster in scripts and cron.
 COMMANDS = {

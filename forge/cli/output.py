@@ -89,38 +89,12 @@ class Notes(NoProgress):
         progress(message)
 
 
-class HostCounter(NoProgress):
-    """``probing 3/16 hosts (last: gpu7)`` redrawn in place on stderr, only on a terminal, and
-    erased when done, so the table that follows stands alone. Safe to call from threads."""
-
-    def __init__(self, verb: str, total: int) -> None:
-        self.verb, self.total, self.done = verb, total, 0
-        self.live = sys.stderr.isatty() and total > 0
-        self._lock = threading.Lock()
-
-    def finish(self, key: str, ok: bool, note: str = "") -> None:
-        with self._lock:
-            self.done += 1
-            if self.live:
-                last = clean(key, one_line=True)
-                sys.stderr.write(f"\r\x1b[K{self.verb} {self.done}/{self.total} hosts (last: {last})")
-                sys.stderr.flush()
-
-    def __enter__(self) -> HostCounter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.live:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-
-
 class StatusLine:
     """One line of status on stderr (``waiting for 2 free GPU(s) ...``), redrawn in place and
     erased at the end, only when stderr is a terminal."""
 
-    def __init__(self) -> None:
-        self.live = sys.stderr.isatty()
+    def __init__(self, *, live: bool = True) -> None:
+        self.live = live and sys.stderr.isatty()
 
     def show(self, text: str) -> None:
         if self.live:  # cut to the terminal's width: a wrapped line would not redraw in place
@@ -137,6 +111,27 @@ class StatusLine:
         if self.live:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
+
+
+class HostCounter(NoProgress):
+    """``probing 3/16 hosts (last: gpu7)`` redrawn in place on stderr, only on a terminal, and
+    erased when done, so the table that follows stands alone. Safe to call from threads."""
+
+    def __init__(self, verb: str, total: int) -> None:
+        self.verb, self.total, self.done = verb, total, 0
+        self.line = StatusLine(live=total > 0)
+        self._lock = threading.Lock()
+
+    def finish(self, key: str, ok: bool, note: str = "") -> None:
+        with self._lock:
+            self.done += 1
+            self.line.show(f"{self.verb} {self.done}/{self.total} hosts (last: {key})")
+
+    def __enter__(self) -> HostCounter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.line.__exit__(*exc)
 
 
 class Interrupt:

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 
 from forge.env.errors import EnvError
 from forge.env.listing import Claim, HostListing
+from forge.gpu.holders import env_name
 from forge.session import HostSession
 
 
@@ -57,7 +58,7 @@ def holdings(claims: Iterable[Claim]) -> list[Holding]:
     """Claims summed per host and environment, most GPUs first."""
     count: dict[tuple[str, str], int] = {}
     for c in claims:
-        key = (c.host, c.env or "?")
+        key = (c.host, env_name(c.env) or "?")  # a label from the host: not a name, "?"
         count[key] = count.get(key, 0) + 1
     return sorted((Holding(h, e, n) for (h, e), n in count.items()), key=lambda x: (-x.gpus, x.host, x.env))
 

@@ -26,3 +26,21 @@ def test_format_keeps_the_two_largest_units() -> None:
     assert [format_duration(s) for s in (0, 12, 2700, 90061, 694861, 31536000 + 86400)] == [
         "0s", "12s", "45m", "1d 1h", "1w 1d", "1y 1d",
     ]  # fmt: skip
+
+
+def test_the_duration_option_type_gives_seconds_or_a_usage_error() -> None:
+    import click
+    from click.testing import CliRunner
+
+    from forge.cli.main import DURATION
+
+    @click.command()
+    @click.option("--since", type=DURATION, default="7d")
+    def show(since: float) -> None:
+        click.echo(repr(since))
+
+    runner = CliRunner()
+    assert runner.invoke(show, []).output == "604800.0\n"
+    assert runner.invoke(show, ["--since", "1h30m"]).output == "5400.0\n"
+    bad = runner.invoke(show, ["--since", "soon"])
+    assert bad.exit_code == 2 and "'soon' is not a duration" in bad.output

@@ -100,3 +100,8 @@ def test_creation_times_from_the_host_are_read_strictly() -> None:
         f"{cid[:12]} 2026-11-29T04:30:01Z\n"  # a short ID: left out
     )
     assert out == {cid: pytest.approx(1795926601.123456789, abs=1e-6), "cd" * 32: 1795926601.0}
+
+
+def test_an_environment_label_that_is_not_a_name_is_not_quoted_back() -> None:
+    planted = Claim("gpu1", claim("alice", "\x1b]0;owned\x07<b>"))
+    assert quota.holdings([planted]) == [quota.Holding("gpu1", "?", 1)]
