@@ -9,6 +9,7 @@ by whoever runs docker there, so a name that matches twice is an error, never a 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from forge import fleet
 from forge.env import claims, launch
@@ -21,9 +22,10 @@ from forge.session import HostSession, user_on
 KEEP_REPO = "forge-keep"  # where `migrate --keep-changes` commits a container
 
 
-def list_fleet(hosts: Sequence[Host], pool: Pool) -> FleetResult[HostListing]:
-    """Every host's containers, in parallel (one round trip each)."""
-    return fleet.run(hosts, list_host, pool=pool)
+def list_fleet(hosts: Sequence[Host], pool: Pool, *, tickets: bool = False) -> FleetResult[HostListing]:
+    """Every host's containers (and with ``tickets`` its line for GPUs), in parallel, one round
+    trip each."""
+    return fleet.run(hosts, partial(list_host, tickets=tickets), pool=pool)
 
 
 def find(listings: FleetResult[HostListing], env: str) -> list[Environment]:

@@ -193,7 +193,7 @@ def candidates(
     if listings is not None and wanted <= {r.host.name for r in listings}:
         listings = FleetResult(tuple(r for r in listings if r.host.name in wanted))
     else:
-        listings = envs.list_fleet(hosts, pool)
+        listings = envs.list_fleet(hosts, pool, tickets=True)
     excluded = _excluded_gpus(listings, pool, req.claim_grace_s)
     snapshots = fleet.run([r.host for r in listings.succeeded], lambda s: probe_host(s, timeout=30), pool=pool)
     reserved = _reserved(inv, listings, snapshots, excluded, ticket)
@@ -347,7 +347,8 @@ class _Migration:
     def go(self) -> Result:
         with self.steps.step("locate"):
             self.progress.note(f"looking for environment {self.req.env!r} on {len(self.inv.hosts)} host(s)")
-            self.listings = envs.list_fleet(self.inv.hosts, self.pool)  # one round trip a host: locate and choose
+            # one round trip a host: locate, and choose (the lines for GPUs too)
+            self.listings = envs.list_fleet(self.inv.hosts, self.pool, tickets=True)
             self.current = envs.locate(self.inv, self.req.env, self.pool, listings=self.listings)
         with self.steps.step("choose"):
             self._quota_before()
@@ -502,7 +503,7 @@ class _Migration:
         self.steps.undo("place in line", waiter.leave)
         start, said = time.monotonic(), ""
         while True:
-            listings = envs.list_fleet(hosts, self.pool)
+            listings = envs.list_fleet(hosts, self.pool, tickets=True)
             waiter.keep(r.value for r in listings.succeeded if r.value is not None)
             try:
                 return candidates(self.inv, req, self.pool, current=self.current, listings=listings, ticket=waiter.id)
