@@ -146,6 +146,11 @@ class PolicySettings:
     max_gpus_per_user: int | None = None  # None: no quota
     max_gpus: Mapping[str, int] = field(default_factory=dict)  # per-user overrides of it
     waiter_timeout: str = "60s"  # a waiter that stops renewing its place in line loses it after this
+    # Idle environments (forge reclaim): GPUs at most this busy, and no SSH session open ...
+    idle_utilization_pct: int = 5
+    idle_memory_mib: int = 1024
+    idle_after: str | None = None  # ... for this long: the owner is warned (None: never)
+    reclaim_after: str = "1h"  # ... and this long after the warning it is reclaimed
 
     @property
     def waiter_timeout_s(self) -> float:
@@ -472,7 +477,8 @@ class _Validator:
         """``[policy]``: ``max_gpus_per_user`` and a ``[policy.max_gpus]`` table of user = GPUs."""
         if not isinstance(doc, dict):
             raise self.error(f"must be a table, not {_tname(doc)}", key="policy")
-        self.unknown(doc, ["max_gpus_per_user", "max_gpus", "waiter_timeout"], host=None, prefix="policy.")
+        idle_keys = ["idle_utilization_pct", "idle_memory_mib", "idle_after", "reclaim_after"]
+        self.unknown(doc, ["max_gpus_per_user", "max_gpus", "waiter_timeout", *idle_keys], host=None, prefix="policy.")
         fleet = doc.get("max_gpus_per_user")
         if fleet is not None:
             fleet = self.typed(fleet, int, host=None, key="policy.max_gpus_per_user")
@@ -481,7 +487,7 @@ class _Validator:
             raise self.error(f"must be a table of user = GPUs, not {_tname(users)}", key="policy.max_gpus")
         per_user = {u: self.typed(n, int, host=None, key=f"policy.max_gpus.{u}") for u, n in users.items()}
         waiter = self.typed(doc.get("waiter_timeout", "60s"), str, host=None, key="policy.waiter_timeout")
-        settings = PolicySettings(max_gpus_per_user=fleet, max_gpus=per_user, waiter_timeout=waiter)
+        settings = PolicySettings(max_gpus_per_user=fleet, max_gpus=per_user, waiter_timeout=waiter, **self.idle(doc))
         try:
             seconds = settings.waiter_timeout_s
         except ValueError as e:
@@ -489,6 +495,25 @@ class _Validator:
         if not 2 <= seconds <= 3600:
             raise self.error("must be from 2s to 1h", key="policy.waiter_timeout")
         return settings
+
+    def idle(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The idle-environment keys of ``[policy]`` (forge reclaim), checked."""
+        from forge.durations import parse_duration
+
+        out: dict[str, Any] = {}
+        for key, top in (("idle_utilization_pct", 100), ("idle_memory_mib", 10**7)):
+            if key in doc:
+                out[key] = self.typed(doc[key], int, host=None, key=f"policy.{key}")
+                if not 0 <= out[key] <= top:
+                    raise self.error(f"must be from 0 to {top}", key=f"policy.{key}")
+        for key in ("idle_after", "reclaim_after"):
+            if key in doc:
+                out[key] = self.typed(doc[key], str, host=None, key=f"policy.{key}")
+                try:
+                    parse_duration(out[key])
+                except ValueError as e:
+                    raise self.error(str(e), key=f"policy.{key}") from None
+        return out
 
     def notify(self, doc: Any) -> NotifySettings:
         """``[notify]``: ``command``, a string (run with sh -c) or a non-empty list of strings."""

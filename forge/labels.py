@@ -41,3 +41,12 @@ WAIT_GPUS = "forge.wait.gpus"
 WAIT_MIN_FREE = "forge.wait.min_free_mib"
 WAIT_SINCE = "forge.wait.since"  # when the waiter first queued on this host (the host's clock)
 WAIT_UNTIL = "forge.wait.until"  # the ticket counts until then unless renewed (the host's clock)
+
+# What `forge reclaim` has seen of an environment (or of a process outside forge holding a GPU):
+# a Docker volume per fact, ``forge-idle-<SUBJECT>-<KIND>`` (forge/env/idle.py).
+IDLE = "forge.idle"  # the subject: an environment's container ID, or a process's hashed identity
+IDLE_KIND = "forge.idle.kind"  # idle (first seen idle), warned, reclaimed
+IDLE_SINCE = "forge.idle.since"  # when (the host's clock)
+IDLE_ENV = "forge.idle.env"
+IDLE_OWNER = "forge.idle.owner"
+IDLE_IMAGE = "forge.idle.image"  # reclaimed: the image its changes were committed to

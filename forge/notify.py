@@ -16,6 +16,10 @@ from collections.abc import Mapping, Sequence
 EVENTS = {
     "launched": "forge migrate started an environment (FORGE_ENV, FORGE_HOST, FORGE_GPUS, FORGE_PORT)",
     "gpus_free": "forge gpus --wait found the GPUs it waited for (FORGE_HOST, FORGE_GPUS)",
+    "reclaim_warning": "forge reclaim warned the owner of an idle environment (FORGE_ENV, FORGE_OWNER, FORGE_HOST, "
+    "FORGE_GPUS, FORGE_IDLE_S, FORGE_RECLAIM_IN_S)",
+    "reclaimed": "forge reclaim stopped an idle environment, its changes kept (FORGE_ENV, FORGE_OWNER, FORGE_HOST, "
+    "FORGE_GPUS, FORGE_IMAGE)",
 }
 
 

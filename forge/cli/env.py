@@ -11,9 +11,10 @@ import click
 from forge import keys
 from forge.cli import output
 from forge.cli.main import DURATION, State, pass_state
-from forge.env import access, envs, queue, sshconfig
+from forge.env import access, envs, idle, queue, sshconfig
 from forge.env import migrate as mig
 from forge.env.errors import EnvError
+from forge.env.idle import Mark
 from forge.env.launch import wait_ready
 from forge.env.listing import Environment, HostListing
 from forge.env.names import check_name
@@ -22,7 +23,7 @@ from forge.gpu.holders import env_name, user_name
 from forge.inventory import Inventory
 from forge.notify import notify
 
-PS_HEADERS = ["HOST", "ENV", "OWNER", "GPUS", "PORT", "IMAGE", "AGE", "STATE"]
+PS_HEADERS = ["HOST", "ENV", "OWNER", "GPUS", "PORT", "IMAGE", "AGE", "IDLE", "STATE"]
 
 
 def _age(seconds: int | None) -> str:
@@ -170,7 +171,7 @@ def _tell_launched(inv: Inventory, result: mig.Result) -> None:
         result.warnings.append(warning)
 
 
-def _row(e: Environment, now: int) -> list[str]:
+def _row(e: Environment, listing: HostListing) -> list[str]:
     created = e.container.created_s
     return [
         e.host,
@@ -179,9 +180,31 @@ def _row(e: Environment, now: int) -> list[str]:
         ",".join(e.gpus) or "-",
         str(e.ssh_port or "-"),
         e.container.image,
-        _age(now - created if created else None),
+        _age(listing.now_s - created if created else None),
+        _idle(idle.marks_of(listing.marks, e.container.id), listing.now_s),
         e.container.status,
     ]
+
+
+def _idle(marks: dict[str, Mark], now: int) -> str:
+    """What forge reclaim last saw: idle for how long, warned, reclaimed; - when it saw it busy
+    (or never looked)."""
+    if "reclaimed" in marks:
+        return "reclaimed"
+    seconds = idle.idle_for(marks, now)
+    if seconds is None:
+        return "-"
+    return _age(seconds) + (" (warned)" if "warned" in marks else "")
+
+
+def _env_json(e: Environment, listing: HostListing) -> dict[str, Any]:
+    marks = idle.marks_of(listing.marks, e.container.id)
+    reclaimed = marks.get("reclaimed")
+    return e.to_json() | {
+        "idle_s": idle.idle_for(marks, listing.now_s),
+        "warned": "warned" in marks,
+        "reclaimed": reclaimed is not None,
+    }
 
 
 @click.command()
@@ -191,8 +214,12 @@ def _row(e: Environment, now: int) -> list[str]:
 @click.pass_context
 def ps(ctx: click.Context, state: State, targets: tuple[str, ...], as_json: bool) -> None:
     """Environments across the fleet (TARGETS: hosts, tags or 'all'): host, GPUs, port, image,
-    age, state. Every owner's are shown, and the requests waiting in line for GPUs on each
-    host (`forge migrate --wait`): their GPUs in parentheses, how long they have waited.
+    age, idle time, state. Every owner's are shown, and the requests waiting in line for GPUs on
+    each host (`forge migrate --wait`): their GPUs in parentheses, how long they have waited.
+
+    IDLE is how long `forge reclaim` (run from cron) has seen it idle: no GPU work and no SSH
+    session ("-": busy at its last look, or never looked at); "(warned)" once its owner was
+    warned; "reclaimed" once stopped with its changes kept (`forge migrate` brings it back).
 
     Exit status: 0 when every host answered, 4 when some did not, 5 when none did."""
     inv = state.inventory
@@ -201,17 +228,17 @@ def ps(ctx: click.Context, state: State, targets: tuple[str, ...], as_json: bool
     for r in listings:
         if r.value is None:
             state_ = f"unreachable: {r.reason}" if isinstance(r.error, ConnectError) else r.reason
-            rows.append([r.host.name, "-", "", "", "", "", "", state_])
+            rows.append([r.host.name, "-", "", "", "", "", "", "", state_])
             continue
         for e in r.value.environments:
-            rows.append(_row(e, r.value.now_s))
-            items.append(e.to_json())
+            rows.append(_row(e, r.value))
+            items.append(_env_json(e, r.value))
     waiting = [w for r in listings.succeeded if r.value is not None for w in _waiting(r.value)]
     if as_json:
         unreachable = {r.host.name: r.reason for r in listings.failed}
         output.emit_json({"environments": items, "waiting": waiting, "unreachable": unreachable})
     else:
-        rows += [[w["host"], w["env"], w["owner"], f"({w['gpus']})", "", "", _age(w["waited_s"]),
+        rows += [[w["host"], w["env"], w["owner"], f"({w['gpus']})", "", "", _age(w["waited_s"]), "",
                   f"waiting: {w['place']} of {w['of']} in line"] for w in waiting]  # fmt: skip
         output.echo(output.table(rows, PS_HEADERS))
     ctx.exit(listings.exit_code())

@@ -66,6 +66,7 @@ COMMANDS = {
     "lab": "forge.cli.lab:lab",
     "migrate": "forge.cli.env:migrate",
     "ps": "forge.cli.env:ps",
+    "reclaim": "forge.cli.reclaim:reclaim",
     "record": "forge.cli.history:record",
     "report": "forge.cli.history:report",
     "serve": "forge.cli.serve:serve",

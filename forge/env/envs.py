@@ -8,18 +8,27 @@ by whoever runs docker there, so a name that matches twice is an error, never a 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import partial
 
 from forge import fleet
 from forge.env import claims, launch
 from forge.env.errors import EnvError
+from forge.env.idle import Mark
 from forge.env.listing import Environment, HostListing, list_host
 from forge.fleet import FleetResult, Pool
 from forge.inventory import Host, Inventory
 from forge.session import HostSession, user_on
 
-KEEP_REPO = "forge-keep"  # where `migrate --keep-changes` commits a container
+KEEP_REPO = "forge-keep"  # where `migrate --keep-changes` and `forge reclaim` commit a container
+_REPO_UNSAFE = re.compile(r"[^a-z0-9_./-]")
+_RECLAIM_TAG = re.compile(r"^[a-z0-9_./-]{1,200}:reclaimed-[0-9a-f]{12}$")
+
+
+def keep_repo(env: str, owner: str) -> str:
+    """The repository an environment's changes are committed to: ``forge-keep/OWNER-ENV``."""
+    return _REPO_UNSAFE.sub("-", f"{KEEP_REPO}/{owner}-{env}".lower())
 
 
 def list_fleet(hosts: Sequence[Host], pool: Pool, *, tickets: bool = False) -> FleetResult[HostListing]:
@@ -71,10 +80,47 @@ def retire(s: HostSession, env: Environment, listing: HostListing, *, keep_image
     if not launch.remove(s, env.container.id):
         warnings.append(f"could not remove the old container {env.container.name} on {s.name}")
     claims.release(s, claims.claims_for(listing, env.container.name))
-    images = [i for i in (keep_image, kept_image(env)) if i]
+    marks = [m for m in listing.marks if m.subject == env.container.id]
+    reclaimed = [m.image for m in marks if m.kind == "reclaimed" and _is_reclaim_image(m, env.name, env.owner)]
+    images = [i for i in (keep_image, kept_image(env), *reclaimed) if i]
     if images:
         s.run(s.docker("rmi", *dict.fromkeys(images)), timeout=120)
+    forget(s, marks)
     return warnings
+
+
+def forget(s: HostSession, marks: Sequence[Mark]) -> None:
+    """Remove idle marks (forge/env/idle.py) of an environment that is gone or back."""
+    if marks:
+        s.run(s.docker("volume", "rm", "-f", *(m.name for m in marks)), timeout=60)
+
+
+def _is_reclaim_image(mark: Mark, env: str, owner: str | None) -> bool:
+    """A reclaimed mark's image is used only when it is the one forge reclaim names for that
+    environment (marks are read from the host)."""
+    return (
+        bool(owner)
+        and bool(_RECLAIM_TAG.match(mark.image))
+        and mark.image.startswith(keep_repo(env, owner or "") + ":reclaimed-")
+    )
+
+
+def reclaimed(listings: FleetResult[HostListing], env: str, current: Environment | None) -> Mark | None:
+    """Where ``forge reclaim`` left environment ``env``'s changes: the reclaimed mark of its
+    stopped container, or, when the container is gone, the newest reclaimed mark of the user's
+    environment of that name; None when it was not reclaimed."""
+    found = []
+    for r in listings.succeeded:
+        assert r.value is not None
+        me, names = user_on(r.host), {e.container.id for e in r.value.environments}
+        for m in r.value.marks:
+            if m.kind != "reclaimed" or not _is_reclaim_image(m, env, me):
+                continue
+            if current is not None and current.container.state != "running" and m.subject == current.container.id:
+                return m
+            if current is None and m.env == env and m.owner == me and m.subject not in names:
+                found.append(m)
+    return max(found, key=lambda m: m.since) if found else None
 
 
 def stop(inv: Inventory, env: str, pool: Pool, *, hosts: Sequence[Host] | None = None) -> Environment | None:

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from forge import dockercli, shell
-from forge.env import queue
+from forge.env import idle, queue
+from forge.env.idle import Mark
 from forge.env.queue import Ticket
 from forge.errors import CommandFailed, HostError
 from forge.labels import (  # the env modules name them from here
@@ -27,6 +28,7 @@ from forge.labels import (  # the env modules name them from here
     CLAIM_OWNER,
     ENV,
     GPUS,
+    IDLE,
     OWNER,
     SSH_PORT,
     USER,
@@ -44,6 +46,7 @@ PS_FORMAT = "\t".join(
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _SSH_PUBLISHED = re.compile(r":(\d{1,5})->22/tcp\b")
 TICKETS_MARK = "@@forge-tickets"
+MARKS_MARK = "@@forge-idle"
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ class HostListing:
     now_s: int  # the host's clock when listed
     containers: tuple[Container, ...]
     tickets: tuple[Ticket, ...] = ()  # places in line for GPUs (forge/env/queue.py)
+    marks: tuple[Mark, ...] = ()  # what forge reclaim saw of idle environments (forge/env/idle.py)
 
     @property
     def names(self) -> frozenset[str]:
@@ -177,8 +181,10 @@ class HostListing:
 
 def parse_listing(host: str, stdout: str) -> HostListing:
     """Parse ``date +%s``, ``docker ps -a --format PS_FORMAT`` (one JSON value per column), then
-    after a line ``@@forge-tickets`` the tickets' volumes (:func:`forge.env.queue.parse_tickets`)."""
-    stdout, _, tickets = stdout.partition(f"\n{TICKETS_MARK}\n")
+    after a line ``@@forge-tickets`` the tickets' volumes (:func:`forge.env.queue.parse_tickets`)
+    and after ``@@forge-idle`` the idle marks (:func:`forge.env.idle.parse_marks`)."""
+    stdout, _, volumes = stdout.partition(f"\n{TICKETS_MARK}\n")
+    tickets, _, marks = f"\n{volumes}".partition(f"\n{MARKS_MARK}\n")  # no tickets: the mark comes first
     lines = stdout.splitlines()
     if not lines or not lines[0].strip().isdigit():
         raise ValueError(f"unexpected listing output: {stdout[:200]!r}")
@@ -196,22 +202,27 @@ def parse_listing(host: str, stdout: str) -> HostListing:
         cid, name, image, state, status, created, ports = cols[: len(_FIXED)]
         labels = {k: v for k, v in zip(LABELS, cols[len(_FIXED) :], strict=True) if v}
         containers.append(Container(cid, name, image, state, status, parse_created(created), labels, ports))
-    return HostListing(host, int(lines[0]), tuple(containers), tuple(queue.parse_tickets(host, tickets)))
+    now = int(lines[0])
+    found = tuple(queue.parse_tickets(host, tickets)), tuple(idle.parse_marks(host, marks, now))
+    return HostListing(host, now, tuple(containers), *found)
 
 
 def listing_command(s: HostSession, *, tickets: bool = False) -> shell.Script:
     """``date +%s`` and ``docker ps -a`` in one round trip ($1: the format, then docker's
-    words); with ``tickets`` also the places in line for GPUs ($2: their format), which only
-    what chooses GPUs or shows the line needs (one more docker process on the host: ~10 ms)."""
+    words); with ``tickets`` also the places in line for GPUs ($2: their format) and the idle
+    marks ($3), which only what chooses GPUs or shows the line needs (two more docker processes
+    on the host: ~10 ms each)."""
     if not tickets:
         return shell.script(
             'fmt=$1; shift; date +%s && exec "$@" ps -a --no-trunc --format "$fmt"', PS_FORMAT, *s.docker_words
         )
     return shell.script(
-        'fmt=$1; vfmt=$2; shift 2; date +%s && "$@" ps -a --no-trunc --format "$fmt" && echo ' + TICKETS_MARK
-        + ' && exec "$@" volume ls --filter label=' + WAIT + ' --format "$vfmt"',
+        'fmt=$1; vfmt=$2; ifmt=$3; shift 3; date +%s && "$@" ps -a --no-trunc --format "$fmt" && echo '
+        + TICKETS_MARK + ' && "$@" volume ls --filter label=' + WAIT + ' --format "$vfmt" && echo ' + MARKS_MARK
+        + ' && exec "$@" volume ls --filter label=' + IDLE + ' --format "$ifmt"',
         PS_FORMAT,
         queue.VOLUME_FORMAT,
+        idle.VOLUME_FORMAT,
         *s.docker_words,
     )  # fmt: skip
 

@@ -22,7 +22,6 @@ registers its undo as it goes (:mod:`forge.env.steps`).
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from forge import fleet
 from forge.durations import format_duration
 from forge.env import claims, envs, launch, queue, quota, volume
 from forge.env.errors import ClaimConflict, EnvError, MigrateFailed
+from forge.env.idle import Mark
 from forge.env.listing import Claim, Environment, HostListing, list_host
 from forge.env.names import check_name
 from forge.env.steps import Steps
@@ -46,8 +46,6 @@ from forge.images.sync import sync_image
 from forge.inventory import Host, Inventory
 from forge.progress import NoProgress, Progress
 from forge.session import HostSession, user_on
-
-_REPO_UNSAFE = re.compile(r"[^a-z0-9_./-]")
 
 
 @dataclass(frozen=True)
@@ -158,7 +156,8 @@ def _excluded_gpus(listings: FleetResult[HostListing], pool: Pool, grace_s: floa
 def _target_hosts(inv: Inventory, req: Request, current: Environment | None) -> list[Host]:
     if req.to == "idle":
         hosts = inv.select(list(req.among)) if req.among else list(inv.hosts)
-        hosts = [h for h in hosts if not current or h.name != current.host]  # idle never keeps it
+        if current is not None and current.container.state == "running":  # idle never keeps it there
+            hosts = [h for h in hosts if h.name != current.host]
     else:
         hosts = [inv.host(req.to)]
     if not hosts:
@@ -316,8 +315,7 @@ def claim_gpus(
 
 
 def keep_tag(env: str, owner: str) -> str:
-    repo = _REPO_UNSAFE.sub("-", f"{envs.KEEP_REPO}/{owner}-{env}".lower())
-    return f"{repo}:{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"{envs.keep_repo(env, owner)}:{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def migrate(inv: Inventory, req: Request, pool: Pool, *, progress: Progress | None = None) -> Result:
@@ -343,6 +341,7 @@ class _Migration:
         self.listings: FleetResult[HostListing] | None = None
         self.reserved: dict[str, set[str]] = {}
         self.waiter: queue.Waiter | None = None
+        self.reclaimed: Mark | None = None  # forge reclaim stopped it: its changes come back
 
     def go(self) -> Result:
         with self.steps.step("locate"):
@@ -350,6 +349,7 @@ class _Migration:
             # one round trip a host: locate, and choose (the lines for GPUs too)
             self.listings = envs.list_fleet(self.inv.hosts, self.pool, tickets=True)
             self.current = envs.locate(self.inv, self.req.env, self.pool, listings=self.listings)
+            self.reclaimed = envs.reclaimed(self.listings, self.req.env, self.current)
         with self.steps.step("choose"):
             self._quota_before()
             cands = self._choose()
@@ -576,7 +576,11 @@ class _Migration:
     def _image_source(self) -> tuple[str, Host | None]:
         """(image to launch, host to ship it from; None: it must already be on the target)."""
         req, current = self.req, self.current
-        if req.keep_changes:
+        mark = self.reclaimed
+        if mark is not None and current is None:  # reclaimed, and its container removed since
+            self.progress.note(f"bringing {req.env} back from {mark.image} on {mark.host}")
+            return mark.image, self.inv.host(mark.host)
+        if req.keep_changes or mark is not None:
             if current is None:
                 raise EnvError(f"--keep-changes: environment {req.env!r} does not run anywhere")
             s = self.pool.get(self.inv.host(current.host))
@@ -597,12 +601,16 @@ class _Migration:
 
     def _finish(self, result: Result) -> Result:
         """Remove the old environment (its container, claims, committed image)."""
-        current = self.current
+        current, mark = self.current, self.reclaimed
+        if current is None and mark is not None:  # back from a reclaim whose container was removed
+            s = self.pool.get(self.inv.host(mark.host))
+            s.run(s.docker("rmi", mark.image), timeout=120)  # refused while the new one runs on it
+            envs.forget(s, [mark])
         if current is None or self.listings is None:
             return result
         result.old_host, result.old_container = current.host, current.container.name
         self.progress.note(f"removing the old container {current.container.name} on {current.host}")
-        keep = result.image if self.req.keep_changes else None
+        keep = result.image if self.req.keep_changes or self.reclaimed else None
         try:
             s = self.pool.get(self.inv.host(current.host))
             result.warnings += envs.retire(s, current, envs.listing_of(self.listings, current.host), keep_image=keep)
