@@ -122,22 +122,26 @@ def sessions(s: HostSession, containers: Sequence[str]) -> dict[str, int]:
     if not containers:
         return {}
     ids = " ".join(idle.subject_of(c) for c in containers)
-    script = shell.script(
-        'ids=$1; shift; for c in $ids; do echo "' + TOP_MARK + '$c"; '
-        '"$@" top "$c" -o pid,args || echo "@@forge-failed"; done',
-        ids,
-        *s.docker_words,
-    )  # fmt: skip
-    r = s.run(script, timeout=60)
+    r = s.run(shell.script(_SESSIONS_SCRIPT, ids, _PROC_SCRIPT, *s.docker_words), timeout=60)
     return parse_sessions(r.stdout)
 
 
+# $1: the container IDs, $2: the script run in a container, then docker's words. `docker top`
+# needs ps on the daemon's host; where it has none, the container's own /proc is read.
+_SESSIONS_SCRIPT = (
+    'ids=$1; proc=$2; shift 2; for c in $ids; do echo "' + TOP_MARK + '$c"; '
+    '"$@" top "$c" -o pid,args 2>/dev/null || "$@" exec -u 0 "$c" sh -c "$proc" || echo "@@forge-failed"; done'
+)
+_PROC_SCRIPT = 'echo "PID COMMAND"; for f in /proc/[0-9]*/cmdline; do printf "0 "; cat "$f"; echo; done'
+
+
 def parse_sessions(stdout: str) -> dict[str, int]:
+    """Per container, the sessions in its block (``docker top``, or its /proc: NUL-separated)."""
     out: dict[str, int] = {}
     for block in stdout.split(TOP_MARK)[1:]:
         cid, _, top = block.partition("\n")
         if "@@forge-failed" not in top:
-            out[cid.strip()] = idle.count_sessions(top)
+            out[cid.strip()] = idle.count_sessions(top.replace("\0", " "))
     return out
 
 

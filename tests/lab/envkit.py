@@ -80,6 +80,18 @@ def claims_on(lab: LabHandle, host: str, env: str) -> list[str]:
     return lab.docker(host, "ps", "-aq", "--filter", f"label=forge.claim.env={env}").stdout.split()
 
 
+def ssh_into(lab: LabHandle, res: dict[str, Any], tmp: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    """ssh to the container, checking its host key against what forge read on its host."""
+    known = tmp / f"known-{res['port']}"
+    # named as the lab's ssh reaches the host: its address (behind a bastion, the inner one)
+    known.write_text("".join(f"[{lab.address(res['host'])}]:{res['port']} {k}\n" for k in res["host_keys"]))
+    # The lab's ssh command line to the container's host; ssh checks a key in the global
+    # known_hosts file too (the user one, the lab's, has the hosts' port 22 only).
+    options = ("-p", str(res["port"]), "-o", f"GlobalKnownHostsFile={known}")
+    argv = lab.lab.ssh_argv(res["host"], *command, options=options)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
 def env_lab_kit(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The environments of one test module: built, yielded, then removed."""
     for h in HOSTS:

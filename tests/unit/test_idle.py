@@ -83,6 +83,14 @@ def test_the_reclaim_counts_sessions_per_container_and_skips_one_it_could_not_li
 
     out = f"@@forge-top {CID}\n{TOP}@@forge-top {OTHER}\nError: no such container\n@@forge-failed\n"
     assert parse_sessions(out) == {CID: 2}
+    # a daemon's host without ps: the container's /proc/PID/cmdline (NUL-separated), as read
+    # on the lab's trixie host with `forge ssh ENV sleep 15` open
+    pad = "\x00" * 33
+    proc = (
+        f"@@forge-top {CID}\nPID COMMAND\n0 sshd: /usr/sbin/sshd -D -e -f /etc/ssh/sshd_forge_config [listener] 0 of "
+        f"10-100 startups\x00\n0 sshd: forgelab [priv]{pad}\n0 sshd: forgelab@notty{pad}\n0 sleep\x0015\x00\n"
+    )
+    assert parse_sessions(proc) == {CID: 1}
 
 
 def gpus(*gs: object) -> HostGpus:
