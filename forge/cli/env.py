@@ -150,7 +150,7 @@ def _show_migrated(inv: Inventory, result: mig.Result, *, ssh_config: bool, as_j
         output.emit_json({**result.to_json(), "ssh": access.display(way)})
         return
     moved = f" (from {result.old_host})" if result.old_host else ""
-    indexes = ",".join(map(str, result.gpu_indexes))
+    indexes = ",".join(result.gpu_labels)
     output.echo(f"{result.env} runs on {result.host}{moved}, GPU(s) {indexes}, port {result.port}")
     output.echo(access.display(way))
     if config_path:

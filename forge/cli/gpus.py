@@ -83,7 +83,7 @@ def table_rows(reports: list[HostReport], *, free_only: bool) -> list[list[str]]
             rows.append(
                 [
                     name,
-                    str(v.gpu.index),
+                    v.gpu.label,
                     v.gpu.name or "?",
                     _memory(v.gpu),
                     _util(v.gpu),
@@ -108,6 +108,9 @@ def _gpu_json(v: GpuVerdict) -> dict[str, Any]:
         "temperature_c": g.temperature_c,
         "power_draw_w": g.power_draw_w,
         "mig_mode": g.mig_mode,
+        "mig_device": g.mig_device,  # a MIG instance: its device index on GPU `index`
+        "mig_profile": g.mig_profile,
+        "parent_uuid": g.parent_uuid,
         "free": v.free,
         "reason": v.reason,
         "held_by": None if v.hold is None else {"env": v.hold.env, "owner": v.hold.owner, "kind": v.hold.kind},
@@ -158,7 +161,8 @@ def users_json(reports: list[HostReport]) -> list[dict[str, Any]]:
     for rep in reports:
         for v in rep.verdicts:
             for h in holders_of(v):
-                held.setdefault(h, []).append({"host": rep.host.name, "index": v.gpu.index, "uuid": v.gpu.uuid})
+                held.setdefault(h, []).append({"host": rep.host.name, "index": v.gpu.index, "gpu": v.gpu.label,
+                                               "uuid": v.gpu.uuid})  # fmt: skip
     order = sorted(held, key=lambda h: (-len(held[h]), h))
     return [{"user": h.user, "env": h.env or None, "gpus": held[h]} for h in order]
 
@@ -168,6 +172,7 @@ def candidates_json(cands: list[Candidate]) -> list[dict[str, Any]]:
         {
             "host": c.host,
             "gpu_indexes": list(c.gpu_indexes),
+            "gpu_labels": list(c.gpu_labels),
             "gpu_uuids": list(c.gpu_uuids),
             "free_gpus": c.free_gpus,
         }
@@ -485,5 +490,5 @@ class View:
     def best(self, cands: list[Candidate]) -> str:
         if not cands:
             return f"No host has {self.want} free GPU(s) with {self.min_free_memory} MiB free each."
-        rows = [[c.host, ",".join(map(str, c.gpu_indexes)), ",".join(c.gpu_uuids), str(c.free_gpus)] for c in cands]
+        rows = [[c.host, ",".join(c.gpu_labels), ",".join(c.gpu_uuids), str(c.free_gpus)] for c in cands]
         return output.table(rows, ["BEST HOSTS", "GPUS", "UUIDS", "FREE"])

@@ -121,7 +121,7 @@ def user_rows(reports: list[HostReport], paint: Paint) -> list[list[str]]:
     for rep in reports:
         for v in rep.verdicts:
             for h in holders_of(v):
-                where[str(h)].append(f"{rep.host.name}:{v.gpu.index}")
+                where[str(h)].append(f"{rep.host.name}:{v.gpu.label}")
                 gpus[str(h)].append(v.gpu)
     order = sorted(where, key=lambda k: (-len(where[k]), k))
     return [

@@ -193,6 +193,15 @@ def _indexes(ctx: click.Context, param: click.Parameter, value: str | None) -> l
     help="With --busy: a process of this user (of this machine, e.g. the lab's other user) holds "
     "the GPUs, so forge shows who holds them. --idle or --reset ends it.",
 )
+@click.option(
+    "--mig", callback=_indexes, metavar="IDX,...|all", help="Split these GPUs into MIG instances (as a captured H200)."
+)
+@click.option(
+    "--slice",
+    "slice_",
+    metavar="IDX/DEV",
+    help="MIG device DEV of GPU IDX in use: --memory MiB of it (0: none), by a process of --user.",
+)
 @click.option("--reset", is_flag=True, help="Back to four idle GPUs (what `forge lab up` gives a host).")
 @click.option("--json", "as_json", is_flag=True, help="Print the host's GPU state as JSON.")
 @_errors
@@ -204,6 +213,8 @@ def gpu(
     util: int,
     memory: int,
     user: str | None,
+    mig: list[int] | None,
+    slice_: str | None,
     reset: bool,
     as_json: bool,
 ) -> None:
@@ -218,22 +229,37 @@ def gpu(
     every = [g["index"] for g in (the_lab.gpu_state(host) or {"gpus": []})["gpus"]]
     if idle is not None:
         the_lab.load_gpus(host, every if idle == [-1] else idle, utilization_pct=0, memory_used_mib=0)
-    if user is not None and busy is None:
-        raise click.UsageError("--user goes with --busy")
+    if mig is not None:
+        the_lab.mig_gpus(host, every if mig == [-1] else mig)
+    if slice_ is not None:
+        index, _, device = slice_.partition("/")
+        if not (index.isdigit() and device.isdigit()):
+            raise click.BadParameter(f"{slice_!r} is not IDX/DEV (e.g. 0/3)", param_hint="--slice")
+        the_lab.load_slice(host, int(index), int(device), memory_used_mib=memory, user=user)
+    elif user is not None and busy is None:
+        raise click.UsageError("--user goes with --busy or --slice")
     if busy is not None:
         chosen = every if busy == [-1] else busy
         the_lab.load_gpus(host, chosen, utilization_pct=util, memory_used_mib=memory, user=user)
-    st = the_lab.gpu_state(host)
+    _show_gpu_state(host, the_lab.gpu_state(host), as_json=as_json)
+
+
+def _show_gpu_state(host: str, st: dict[str, Any] | None, *, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(st, indent=2))
-    elif st is None:
+        return
+    if st is None:
         click.echo(f"{host}: no nvidia-smi")
-    else:
-        click.echo(f"{host}: {st.get('mode', 'ok')}, {len(st['gpus'])} GPUs, {len(st.get('processes', []))} processes")
-        pids = {p["gpu_uuid"]: p["pid"] for p in st.get("processes", [])}
-        for g in st["gpus"]:
-            by = f"  pid {pids[g['uuid']]}" if g["uuid"] in pids else ""
-            click.echo(
-                f"  {g['index']}  {g['uuid']}  {g['utilization_gpu_pct']:3d} %"
-                f"  {g['memory_used_mib']:>6} / {g['memory_total_mib']} MiB{by}"
-            )
+        return
+    click.echo(f"{host}: {st.get('mode', 'ok')}, {len(st['gpus'])} GPUs, {len(st.get('processes', []))} processes")
+    procs = st.get("processes", [])
+    for g in st["gpus"]:
+        pids = [p["pid"] for p in procs if p["gpu_uuid"] == g["uuid"] and "gi" not in p]
+        util = "n/a" if g.get("utilization_gpu_pct") is None else f"{g['utilization_gpu_pct']:3d} %"
+        by = f"  pid {pids[0]}" if pids else ""
+        click.echo(f"  {g['index']}  {g['uuid']}  {util}  {g['memory_used_mib']:>6} / {g['memory_total_mib']} MiB{by}")
+        for d in g.get("mig_devices", []) if g.get("mig_mode") == "Enabled" else []:
+            on = [p["pid"] for p in procs if p["gpu_uuid"] == g["uuid"] and p.get("gi") == d["gi"]]
+            by = f"  pid {on[0]}" if on else ""
+            label = f"{g['index']}/{d['index']}"
+            click.echo(f"    {label}  {d['uuid']}  MIG {d['profile']}  {d['memory_total_mib']} MiB{by}")

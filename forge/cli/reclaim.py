@@ -112,7 +112,7 @@ def _show(
     output.echo(output.table(rows, HEADERS) if rows else "no environments")
     if outside:
         output.echo("\nGPUs held outside forge, showing no work (reported, never touched):")
-        held = [[o.host, o.user, o.gpu_index, o.pid, _mib(o.memory_mib), _idle(o.idle_s)] for o in outside]
+        held = [[o.host, o.user, o.gpu, o.pid, _mib(o.memory_mib), _idle(o.idle_s)] for o in outside]
         output.echo(output.table(held, ["HOST", "USER", "GPU", "PID", "MEMORY", "IDLE"]))
 
 

@@ -137,10 +137,12 @@ def gpus_busy(gpus: HostGpus | None, held: Sequence[str], rule: Rule) -> str | N
         gpu = next((g for g in gpus.gpus if ref in (g.uuid, str(g.index))), None)
         if gpu is None:
             return f"GPU {ref} is not on the host"
-        if gpu.utilization_gpu_pct is None or gpu.utilization_gpu_pct > rule.utilization_pct:
-            return f"GPU {gpu.index} at {_pct(gpu.utilization_gpu_pct)} utilization"
+        # a MIG instance reports no utilization of its own (nvidia-smi: N/A): its memory says
+        busy_util = gpu.utilization_gpu_pct is None or gpu.utilization_gpu_pct > rule.utilization_pct
+        if busy_util and not gpu.is_mig_instance:
+            return f"GPU {gpu.label} at {_pct(gpu.utilization_gpu_pct)} utilization"
         if gpu.memory_used_mib is None or gpu.memory_used_mib > rule.memory_mib:
-            return f"GPU {gpu.index} has {_mib(gpu.memory_used_mib)} in use"
+            return f"GPU {gpu.label} has {_mib(gpu.memory_used_mib)} in use"
     return None
 
 

@@ -112,6 +112,7 @@ class Result:
     port: int
     gpus: tuple[str, ...]
     gpu_indexes: tuple[int, ...]
+    gpu_labels: tuple[str, ...]  # "2", or "2/3" for MIG device 3 of GPU 2
     image: str
     user: str
     host_keys: list[tuple[str, str]]
@@ -130,6 +131,7 @@ class Result:
             "port": self.port,
             "gpus": list(self.gpus),
             "gpu_indexes": list(self.gpu_indexes),
+            "gpu_labels": list(self.gpu_labels),
             "image": self.image,
             "user": self.user,
             "volume": self.volume.name if self.volume else None,
@@ -397,7 +399,7 @@ class _Migration:
                 self.waiter.leave()
         with self.steps.step("container"):
             spec = self._spec(s, image, name, got.candidate, facts, vol)
-            indexes = ",".join(map(str, got.candidate.gpu_indexes))
+            indexes = ",".join(got.candidate.gpu_labels)
             self.progress.note(f"starting {name} on {s.name} with GPU(s) {indexes}")
             self.steps.undo(f"container {name}", partial(launch.remove, s, name))
             listing = got.listing or self._listing(s)
@@ -415,6 +417,7 @@ class _Migration:
             port=port,
             gpus=got.candidate.gpu_uuids,
             gpu_indexes=got.candidate.gpu_indexes,
+            gpu_labels=got.candidate.gpu_labels,
             image=image,
             user=spec.user,
             host_keys=keys,

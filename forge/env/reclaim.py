@@ -93,13 +93,13 @@ class OutsideHolder:
 
     host: str
     user: str
-    gpu_index: int
+    gpu: str  # its label: 2, or 2/3 for a MIG instance
     pid: int
     memory_mib: int | None
     idle_s: int
 
     def to_json(self) -> dict[str, object]:
-        return {"host": self.host, "user": self.user, "gpu": self.gpu_index, "pid": self.pid,
+        return {"host": self.host, "user": self.user, "gpu": self.gpu, "pid": self.pid,
                 "memory_mib": self.memory_mib, "idle_s": self.idle_s}  # fmt: skip
 
 
@@ -262,7 +262,7 @@ class _HostRun:
             if mark is None and not self.dry_run:
                 self.put(subject, "idle", listing.now_s, env="", owner=user if USER_NAME.match(user) else "")
             since = mark.since if mark else listing.now_s
-            out.append(OutsideHolder(listing.host, user, gpu.index, p.pid, p.used_memory_mib, listing.now_s - since))
+            out.append(OutsideHolder(listing.host, user, gpu.label, p.pid, p.used_memory_mib, listing.now_s - since))
         return out
 
     def forget_gone(self, listing: HostListing) -> None:

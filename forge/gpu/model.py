@@ -46,10 +46,24 @@ class Gpu:
     power_limit_w: float | None  # power.limit [W]
     compute_mode: str | None  # compute_mode: Default, Exclusive_Process, Prohibited
     mig_mode: str | None  # mig.mode.current: Enabled, Disabled, or None (no MIG support)
+    # A MIG instance (forge/gpu/mig.py) is a Gpu of its own: its device index on GPU ``index``,
+    # its profile (e.g. "1g.18gb") and the UUID of that GPU; None on a whole GPU.
+    mig_device: int | None = None
+    mig_profile: str | None = None
+    parent_uuid: str | None = None
 
     @property
     def mig_enabled(self) -> bool:
         return self.mig_mode == "Enabled"
+
+    @property
+    def is_mig_instance(self) -> bool:
+        return self.mig_device is not None
+
+    @property
+    def label(self) -> str:
+        """How people name it: ``2``, or ``2/3`` for MIG device 3 of GPU 2."""
+        return str(self.index) if self.mig_device is None else f"{self.index}/{self.mig_device}"
 
     @property
     def free_memory_mib(self) -> int | None:

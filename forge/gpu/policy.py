@@ -20,7 +20,8 @@ _POLICY_KEYS = ("max_memory_used_mib", "max_utilization_pct", "max_foreign_proce
 class FreePolicy:
     """Thresholds under which a GPU counts as free.
 
-    A GPU is free when all hold: MIG mode is not enabled (forge hands out whole GPUs); its used
+    A GPU is free when all hold: MIG mode is not enabled (a MIG-enabled GPU is handed out by its
+    instances, each a GPU of its own: :mod:`forge.gpu.mig`); its used
     memory is known and at most ``max_memory_used_mib``; its utilization, when reported, is at
     most ``max_utilization_pct``; and at most ``max_foreign_processes`` processes on it belong
     to someone else (see :func:`is_foreign`). The defaults leave room for the few hundred MiB a
@@ -84,7 +85,7 @@ def gpu_is_free(
         claimed = " (claimed)" if hold.kind == "claim" else ""
         return False, f"held by {whose} environment {hold.env or '?'}{claimed}"
     if gpu.mig_enabled:
-        return False, "MIG mode is enabled"
+        return False, "split into MIG instances (listed after it)"
     if gpu.memory_used_mib is None:
         return False, "memory use not reported"
     if gpu.memory_used_mib > policy.max_memory_used_mib:
@@ -114,7 +115,7 @@ class GpuVerdict:
 def assess(host: HostGpus, *, policy: FreePolicy, me: str | None) -> tuple[GpuVerdict, ...]:
     """Every GPU of ``host`` with its verdict under ``policy``, in index order."""
     verdicts = []
-    for gpu in sorted(host.gpus, key=lambda g: g.index):
+    for gpu in sorted(host.gpus, key=lambda g: (g.index, -1 if g.mig_device is None else g.mig_device)):
         hold = host.hold(gpu.uuid)
         free, reason = gpu_is_free(
             gpu, host.processes, policy=policy, me=me, hold=hold, holds_unknown=host.holds_unknown
@@ -137,6 +138,7 @@ class Candidate:
     free_gpus: int  # how many GPUs on the host are free (and have enough memory)
     memory_used_mib: int  # summed over the chosen GPUs
     utilization_pct: int  # summed over the chosen GPUs (unreported counts as 0)
+    gpu_labels: tuple[str, ...] = ()  # as people name them: "2", or "2/3" for a MIG instance
 
 
 def _policy_for(host: str, policy: FreePolicy | Mapping[str, FreePolicy]) -> FreePolicy:
@@ -150,20 +152,26 @@ def _gpu_load(gpu: Gpu) -> tuple[int, int, int]:
     return (gpu.memory_used_mib or 0, gpu.utilization_gpu_pct or 0, gpu.index)
 
 
-def usable(host: HostGpus, policy: FreePolicy, me: str | None, excluded: set[str], min_free_mib: int) -> list[Gpu]:
+def usable(
+    host: HostGpus, policy: FreePolicy, me: str | None, excluded: set[str], min_free_mib: int, *, slices: bool = False
+) -> list[Gpu]:
     """The host's GPUs a request may take: free, not excluded, with the memory asked for,
-    least loaded first."""
+    least loaded first. With ``slices``, MIG instances too, before whole GPUs, smallest first
+    (the best fit: whole GPUs stay free for whoever needs one)."""
     found = []
     for gpu in host.gpus:
         if (
-            gpu.uuid in excluded
+            (gpu.is_mig_instance and not slices)
+            or gpu.uuid in excluded
             or not gpu_is_free(gpu, host.processes, policy=policy, me=me, hold=host.hold(gpu.uuid))[0]
         ):
             continue
         if min_free_mib > 0 and (gpu.free_memory_mib is None or gpu.free_memory_mib < min_free_mib):
             continue
         found.append(gpu)
-    return sorted(found, key=_gpu_load)
+    return sorted(
+        found, key=lambda g: (not g.is_mig_instance, g.memory_total_mib or 0 if g.is_mig_instance else 0, *_gpu_load(g))
+    )
 
 
 def select(
@@ -184,14 +192,15 @@ def select(
       ``count`` of its GPUs are free under its policy (:func:`gpu_is_free`), are not in
       ``exclude_gpus`` (UUIDs) and have at least ``min_free_memory_mib`` free (reported free
       memory, else total - used; unknown fails any positive minimum).
-    - ``policy`` is one policy for all hosts or a mapping host -> policy (hosts missing from the
-      mapping get the default :class:`FreePolicy`).
+    - ``policy``: one for all hosts or per host (missing hosts: the default :class:`FreePolicy`).
     - On a host, the ``count`` least loaded free GPUs are chosen: least memory used, then least
       utilization, then lowest index.
     - Ranking, best first: most free GPUs on the host (spreads work over the emptiest hosts,
       so jobs rarely share a host's CPUs, PCIe and disk); then least memory used by the chosen
       GPUs; then least utilization of the chosen GPUs; then host name, so equal hosts always
       come in the same order.
+    - A MIG instance (:mod:`forge.gpu.mig`) serves only a one-GPU request by memory
+      (``min_free_memory_mib``): the smallest that fits comes before any whole GPU.
     - ``limit`` caps the number of candidates returned.
 
     Pure and deterministic: the same snapshots give the same answer, whatever their order.
@@ -208,7 +217,8 @@ def select(
     for host in hosts:
         if not host.ok or host.holds_unknown is not None or host.host in excluded_hosts:
             continue
-        fit = usable(host, _policy_for(host.host, policy), me, set(exclude_gpus), min_free_memory_mib)
+        slices = count == 1 and min_free_memory_mib > 0  # a slice serves a one-GPU request by memory
+        fit = usable(host, _policy_for(host.host, policy), me, set(exclude_gpus), min_free_memory_mib, slices=slices)
         if len(fit) < count:
             continue
         chosen = sorted(fit[:count], key=lambda g: g.index)
@@ -217,6 +227,7 @@ def select(
                 host=host.host,
                 gpu_uuids=tuple(g.uuid for g in chosen),
                 gpu_indexes=tuple(g.index for g in chosen),
+                gpu_labels=tuple(g.label for g in chosen),
                 free_gpus=len(fit),
                 memory_used_mib=sum(g.memory_used_mib or 0 for g in chosen),
                 utilization_pct=sum(g.utilization_gpu_pct or 0 for g in chosen),

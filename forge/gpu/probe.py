@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 
 from forge import labels, shell
 from forge.dockercli import unavailable
+from forge.gpu import mig
 from forge.gpu.model import Gpu, GpuHold, GpuProcess, HostGpus, ProbeStatus
 from forge.gpu.nvsmi import (
     APP_FIELDS,
@@ -272,7 +273,7 @@ def parse_containers(text: str) -> tuple[float | None, dict[str, Container]]:
 def holds(gpus: tuple[Gpu, ...], containers: Mapping[str, Container], now: float | None) -> tuple[GpuHold, ...]:
     """GPUs held by forge environments: by a running (or restarting) environment container,
     or by a claim that is fresh or whose environment container exists. Pure."""
-    by_index = {str(g.index): g.uuid for g in gpus}
+    by_index = {str(g.index): g.uuid for g in gpus if not g.is_mig_instance}
     uuids = {g.uuid for g in gpus}
     env_names = {c.env for c in containers.values() if c.env}
     out: dict[str, GpuHold] = {}
@@ -310,9 +311,11 @@ def _error(host: str, status: ProbeStatus, reason: str) -> HostGpus:
     return HostGpus(host=host, status=status, reason=reason)
 
 
-def parse_probe(host: str, result: CommandResult) -> HostGpus:
+def parse_probe(host: str, result: CommandResult, mig_result: CommandResult | None = None) -> HostGpus:
     """Turn the probe's :class:`CommandResult` into :class:`HostGpus`. Pure; never raises
-    for anything the host printed: a bad answer becomes status ``error`` with a reason."""
+    for anything the host printed: a bad answer becomes status ``error`` with a reason.
+    ``mig_result``: the answer to :data:`forge.gpu.mig.MIG_SCRIPT`, on a host with a
+    MIG-enabled GPU: its instances are listed as GPUs of their own."""
     sections = split_sections(result.stdout)
     gpu_section = sections.get("gpus")
     if gpu_section is None or gpu_section.exit_status is None:
@@ -339,6 +342,8 @@ def parse_probe(host: str, result: CommandResult) -> HostGpus:
         procs = parse_apps(apps.text)
     except NvsmiParseError as e:
         return HostGpus(host, ProbeStatus.ERROR, gpus, reason=f"unexpected nvidia-smi process output: {e}")
+    if mig_result is not None:
+        gpus, procs = _with_mig(gpus, procs, mig_result.stdout)
     # Owners, cgroups and containers are best effort: a missing piece leaves fields None.
     owners = parse_owners(sections["owners"].text) if "owners" in sections else {}
     cgroups = parse_cgroups(sections["cgroups"].text) if "cgroups" in sections else {}
@@ -351,6 +356,19 @@ def parse_probe(host: str, result: CommandResult) -> HostGpus:
         holds=holds(gpus, containers, now),
         holds_unknown=unknown,
     )
+
+
+def _with_mig(
+    gpus: tuple[Gpu, ...], procs: tuple[GpuProcess, ...], text: str
+) -> tuple[tuple[Gpu, ...], tuple[GpuProcess, ...]]:
+    """The MIG instances after their GPUs, processes on them pointed at them; as they were when
+    the MIG query failed (the GPU itself is never free: it is split)."""
+    list_text, list_rc, query_text, query_rc = mig.split(text)
+    if list_rc != 0 or query_rc != 0:
+        return gpus, procs
+    found = mig.instances(gpus, list_text, query_text)
+    every = tuple(sorted((*gpus, *found), key=lambda g: (g.index, -1 if g.mig_device is None else g.mig_device)))
+    return every, mig.point_processes(procs, gpus, found, query_text)
 
 
 def _containers(section: Section | None) -> tuple[float | None, dict[str, Container], str | None]:
@@ -375,4 +393,8 @@ def probe_host(s: HostSession, *, timeout: float) -> HostGpus:
     """Run the probe on one host and parse it. Transport errors (connect, timeout) propagate:
     the fleet layer collects them per host."""
     result = s.run(probe_command(s.docker_words), timeout=timeout)
-    return parse_probe(result.host or s.name, result)
+    found = parse_probe(result.host or s.name, result)
+    if found.ok and any(g.mig_enabled for g in found.gpus):  # one more round trip, MIG hosts only
+        mig_result = s.run(["sh", "-c", mig.MIG_SCRIPT], timeout=timeout)
+        found = parse_probe(result.host or s.name, result, mig_result)
+    return found

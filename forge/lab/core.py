@@ -325,6 +325,38 @@ class Lab:
         gpus.set_gpus(self.config, host, new)
         return new
 
+    def mig_gpus(self, host: str, indexes: list[int]) -> dict[str, Any]:
+        """Put these GPUs of the host in MIG mode, split as the captured H200 (gpus.MIG_LAYOUT)."""
+        current = self.gpu_state(host)
+        if current is None or current.get("mode", "ok") != "ok":
+            current = gpus.default_state(host)
+        uuids = {g["uuid"] for g in current["gpus"] if g["index"] in set(indexes)}
+        holders.release(self.config, host, uuids)
+        new = gpus.with_mig(current, indexes)
+        gpus.set_gpus(self.config, host, new)
+        return new
+
+    def load_slice(
+        self, host: str, index: int, device: int, *, memory_used_mib: int, user: str | None = None
+    ) -> dict[str, Any]:
+        """MIG device ``device`` of GPU ``index`` used (``memory_used_mib``) by a process of
+        ``user`` (None: by no process; memory 0 frees it)."""
+        current = self.gpu_state(host)
+        if current is None:
+            raise LabError(f"{host} has no nvidia-smi", hint=f"forge lab gpu {host} --reset")
+        holders.release(self.config, host, {f"{index}/{device}"})
+        pid = None
+        if user is not None and memory_used_mib > 0:
+            pid = holders.start(self.config, host, self.config.host(host).netns, user, [f"{index}/{device}"])
+        try:
+            new = gpus.with_slice_holder(current, index, device, pid, memory_used_mib)
+        except ValueError:
+            if pid is not None:
+                holders.release(self.config, host, {f"{index}/{device}"})
+            raise
+        gpus.set_gpus(self.config, host, new)
+        return new
+
     def reset_gpus(self, host: str) -> None:
         """Give a GPU host back its default state: four idle GPUs with UUIDs of its own."""
         self._gpu_host(host)

@@ -32,6 +32,15 @@ State schema (JSON object; every key optional unless marked)::
                      "gpu_uuid": "GPU-..."}]
     }
 
+A GPU with ``"mig_mode": "Enabled"`` may list its MIG devices, as an H200's were captured
+(tests/fixtures/nvidia-smi/h200-mig-driver590/)::
+
+      "mig_devices": [{"index": 3, "gi": 9, "ci": 0, "profile": "1g.18gb", "uuid": "MIG-...",
+                       "memory_total_mib": 16384, "memory_used_mib": 9}]
+
+and a process on one names its GPU instance and compute instance (``"gi": 9, "ci": 0``); its
+memory counts on every device of that GPU instance (they share it), and on the GPU.
+
 ``null`` prints as ``[N/A]`` (``N/A`` in the plain table). A string value is printed as is, so
 ``"[Not Supported]"`` passes through; a number gets its unit unless ``nounits``.
 
@@ -39,6 +48,8 @@ Supported invocations (output to stdout, like the real tool, including error mes
 
 - ``--query-gpu=FIELDS --format=csv[,noheader][,nounits]``
 - ``--query-compute-apps=FIELDS --format=...``
+- ``-L``: the GPUs and their MIG devices; ``-q``: the GPUs with their MIG devices and processes
+  (the parts of the real report that say what the GPU is split into and who runs where)
 - no arguments: the plain table (driver 580 layout)
 - an unknown field: ``Field "x" is not a valid field to query.`` and a blank line, exit 2
 - mode ``no_devices``: ``No devices were found``, exit 6
@@ -314,8 +325,70 @@ def _option(args: list[str], name: str) -> str | None:
     return None
 
 
+# ------------------------------------------------------------------------------ MIG: -L and -q
+
+
+def _gi_used(gpu: dict[str, Any], gi: Any, state: dict[str, Any]) -> int:
+    """Memory used on a GPU instance: its devices' own, plus its processes'."""
+    base = max((d.get("memory_used_mib") or 0 for d in gpu.get("mig_devices", []) if d.get("gi") == gi), default=0)
+    procs = [p for p in state.get("processes", []) if p.get("gpu_uuid") == gpu.get("uuid") and p.get("gi") == gi]
+    return int(base) + sum(int(p.get("used_memory_mib") or 0) for p in procs)
+
+
+def list_gpus(state: dict[str, Any]) -> str:
+    """``nvidia-smi -L`` (driver 590 layout)."""
+    lines = []
+    for g in _gpus(state):
+        lines.append(f"GPU {g.get('index', 0)}: {g.get('name')} (UUID: {g.get('uuid')})")
+        if g.get("mig_mode") == "Enabled":
+            for d in sorted(g.get("mig_devices", []), key=lambda d: d.get("index", 0)):
+                lines.append(f"  MIG {str(d.get('profile')):<12}Device{d.get('index', 0):>3}: (UUID: {d.get('uuid')})")
+    return "".join(line + "\n" for line in lines)
+
+
+def _kv(indent: int, key: str, value: object, width: int = 55) -> str:
+    return f"{' ' * indent + key:<{width}}: {value}"
+
+
+def query_report(state: dict[str, Any]) -> str:
+    """``nvidia-smi -q``, the parts forge reads (driver 590 layout): per GPU its MIG mode, its
+    MIG devices with their shared memory, its processes with their GPU and compute instances."""
+    gpus = _gpus(state)
+    stamp = state.get("timestamp") or time.asctime()
+    lines = ["", "==============NVSMI LOG==============", "", _kv(0, "Timestamp", stamp),
+             _kv(0, "Driver Version", state.get("driver_version", "580.159.04")), "",
+             _kv(0, "Attached GPUs", len(gpus))]  # fmt: skip
+    for g in gpus:
+        mig = g.get("mig_mode") or "N/A"
+        lines += [f"GPU {g.get('pci_bus_id')}", _kv(4, "Product Name", g.get("name")), "    MIG Mode",
+                  _kv(8, "Current", mig), _kv(8, "Pending", mig)]  # fmt: skip
+        for d in sorted(g.get("mig_devices", []) if mig == "Enabled" else [], key=lambda d: d.get("index", 0)):
+            used = _gi_used(g, d.get("gi"), state)
+            total = int(d.get("memory_total_mib") or 0)
+            lines += ["    MIG Device", _kv(8, "Index", d.get("index")), _kv(8, "GPU Instance ID", d.get("gi")),
+                      _kv(8, "Compute Instance ID", d.get("ci")), "        Shared FB Memory Usage",
+                      _kv(12, "Total", f"{total} MiB"), _kv(12, "Reserved", "0 MiB"), _kv(12, "Used", f"{used} MiB"),
+                      _kv(12, "Free", f"{total - used} MiB")]  # fmt: skip
+        procs = [p for p in _processes(state) if p.get("gpu_uuid") == g.get("uuid")]
+        if not procs:
+            lines.append(_kv(4, "Processes", "None"))
+            continue
+        lines.append("    Processes")
+        for p in procs:
+            lines += [_kv(8, "GPU instance ID", p.get("gi", "N/A"), 42),
+                      _kv(8, "Compute instance ID", p.get("ci", "N/A"), 42), _kv(8, "Process ID", p.get("pid"), 42),
+                      _kv(12, "Type", "C", 42), _kv(12, "Name", p.get("name"), 42),
+                      _kv(12, "Used GPU Memory", f"{p.get('used_memory_mib')} MiB", 42)]  # fmt: skip
+    return "".join(line + "\n" for line in lines)
+
+
 def run(args: list[str], state: dict[str, Any]) -> tuple[str, int]:
     """Pure core: the stdout text and exit status for these arguments and this state."""
+    if args in (["-L"], ["-q"]):
+        failed = _failure(state)
+        if failed is not None:
+            return failed
+        return (list_gpus(state) if args == ["-L"] else query_report(state)), EXIT_OK
     gpu_query = _option(args, "--query-gpu")
     app_query = _option(args, "--query-compute-apps")
     fmt = _option(args, "--format")
@@ -334,6 +407,18 @@ def run(args: list[str], state: dict[str, Any]) -> tuple[str, int]:
         for field in fields:
             if field not in known:
                 return f'Field "{field}" is not a valid field to query.\n\n', EXIT_INVALID_ARGUMENT
+    failed = _failure(state)
+    if failed is not None:
+        return failed
+    if not args:
+        return plain_table(state), EXIT_OK
+    header, units = "noheader" not in options, "nounits" not in options
+    if gpu_query is not None:
+        return query_gpu(state, fields, header=header, units=units), EXIT_OK
+    return query_apps(state, fields, header=header, units=units), EXIT_OK
+
+
+def _failure(state: dict[str, Any]) -> tuple[str, int] | None:
     mode = state.get("mode", "ok")
     if mode == "no_devices":
         return NO_DEVICES, EXIT_NOT_FOUND
@@ -341,12 +426,7 @@ def run(args: list[str], state: dict[str, Any]) -> tuple[str, int]:
         return DRIVER_NOT_LOADED, EXIT_DRIVER_NOT_LOADED
     if mode != "ok":
         return f"forge lab: unknown mode {mode!r} in the GPU state\n", EXIT_OTHER
-    if not args:
-        return plain_table(state), EXIT_OK
-    header, units = "noheader" not in options, "nounits" not in options
-    if gpu_query is not None:
-        return query_gpu(state, fields, header=header, units=units), EXIT_OK
-    return query_apps(state, fields, header=header, units=units), EXIT_OK
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

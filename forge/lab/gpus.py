@@ -175,3 +175,71 @@ def with_holder(state: dict[str, Any], uuids: Iterable[str], pid: int | None, me
         name = "python3"
         kept += [{"pid": pid, "name": name, "used_memory_mib": memory_used_mib, "gpu_uuid": u} for u in sorted(chosen)]
     return {**state, "processes": kept}
+
+
+#: The MIG layout of the captured H200 (tests/fixtures/nvidia-smi/h200-mig-driver590/): GPU
+#: instance 2 split into two compute instances, then 2g.35gb and two 1g.18gb; memory used idle.
+MIG_LAYOUT = (
+    (0, 2, 0, "1c.3g.71gb", 71424, 22),
+    (1, 2, 1, "2c.3g.71gb", 71424, 22),
+    (2, 3, 0, "2g.35gb", 33280, 17),
+    (3, 9, 0, "1g.18gb", 16384, 9),
+    (4, 10, 0, "1g.18gb", 16384, 9),
+)
+
+
+def with_mig(state: dict[str, Any], indexes: Iterable[int]) -> dict[str, Any]:
+    """``state`` with the GPUs of ``indexes`` in MIG mode, split as the captured H200 was (MIG
+    UUIDs derived from each GPU's), their processes gone."""
+    import uuid
+
+    want = set(indexes)
+    known = {g["index"] for g in state["gpus"]}
+    if missing := sorted(want - known):
+        raise ValueError(f"no GPU {', '.join(map(str, missing))} (the host has {', '.join(map(str, sorted(known)))})")
+    gpus, gone = [], set()
+    for g in state["gpus"]:
+        if g["index"] in want:
+            devices = [
+                {"index": i, "gi": gi, "ci": ci, "profile": profile, "memory_total_mib": total, "memory_used_mib": used,
+                 "uuid": f"MIG-{uuid.uuid5(uuid.NAMESPACE_URL, g['uuid'] + f'/mig/{i}')}"}
+                for i, gi, ci, profile, total, used in MIG_LAYOUT
+            ]  # fmt: skip
+            g = {**g, "mig_mode": "Enabled", "mig_devices": devices, "utilization_gpu_pct": None,
+                 "utilization_memory_pct": None}  # fmt: skip
+            gone.add(g["uuid"])
+        gpus.append(g)
+    kept = [p for p in state.get("processes", []) if p.get("gpu_uuid") not in gone]
+    return _mig_memory({**state, "gpus": gpus, "processes": kept})
+
+
+def with_slice_holder(
+    state: dict[str, Any], index: int, device: int, pid: int | None, memory_used_mib: int
+) -> dict[str, Any]:
+    """``state`` with MIG device ``device`` of GPU ``index`` used by process ``pid`` (None:
+    by no process), ``memory_used_mib`` of its GPU instance's memory."""
+    gpu = next((g for g in state["gpus"] if g["index"] == index), None)
+    if gpu is None or gpu.get("mig_mode") != "Enabled":
+        raise ValueError(f"GPU {index} is not in MIG mode (forge lab gpu HOST --mig {index})")
+    dev = next((d for d in gpu.get("mig_devices", []) if d["index"] == device), None)
+    if dev is None:
+        raise ValueError(f"GPU {index} has no MIG device {device}")
+    same_gi = lambda p: p.get("gpu_uuid") == gpu["uuid"] and p.get("gi") == dev["gi"]  # noqa: E731
+    kept = [p for p in state.get("processes", []) if not same_gi(p)]
+    if pid is not None:
+        kept.append({"pid": pid, "name": "python3", "used_memory_mib": memory_used_mib, "gpu_uuid": gpu["uuid"],
+                     "gi": dev["gi"], "ci": dev["ci"]})  # fmt: skip
+    return _mig_memory({**state, "processes": kept})
+
+
+def _mig_memory(state: dict[str, Any]) -> dict[str, Any]:
+    """A MIG GPU's memory used: its GPU instances' (what --query-gpu reports for it)."""
+    from forge.lab import fake_gpu
+
+    gpus = []
+    for g in state["gpus"]:
+        if g.get("mig_mode") == "Enabled":
+            instances = {d["gi"] for d in g.get("mig_devices", [])}
+            g = {**g, "memory_used_mib": sum(fake_gpu._gi_used(g, gi, state) for gi in instances)}
+        gpus.append(g)
+    return {**state, "gpus": gpus}

@@ -218,7 +218,7 @@ def test_processes_outside_forge_on_gpus_showing_no_work_are_reported_by_user_ne
     )  # fmt: skip
     assert held.returncode == 0, held.stderr
     first = reclaim(policy)["outside"]
-    assert [(o["user"], o["gpu"], o["memory_mib"], o["idle_s"]) for o in first] == [("nobody", 2, 9000, 0)]
+    assert [(o["user"], o["gpu"], o["memory_mib"], o["idle_s"]) for o in first] == [("nobody", "2", 9000, 0)]
     time.sleep(STEP)
     (later,) = reclaim(policy)["outside"]
     assert later["idle_s"] >= 2 and later["pid"] == first[0]["pid"]

@@ -78,7 +78,10 @@ def test_who_holds_what() -> None:
     assert users_json(fleet())[0] == {
         "user": "bob",
         "env": None,
-        "gpus": [{"host": "gpu2", "index": 0, "uuid": "GPU-0000"}, {"host": "gpu2", "index": 1, "uuid": "GPU-0001"}],
+        "gpus": [
+            {"host": "gpu2", "index": 0, "gpu": "0", "uuid": "GPU-0000"},
+            {"host": "gpu2", "index": 1, "gpu": "1", "uuid": "GPU-0001"},
+        ],
     }
 
 
