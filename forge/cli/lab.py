@@ -259,7 +259,8 @@ def _show_gpu_state(host: str, st: dict[str, Any] | None, *, as_json: bool) -> N
         by = f"  pid {pids[0]}" if pids else ""
         click.echo(f"  {g['index']}  {g['uuid']}  {util}  {g['memory_used_mib']:>6} / {g['memory_total_mib']} MiB{by}")
         for d in g.get("mig_devices", []) if g.get("mig_mode") == "Enabled" else []:
-            on = [p["pid"] for p in procs if p["gpu_uuid"] == g["uuid"] and p.get("gi") == d["gi"]]
+            where = (g["uuid"], d["gi"], d["ci"])
+            on = [p["pid"] for p in procs if (p["gpu_uuid"], p.get("gi"), p.get("ci")) == where]
             by = f"  pid {on[0]}" if on else ""
             label = f"{g['index']}/{d['index']}"
             click.echo(f"    {label}  {d['uuid']}  MIG {d['profile']}  {d['memory_total_mib']} MiB{by}")

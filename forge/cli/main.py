@@ -109,7 +109,7 @@ def cli(ctx: click.Context, inventory_path: str | None, debug: bool) -> None:
     Exit codes:
       0  success          3  inventory invalid     5  no host reachable
       1  an error         4  some hosts failed     6  another run holds the lock
-      2  bad usage      130  interrupted
+      2  bad usage        7  a wait timed out    130  interrupted
     """
     if debug:
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")

@@ -251,7 +251,7 @@ class _HostRun:
         out = []
         for p in gpus.processes:
             gpu = gpus.gpu(p.gpu_uuid)
-            if p.container_id is not None or gpu is None:  # in a container: not a plain user's process
+            if p.env_name is not None or gpu is None:  # in a forge environment: its own look decides
                 continue
             if gpu.utilization_gpu_pct is None or gpu.utilization_gpu_pct > self.rule.utilization_pct:
                 continue

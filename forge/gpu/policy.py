@@ -201,14 +201,12 @@ def select(
       come in the same order.
     - A MIG instance (:mod:`forge.gpu.mig`) serves only a one-GPU request by memory
       (``min_free_memory_mib``): the smallest that fits comes before any whole GPU.
-    - ``limit`` caps the number of candidates returned.
+    - ``limit``: at most this many candidates.
 
     Pure and deterministic: the same snapshots give the same answer, whatever their order.
     """
-    if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
-    if min_free_memory_mib < 0:
-        raise ValueError(f"min_free_memory_mib must be >= 0, got {min_free_memory_mib}")
+    if count < 1 or min_free_memory_mib < 0:
+        raise ValueError(f"count must be at least 1 and min_free_memory_mib >= 0, got {count}, {min_free_memory_mib}")
     excluded_hosts = set(exclude_hosts)
     names = [h.host for h in hosts]
     if len(set(names)) != len(names):

@@ -195,7 +195,7 @@ def test_free_filter_policy_flags_and_ranking(lab: Any, scripted: dict[str, Any]
     free = [(h["name"], g["index"]) for h in data["hosts"] for g in h["gpus"]]
     assert free == [(g2, 0), (g2, 1), (g2, 3)]
     assert data["candidates"] == [
-        {"host": g2, "gpu_indexes": [0, 1], "gpu_uuids": U["g2"][:2], "free_gpus": 3},
+        {"host": g2, "gpu_indexes": [0, 1], "gpu_labels": ["0", "1"], "gpu_uuids": U["g2"][:2], "free_gpus": 3},
     ]
     # Loosen the policy on the command line: memory and utilization no longer make g1 busy,
     # but someone else's process still does; alice's container is not forgelab's either.
