@@ -500,21 +500,40 @@ def in_line(lab: LabHandle, env: str, proc: subprocess.Popen[str]) -> None:
         time.sleep(0.2)
 
 
-def test_two_waiters_first_come_first_served(
+def _as_the_other_user(lab: LabHandle, inv: Path, path: Path) -> Path:
+    """``inv`` with the lab's other user logging in (own key; behind the bastion, own ssh
+    config) and no data volume (the data host does not let that user in)."""
+    cfg = lab.lab.config
+    text = inv.read_text()
+    head, _, rest = text.partition("[data]\n")
+    rest = rest[rest.index("\n\n") :]  # the [data] table ends at the first blank line
+    text = (head + rest).replace(f'user = "{cfg.user}"', f'user = "{cfg.other_user}"', 1)
+    text = text.replace(json.dumps(str(cfg.identity_file)), json.dumps(str(cfg.other_identity_file)), 1)
+    if cfg.bastion:
+        text = text.replace(json.dumps(str(cfg.ssh_config)), json.dumps(str(cfg.ssh_config_of(cfg.other_user))), 1)
+    path.write_text(text)
+    return path
+
+
+def test_two_users_waiting_first_come_first_served(
     lab: LabHandle, env_lab: dict[str, Any], tmp_path: Path, busy: None
 ) -> None:
-    """Issue 12: the one who asked first gets the first GPUs that fit; the other waits on."""
+    """Issue 12: the one who asked first gets the first GPUs that fit; the other waits on.
+    Two users of the hosts, each with their own key, each with their own forge."""
     inv = _with_policy(env_lab, tmp_path, 'waiter_timeout = "6s"')
+    other = _as_the_other_user(lab, inv, tmp_path / "hosts-other.toml")
     first, second = new_env(env_lab), new_env(env_lab)
     a = waiter(inv, first)
     try:
         in_line(lab, first, a)
-        b = waiter(inv, second)
+        b = waiter(other, second)
         in_line(lab, second, b)
         time.sleep(2)  # several looks at the fleet: nobody launches, nobody leaves
         assert a.poll() is None and b.poll() is None
         ps = json.loads(forge(inv, "ps", "gpu1", "--json").stdout)["waiting"]
-        assert [(w["env"], w["gpus"], w["place"], w["of"]) for w in ps] == [(first, 2, 1, 2), (second, 2, 2, 2)]
+        assert [(w["env"], w["owner"], w["gpus"], w["place"], w["of"]) for w in ps] == [
+            (first, lab.user, 2, 1, 2), (second, lab.other_user, 2, 2, 2)
+        ]  # fmt: skip
         lab.lab.load_gpus("gpu2", [0, 1], utilization_pct=0, memory_used_mib=0)  # two GPUs free up
         out, err = a.communicate(timeout=180)
         assert a.returncode == 0, err
@@ -527,14 +546,14 @@ def test_two_waiters_first_come_first_served(
         out, err = b.communicate(timeout=180)
         assert b.returncode == 0, err
         got = json.loads(out)
-        assert (got["host"], got["gpu_indexes"]) == ("gpu3", [2, 3])
+        assert (got["host"], got["gpu_indexes"], got["owner"]) == ("gpu3", [2, 3], lab.other_user)
         assert tickets(lab, second) == []
     finally:
         for p in (a, locals().get("b")):
             if p is not None and p.poll() is None:
                 p.kill()
-    for env in (first, second):
-        assert forge(inv, "stop", env, "--keep-ssh-config").returncode == 0
+    assert forge(inv, "stop", first, "--keep-ssh-config").returncode == 0
+    assert forge(other, "stop", second, "--keep-ssh-config").returncode == 0
 
 
 def test_a_waiter_killed_stops_blocking_after_its_timeout(
