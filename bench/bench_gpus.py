@@ -11,10 +11,19 @@ Goals: forge at least 8x faster than the loop, and 16 hosts in under 1.5x the ti
 Also prints where the CPU went: the whole machine's against forge's own during one parallel
 probe, and per probe of one host (50 in a row on an open connection), what the host spends.
 
+Topology (issue 13): with ``--latency MS`` every SSH link from this machine into the bench lab
+is delayed by MS each way (forge/lab/latency.py), so a round trip costs what it costs to a
+fleet far away, and the figures say what is the network's and what is the machine's. The
+lab's floor for probing N hosts is max(one host's time, the hosts' CPU for N probes / cores):
+forge cannot beat waiting for the slowest host, nor the CPU the hosts themselves spend
+(all lab hosts share this machine's cores). forge's own CPU per host probed, cold and warm,
+is reported apart, and so is its start-up (``forge --version`` against a bare interpreter, a
+``forge gpus`` process for one host against forge's in-process probe of it).
+
 Runs against a separate lab of 16 hosts (root /var/lib/forge-lab-bench, bridge forgebench0,
 10.78.0.0/24), brought up here and taken down at the end unless --keep. Needs root.
 
-    .venv/bin/python bench/bench_gpus.py [--hosts 16] [--repeat 5] [--keep]
+    .venv/bin/python bench/bench_gpus.py [--hosts 16] [--repeat 5] [--latency MS] [--keep]
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from pathlib import Path
 from forge import fleet, inventory
 from forge.gpu.nvsmi import GPU_FIELDS
 from forge.gpu.survey import survey
-from forge.lab import Lab, LabConfig
+from forge.lab import Lab, LabConfig, latency
 
 
 def busy_cpu_s() -> float:
@@ -126,12 +135,17 @@ def main() -> int:
     ap.add_argument("--hosts", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--keep", action="store_true", help="leave the bench lab up")
+    ap.add_argument("--latency", type=float, default=0.0, metavar="MS", help="delay each way on every SSH link")
     args = ap.parse_args()
 
     lab = Lab(bench_lab(args.hosts))
     t0 = time.perf_counter()
     lab.up()
+    lab.set_latency(args.latency)
     print(f"# bench lab of {args.hosts} hosts up in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if args.latency:
+        rtt = latency.measure(lab.config.host("gpu1").address, 22)
+        print(f"# SSH links delayed {args.latency:g} ms each way; TCP connect + banner: {rtt * 1000:.1f} ms")
     try:
         return run(lab, args.repeat)
     finally:
@@ -200,7 +214,15 @@ def run(lab: Lab, repeat: int) -> int:
     probes = 50
     group = host_cgroup(lab, hosts[0].name)
     one_host = host_cpu_per_call(group, lambda: survey(inv, hosts[:1], pool=warm_pool), probes) if group else None
+    one_cold = host_cpu_per_call(group, lambda: forge_cold_inprocess(hosts[:1]), 10) if group else None
     warm_pool.close()
+    startup = {
+        "python3 -c pass": timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), repeat * 2),
+        "forge --version": timed(
+            lambda: subprocess.run([sys.executable, "-m", "forge", "--version"], check=True, capture_output=True),
+            repeat * 2,
+        ),
+    }
     subprocess.run(["rm", "-rf", control_dir], check=False)
 
     n = len(hosts)
@@ -226,14 +248,45 @@ def run(lab: Lab, repeat: int) -> int:
     print("| --- | --- | --- | --- |")
     for name, (wall, machine, own) in splits.items():
         print(f"| {name} | {wall:.3f} | {machine:.3f} of {wall * cores:.3f} | {own:.3f} |")
-    if one_host is not None:
+    if one_host is not None and one_cold is not None:
         host_s, own_s = one_host
         print()
-        print(f"| one host, {probes} warm probes in a row, CPU per probe | ms |")
-        print("| --- | --- |")
-        print(f"| the host's sshd, sessions, dockerd, containerd (cpuacct) | {host_s * 1000:.1f} |")
-        print(f"| forge | {own_s * 1000:.1f} |")
+        print(f"| one host, CPU per probe ({probes} warm; 10 cold, a new connection each) | warm (ms) | cold (ms) |")
+        print("| --- | --- | --- |")
+        host_ms = f"{host_s * 1000:.1f} | {one_cold[0] * 1000:.1f}"
+        print(f"| the host's sshd, sessions, dockerd, containerd (cpuacct) | {host_ms} |")
+        print(f"| forge | {own_s * 1000:.1f} | {one_cold[1] * 1000:.1f} |")
+        print()
+        print_floor(results, splits, n, cores, warm=host_s, cold=one_cold[0])
+    print()
+    print("| start-up | median (s) |")
+    print("| --- | --- |")
+    for name, s in startup.items():
+        print(f"| {name} | {s:.3f} |")
+    above = startup["forge --version"] - startup["python3 -c pass"]
+    per_process = results["forge gpus process, cold, 1 host"] / results["forge probe in-process, cold, 1 host"]
+    print(f"| forge --version above a bare interpreter | {above * 1000:.0f} ms (goal < 150 ms) |")
+    print(f"| forge gpus process / in-process probe, 1 host, cold | {per_process:.2f}x (goal <= 2x) |")
     return 0
+
+
+def print_floor(
+    results: dict[str, float], splits: dict[str, tuple[float, ...]], n: int, cores: int, *, warm: float, cold: float
+) -> None:
+    """The lab's floor for probing ``n`` hosts, cold and warm: max(one host's time, the hosts'
+    CPU for n probes / cores); forge against it, and forge's own CPU per host."""
+    print(f"| {n} hosts against the lab's floor | forge (s) | one host (s) | hosts' CPU / {cores} cores (s) "
+          "| floor (s) | forge / floor (goal <= 1.2x) | forge's CPU per host (ms) |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for kind, host_cpu in (("cold", cold), ("warm", warm)):
+        forge_s = results[f"forge probe in-process, {kind}"]
+        one = results[f"forge probe in-process, {kind}, 1 host"]
+        cpu_bound = host_cpu * n / cores
+        floor = max(one, cpu_bound)
+        own_ms = splits[f"forge probe in-process, {kind}"][2] / n * 1000
+        goal = "5" if kind == "cold" else "1"
+        print(f"| {kind} | {forge_s:.3f} | {one:.3f} | {cpu_bound:.3f} | {floor:.3f} | {forge_s / floor:.2f}x "
+              f"| {own_ms:.2f} (goal <= {goal}) |")  # fmt: skip
 
 
 if __name__ == "__main__":

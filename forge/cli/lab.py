@@ -85,12 +85,21 @@ def _flavors(ctx: click.Context, param: click.Parameter, value: str | None) -> t
     "--docker-subnet-base", type=click.IntRange(0, 253), default=None, help="A second lab: container subnets."
 )
 @click.option("--user", default=None, help="A second lab: its own user (also names the other user and group).")
+@click.option(
+    "--latency",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="MS",
+    help="Delay every SSH link from this machine into the lab by MS each way (0: none), as a "
+    "fleet far away would have. Kept until changed or the lab goes down.",
+)
 @_errors
 def up(
     root: Path | None,
     n_hosts: int,
     flavors: tuple[str, ...],
     bastion: bool,
+    latency: float | None,
     **identity: Any,
 ) -> None:
     """Bring the lab up (idempotent) and write its hosts.toml.
@@ -115,6 +124,8 @@ def up(
     )
     the_lab = Lab(cfg, _progress)
     the_lab.up()
+    if latency is not None:
+        the_lab.set_latency(latency)
     click.echo(str(the_lab.inventory_path))
     _progress(f"up in {time.monotonic() - started:.1f} s")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from forge import shell
-from forge.lab import bringup, dockerd, fuse, gpus, holders, image, mounts, netns, sshd, state, users
+from forge.lab import bringup, dockerd, fuse, gpus, holders, image, latency, mounts, netns, sshd, state, users
 from forge.lab.bringup import each
 from forge.lab.config import JUMP_HOST, LabConfig, default_root
 from forge.lab.errors import LabError
@@ -178,6 +178,20 @@ class Lab:
         bringup.serve(cfg)
         self.progress(f"lab up: inventory {cfg.inventory}")
 
+    def set_latency(self, delay_ms: float) -> None:
+        """Delay every SSH link from this machine into the lab by ``delay_ms`` each way (0: no
+        delay): forge/lab/latency.py. Replaces the delay set before."""
+        cfg = self.config
+        netns.remove_delay(cfg)
+        latency.stop(cfg.root)
+        if delay_ms > 0:
+            latency.start(cfg.root, cfg.network, delay_ms)
+            netns.add_delay(cfg, latency.port_of(cfg.network))
+            self.progress(f"SSH links from this machine delayed by {delay_ms:g} ms each way")
+        data = state.load(cfg.root) or {}
+        data["latency_ms"] = delay_ms
+        state.write(cfg, data)
+
     # Status ------------------------------------------------------------------------------
     def status(self) -> LabStatus:
         cfg = self.config
@@ -222,6 +236,7 @@ class Lab:
         self.progress("stopping dockerd (and its containers)")
         each(lambda h: dockerd.stop(cfg, h), self.gpu_hosts)
         self._stop_processes()
+        latency.stop(cfg.root)
         self.progress("removing namespaces, bridges and firewall rules")
         self._remove_network()
         self._undo_system_changes(recorded)

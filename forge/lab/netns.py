@@ -127,10 +127,11 @@ def ensure_firewall(cfg: LabConfig) -> None:
             run(["iptables", "-I", *rule])
 
 
-def tagged_rules(cfg: LabConfig) -> list[list[str]]:
-    """This lab's rules as ``iptables -S`` prints them (chain first), found by their tag."""
+def tagged_rules(cfg: LabConfig, table: str = "filter") -> list[list[str]]:
+    """This lab's rules of ``table`` as ``iptables -S`` prints them (chain first), found by
+    their tag."""
     found = []
-    for line in run(["iptables", "-S"]).stdout.splitlines():
+    for line in run(["iptables", "-t", table, "-S"]).stdout.splitlines():
         argv = shlex.split(line)
         if argv[:1] != ["-A"]:
             continue
@@ -142,3 +143,21 @@ def tagged_rules(cfg: LabConfig) -> list[list[str]]:
 def remove_firewall(cfg: LabConfig) -> None:
     for rule in tagged_rules(cfg):
         run(["iptables", "-D", *rule])
+    remove_delay(cfg)
+
+
+def add_delay(cfg: LabConfig, port: int) -> None:
+    """This machine's SSH connections into the lab's networks go through the delay proxy on
+    ``port`` (forge/lab/latency.py); tagged like the lab's other rules."""
+    from forge.lab.latency import redirect_rule
+
+    tag = ["-m", "comment", "--comment", cfg.iptables_tag]
+    for network in [cfg.network] + ([cfg.inner_network] if cfg.bastion else []):
+        rule = redirect_rule(network, port)
+        run(["iptables", *rule[:2], "-I", *rule[2:], *tag])
+
+
+def remove_delay(cfg: LabConfig) -> None:
+    """The lab's redirect rules (nat table), found by their tag."""
+    for rule in tagged_rules(cfg, "nat"):
+        run(["iptables", "-t", "nat", "-D", *rule])

@@ -74,11 +74,16 @@ def save(cfg: LabConfig, **changes: Any) -> dict[str, Any]:
         # A flag once set stays set (a second `up` must not forget what the first changed).
         if key not in data or (isinstance(value, bool) and not data[key]):
             data[key] = value
+    write(cfg, data)
+    return data
+
+
+def write(cfg: LabConfig, data: dict[str, Any]) -> None:
+    """Replace the record (atomically)."""
     cfg.root.mkdir(parents=True, exist_ok=True)
     tmp = cfg.state_file.with_name(".lab.json.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, cfg.state_file)
-    return data
 
 
 CLAIMS = Path("/run/forge-lab")

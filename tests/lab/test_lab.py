@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
+import os
 import random
 import shutil
 import socket
@@ -21,7 +23,7 @@ import paramiko
 import pytest
 
 from forge.env.volume import VolumeSpec, create_args
-from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT, Lab, LabConfig, mounts, netns, state, suiteroot
+from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT, Lab, LabConfig, latency, mounts, netns, state, suiteroot
 from forge.lab import image as lab_image
 from forge.lab.proc import pids_mentioning
 from tests.conftest import LabHandle
@@ -439,10 +441,15 @@ def _leftovers(cfg: LabConfig) -> dict[str, object]:
     import grp
     import pwd
 
-    rules = netns.tagged_rules(cfg)
+    rules = netns.tagged_rules(cfg) + netns.tagged_rules(cfg, "nat")
     users = [u.pw_name for u in pwd.getpwall() if u.pw_name in (cfg.user, cfg.other_user)]
     groups = [g.gr_name for g in grp.getgrall() if g.gr_name == cfg.docker_group]
     procs = pids_mentioning(str(cfg.root) + "/", PROGRAMS)
+    port = f"--port {latency.port_of(cfg.network)} ".encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):  # the delay proxy (forge lab up --latency)
+        with contextlib.suppress(OSError):
+            if b"forge.lab.latency" in (cmdline := Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")):
+                procs |= {int(pid)} if port in cmdline else set()
     findmnt = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True, check=True).stdout
     veths = [h.veth for h in cfg.all_hosts()] + [cfg.jump_inner_veth]
     return {
@@ -488,8 +495,13 @@ def test_down_leaves_nothing_behind(lab: LabHandle, small_lab: Lab) -> None:
     r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     assert (str(home / "m"), "fuse.sshfs") in mounts.mounts_under(cfg.root)
+    # A fleet far away: every SSH link from here delayed 40 ms each way, through the bastion too.
+    small_lab.set_latency(40)
+    jump = small_lab.config.jump_host().address
+    assert latency.measure(jump, 22, rounds=3) >= 0.040  # the banner comes back after the delay
     before = _leftovers(cfg)
     assert before["processes"] and len(before["netns"]) == 3 and len(before["bridge"]) == 2  # type: ignore[arg-type]
+    assert len(before["rules"]) == 2 + 2  # type: ignore[arg-type]  # two bridges; two networks redirected
     # Through the jump host, the host's engine is Debian 13's, with the containerd store.
     argv = small_lab.ssh_argv(host, "docker", "info", "--format", "{{.ServerVersion}} {{json .DriverStatus}}")
     r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)

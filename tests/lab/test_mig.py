@@ -75,6 +75,12 @@ def test_slices_are_listed_with_their_holders_and_taken_by_memory(
     assert f"forge-claim-{a['gpus'][0]}" in claims
     b = migrate(inv, second, "--to", HOST, "--min-free-memory", "16000")
     assert b["gpu_labels"] == ["0/4"]
+    quota = tmp_path / "quota.toml"  # a slice counts as a GPU in the quota
+    quota.write_text(Path(inv).read_text() + "\n[policy]\nmax_gpus_per_user = 2\n")
+    refused = forge(quota, "migrate", "--env", third, "--to", HOST, "--min-free-memory", "16000")
+    assert refused.returncode == 1, refused.stderr
+    assert "may hold 2 GPU(s) through forge and holds 2 (" in refused.stderr, refused.stderr
+    assert all(f"1 on {HOST} for '{e}'" in refused.stderr for e in (first, second)), refused.stderr
     c = migrate(inv, third, "--to", HOST, "--min-free-memory", "16000")
     assert c["gpu_labels"] == ["0/2"]  # 1g.18gb slices taken: the next size up
     held = gpus_of(inv)
