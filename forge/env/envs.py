@@ -125,8 +125,8 @@ def reclaimed(listings: FleetResult[HostListing], env: str, current: Environment
 
 def stop(inv: Inventory, env: str, pool: Pool, *, hosts: Sequence[Host] | None = None) -> Environment | None:
     """Stop and remove ``env``'s container, release its claims, and remove the ``--keep-changes``
-    image it ran; None when it runs nowhere."""
-    listings = list_fleet(hosts or inv.hosts, pool)
+    image it ran (and a reclaim's image and marks); None when it runs nowhere."""
+    listings = list_fleet(hosts or inv.hosts, pool, tickets=True)  # the idle marks too
     current = locate(inv, env, pool, listings=listings)
     if current is None:
         return None

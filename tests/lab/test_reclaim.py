@@ -207,6 +207,22 @@ def test_a_reclaimed_environment_whose_container_was_removed_comes_back_from_its
     assert ssh_into(lab, back, tmp_path, "cat", "work.txt").stdout == "kept\n"
 
 
+def test_stopping_a_reclaimed_environment_removes_its_image_and_marks(
+    lab: LabHandle, env_lab: dict[str, Any], policy: Path
+) -> None:
+    env = new_env(env_lab)
+    migrate(policy, env, "--to", HOST)
+    for _ in range(3):
+        reclaim(policy)
+        time.sleep(STEP)
+    done = seen(reclaim(policy), env)
+    assert done["action"] == "reclaimed" and done["image"]
+    assert forge(policy, "stop", env, "--keep-ssh-config").returncode == 0
+    assert lab.docker(HOST, "images", "-q", done["image"]).stdout.strip() == ""
+    assert lab.docker(HOST, "volume", "ls", "-q", "--filter", f"label=forge.idle.env={env}").stdout.strip() == ""
+    assert envs_on(lab, HOST, env) == []
+
+
 def test_processes_outside_forge_on_gpus_showing_no_work_are_reported_by_user_never_touched(
     lab: LabHandle, policy: Path
 ) -> None:
