@@ -223,7 +223,7 @@ def ps(ctx: click.Context, state: State, targets: tuple[str, ...], as_json: bool
 
     Exit status: 0 when every host answered, 4 when some did not, 5 when none did."""
     inv = state.inventory
-    listings = envs.list_fleet(inv.select(list(targets) or None), state.pool, tickets=True)
+    listings = envs.list_fleet(inv.select(list(targets) or None), state.pool, volumes=True)
     rows, items = [], []
     for r in listings:
         if r.value is None:

@@ -8,33 +8,24 @@ by whoever runs docker there, so a name that matches twice is an error, never a 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from functools import partial
 
 from forge import fleet
-from forge.env import claims, launch
+from forge.env import claims, hostvolumes, idle, launch
 from forge.env.errors import EnvError
 from forge.env.idle import Mark
 from forge.env.listing import Environment, HostListing, list_host
+from forge.env.names import KEEP_REPO
 from forge.fleet import FleetResult, Pool
 from forge.inventory import Host, Inventory
 from forge.session import HostSession, user_on
 
-KEEP_REPO = "forge-keep"  # where `migrate --keep-changes` and `forge reclaim` commit a container
-_REPO_UNSAFE = re.compile(r"[^a-z0-9_./-]")
-_RECLAIM_TAG = re.compile(r"^[a-z0-9_./-]{1,200}:reclaimed-[0-9a-f]{12}$")
 
-
-def keep_repo(env: str, owner: str) -> str:
-    """The repository an environment's changes are committed to: ``forge-keep/OWNER-ENV``."""
-    return _REPO_UNSAFE.sub("-", f"{KEEP_REPO}/{owner}-{env}".lower())
-
-
-def list_fleet(hosts: Sequence[Host], pool: Pool, *, tickets: bool = False) -> FleetResult[HostListing]:
-    """Every host's containers (and with ``tickets`` its line for GPUs), in parallel, one round
+def list_fleet(hosts: Sequence[Host], pool: Pool, *, volumes: bool = False) -> FleetResult[HostListing]:
+    """Every host's containers (and with ``volumes`` its line for GPUs and idle marks), in parallel, one round
     trip each."""
-    return fleet.run(hosts, partial(list_host, tickets=tickets), pool=pool)
+    return fleet.run(hosts, partial(list_host, volumes=volumes), pool=pool)
 
 
 def find(listings: FleetResult[HostListing], env: str) -> list[Environment]:
@@ -81,7 +72,7 @@ def retire(s: HostSession, env: Environment, listing: HostListing, *, keep_image
         warnings.append(f"could not remove the old container {env.container.name} on {s.name}")
     claims.release(s, claims.claims_for(listing, env.container.name))
     marks = [m for m in listing.marks if m.subject == env.container.id]
-    reclaimed = [m.image for m in marks if m.kind == "reclaimed" and _is_reclaim_image(m, env.name, env.owner)]
+    reclaimed = [m.image for m in marks if m.kind == "reclaimed" and idle.is_reclaim_image(m, env.name, env.owner)]
     images = [i for i in (keep_image, kept_image(env), *reclaimed) if i]
     if images:
         s.run(s.docker("rmi", *dict.fromkeys(images)), timeout=120)
@@ -91,18 +82,7 @@ def retire(s: HostSession, env: Environment, listing: HostListing, *, keep_image
 
 def forget(s: HostSession, marks: Sequence[Mark]) -> None:
     """Remove idle marks (forge/env/idle.py) of an environment that is gone or back."""
-    if marks:
-        s.run(s.docker("volume", "rm", "-f", *(m.name for m in marks)), timeout=60)
-
-
-def _is_reclaim_image(mark: Mark, env: str, owner: str | None) -> bool:
-    """A reclaimed mark's image is used only when it is the one forge reclaim names for that
-    environment (marks are read from the host)."""
-    return (
-        bool(owner)
-        and bool(_RECLAIM_TAG.match(mark.image))
-        and mark.image.startswith(keep_repo(env, owner or "") + ":reclaimed-")
-    )
+    hostvolumes.remove(s, [m.name for m in marks])
 
 
 def reclaimed(listings: FleetResult[HostListing], env: str, current: Environment | None) -> Mark | None:
@@ -114,7 +94,7 @@ def reclaimed(listings: FleetResult[HostListing], env: str, current: Environment
         assert r.value is not None
         me, names = user_on(r.host), {e.container.id for e in r.value.environments}
         for m in r.value.marks:
-            if m.kind != "reclaimed" or not _is_reclaim_image(m, env, me):
+            if m.kind != "reclaimed" or not idle.is_reclaim_image(m, env, me):
                 continue
             if current is not None and current.container.state != "running" and m.subject == current.container.id:
                 return m
@@ -126,7 +106,7 @@ def reclaimed(listings: FleetResult[HostListing], env: str, current: Environment
 def stop(inv: Inventory, env: str, pool: Pool, *, hosts: Sequence[Host] | None = None) -> Environment | None:
     """Stop and remove ``env``'s container, release its claims, and remove the ``--keep-changes``
     image it ran (and a reclaim's image and marks); None when it runs nowhere."""
-    listings = list_fleet(hosts or inv.hosts, pool, tickets=True)  # the idle marks too
+    listings = list_fleet(hosts or inv.hosts, pool, volumes=True)  # the idle marks too
     current = locate(inv, env, pool, listings=listings)
     if current is None:
         return None

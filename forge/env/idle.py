@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from forge.durations import parse_duration
+from forge.env.names import keep_repo
 from forge.gpu.model import HostGpus
 from forge.inventory import PolicySettings
 from forge.labels import IDLE, IDLE_ENV, IDLE_IMAGE, IDLE_KIND, IDLE_OWNER, IDLE_SINCE
@@ -40,7 +40,7 @@ from forge.labels import IDLE, IDLE_ENV, IDLE_IMAGE, IDLE_KIND, IDLE_OWNER, IDLE
 PREFIX = "forge-idle-"
 KINDS = ("idle", "warned", "reclaimed")
 LABELS = (IDLE, IDLE_KIND, IDLE_SINCE, IDLE_ENV, IDLE_OWNER, IDLE_IMAGE)
-VOLUME_FORMAT = "\t".join(["{{json .Name}}", *(f'{{{{json (.Label "{label}")}}}}' for label in LABELS)])
+_RECLAIM_TAG = re.compile(r"^[a-z0-9_./-]{1,200}:reclaimed-[0-9a-f]{12}$")
 _SUBJECT = re.compile(r"^[0-9a-f]{24,64}$")
 _NAME = re.compile(r"^forge-idle-([0-9a-f]{24,64})-(idle|warned|reclaimed)$")
 #: An sshd session process, as ps shows it: a login (``user@pts/0``) or a connection without a
@@ -90,25 +90,25 @@ def volume_name(subject: str, kind: str) -> str:
     return f"{PREFIX}{subject}-{kind}"
 
 
-def parse_marks(host: str, stdout: str, now: int) -> list[Mark]:
-    """``docker volume ls --format VOLUME_FORMAT`` lines; what is not a well-formed mark, or
-    is dated after ``now`` (the host's clock, a few seconds' leeway), is left out."""
-    out = []
-    for line in stdout.splitlines():
-        try:
-            cols = [json.loads(c) for c in line.split("\t")]
-        except ValueError:
-            continue
-        if len(cols) != 1 + len(LABELS) or not all(isinstance(c, str) for c in cols):
-            continue
-        name, subject, kind, since, env, owner, image = cols
-        m = _NAME.match(name)
-        if not m or m.group(1) != subject or m.group(2) != kind or not (since.isdigit() and len(since) < 16):
-            continue
-        if int(since) > now + 5:
-            continue
-        out.append(Mark(host, name, subject, kind, int(since), env, owner, image))
-    return out
+def mark_of(host: str, cols: Sequence[str], now: int) -> Mark | None:
+    """One volume (its name, then the values of LABELS) as a mark; None when it is not one."""
+    name, subject, kind, since, env, owner, image = cols
+    m = _NAME.match(name)
+    if not m or m.group(1) != subject or m.group(2) != kind or not (since.isdigit() and len(since) < 16):
+        return None
+    if int(since) > now + 5:
+        return None
+    return Mark(host, name, subject, kind, int(since), env, owner, image)
+
+
+def is_reclaim_image(mark: Mark, env: str, owner: str | None) -> bool:
+    """A reclaimed mark's image is used (and shown) only when it is the one forge reclaim names
+    for that environment and owner: ``forge-keep/OWNER-ENV:reclaimed-<12 hex>``."""
+    return (
+        bool(owner)
+        and bool(_RECLAIM_TAG.match(mark.image))
+        and mark.image.startswith(keep_repo(env, owner or "") + ":reclaimed-")
+    )
 
 
 def marks_of(marks: Iterable[Mark], subject: str) -> dict[str, Mark]:

@@ -33,7 +33,7 @@ from forge.env import claims, envs, launch, queue, quota, volume
 from forge.env.errors import ClaimConflict, EnvError, MigrateFailed
 from forge.env.idle import Mark
 from forge.env.listing import Claim, Environment, HostListing, list_host
-from forge.env.names import check_name
+from forge.env.names import check_name, keep_repo
 from forge.env.steps import Steps
 from forge.errors import ForgeError
 from forge.fleet import FleetResult, Pool
@@ -194,7 +194,7 @@ def candidates(
     if listings is not None and wanted <= {r.host.name for r in listings}:
         listings = FleetResult(tuple(r for r in listings if r.host.name in wanted))
     else:
-        listings = envs.list_fleet(hosts, pool, tickets=True)
+        listings = envs.list_fleet(hosts, pool, volumes=True)
     excluded = _excluded_gpus(listings, pool, req.claim_grace_s)
     snapshots = fleet.run([r.host for r in listings.succeeded], lambda s: probe_host(s, timeout=30), pool=pool)
     reserved = _reserved(inv, listings, snapshots, excluded, ticket)
@@ -317,7 +317,7 @@ def claim_gpus(
 
 
 def keep_tag(env: str, owner: str) -> str:
-    return f"{envs.keep_repo(env, owner)}:{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"{keep_repo(env, owner)}:{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def migrate(inv: Inventory, req: Request, pool: Pool, *, progress: Progress | None = None) -> Result:
@@ -349,7 +349,7 @@ class _Migration:
         with self.steps.step("locate"):
             self.progress.note(f"looking for environment {self.req.env!r} on {len(self.inv.hosts)} host(s)")
             # one round trip a host: locate, and choose (the lines for GPUs too)
-            self.listings = envs.list_fleet(self.inv.hosts, self.pool, tickets=True)
+            self.listings = envs.list_fleet(self.inv.hosts, self.pool, volumes=True)
             self.current = envs.locate(self.inv, self.req.env, self.pool, listings=self.listings)
             self.reclaimed = envs.reclaimed(self.listings, self.req.env, self.current)
         with self.steps.step("choose"):
@@ -506,7 +506,7 @@ class _Migration:
         self.steps.undo("place in line", waiter.leave)
         start, said = time.monotonic(), ""
         while True:
-            listings = envs.list_fleet(hosts, self.pool, tickets=True)
+            listings = envs.list_fleet(hosts, self.pool, volumes=True)
             waiter.keep(r.value for r in listings.succeeded if r.value is not None)
             try:
                 return candidates(self.inv, req, self.pool, current=self.current, listings=listings, ticket=waiter.id)

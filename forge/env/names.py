@@ -1,5 +1,6 @@
 """Environment names: one word wherever forge writes one (a container label, a hostname, a
-``Host`` line of ``~/.ssh/config``, a known_hosts alias), checked before anything is created."""
+``Host`` line of ``~/.ssh/config``, a known_hosts alias), checked before anything is created;
+and the names of the images an environment's changes are committed to."""
 
 from __future__ import annotations
 
@@ -20,3 +21,12 @@ def check_name(env: str) -> None:
             f"environment name {env!r} may only hold letters, digits, '_', '.' and '-', "
             "and starts with a letter or digit"
         )
+
+
+KEEP_REPO = "forge-keep"  # where `migrate --keep-changes` and `forge reclaim` commit a container
+_REPO_UNSAFE = re.compile(r"[^a-z0-9_./-]")
+
+
+def keep_repo(env: str, owner: str) -> str:
+    """The repository an environment's changes are committed to: ``forge-keep/OWNER-ENV``."""
+    return _REPO_UNSAFE.sub("-", f"{KEEP_REPO}/{owner}-{env}".lower())

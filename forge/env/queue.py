@@ -22,12 +22,12 @@ as well run a process on the GPU. The line orders the honest.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from forge.env import hostvolumes
 from forge.errors import ForgeError
 from forge.gpu.model import Gpu
 from forge.labels import WAIT, WAIT_ENV, WAIT_GPUS, WAIT_MIN_FREE, WAIT_OWNER, WAIT_SINCE, WAIT_UNTIL
@@ -69,29 +69,16 @@ LABELS = (WAIT, WAIT_OWNER, WAIT_ENV, WAIT_GPUS, WAIT_MIN_FREE, WAIT_SINCE, WAIT
 MAX_TTL_S = 3600
 _ID = re.compile(r"^[0-9a-f]{12,32}$")
 _NAME = re.compile(r"^forge-wait-([0-9a-f]{12,32})-(\d{1,9})$")
-VOLUME_FORMAT = "\t".join(["{{json .Name}}", *(f'{{{{json (.Label "{label}")}}}}' for label in LABELS)])
 
 
-def parse_tickets(host: str, stdout: str) -> list[Ticket]:
-    """``docker volume ls --format VOLUME_FORMAT`` lines; what is not a well-formed ticket is
-    left out (anyone may create volumes with these labels)."""
-    out = []
-    for line in stdout.splitlines():
-        try:
-            cols = [json.loads(c) for c in line.split("\t")]
-        except ValueError:
-            continue
-        if len(cols) != 1 + len(LABELS) or not all(isinstance(c, str) for c in cols):
-            continue
-        name, tid, owner, env, gpus, min_free, since, until = cols
-        m = _NAME.match(name)
-        numbers = (gpus, min_free, since, until)
-        if not m or m.group(1) != tid or not all(n.isdigit() and len(n) < 16 for n in numbers):
-            continue
-        out.append(
-            Ticket(host, name, tid, int(m.group(2)), owner, env, int(gpus), int(min_free), int(since), int(until))
-        )
-    return out
+def ticket_of(host: str, cols: Sequence[str]) -> Ticket | None:
+    """One volume (its name, then the values of LABELS) as a ticket; None when it is not one."""
+    name, tid, owner, env, gpus, min_free, since, until = cols
+    m = _NAME.match(name)
+    numbers = (gpus, min_free, since, until)
+    if not m or m.group(1) != tid or not all(n.isdigit() and len(n) < 16 for n in numbers):
+        return None
+    return Ticket(host, name, tid, int(m.group(2)), owner, env, int(gpus), int(min_free), int(since), int(until))
 
 
 def line(tickets: Iterable[Ticket], now: int) -> list[Ticket]:
@@ -154,15 +141,11 @@ def place(
     """Create the ticket volume on the host; its name."""
     name = volume_name(tid, seq)
     values = (tid, owner, env, str(gpus), str(min_free_mib), str(since), str(until))
-    args = [x for label, value in zip(LABELS, values, strict=True) for x in ("--label", f"{label}={value}")]
-    s.run(s.docker("volume", "create", *args, name), timeout=60, check=True)
+    hostvolumes.create(s, name, dict(zip(LABELS, values, strict=True)))
     return name
 
 
-def remove(s: HostSession, names: Sequence[str]) -> None:
-    """Remove ticket volumes (one already gone is fine: ``-f``)."""
-    if names:
-        s.run(s.docker("volume", "rm", "-f", *names), timeout=60)
+remove = hostvolumes.remove  # ticket volumes, by name
 
 
 class Waiter:

@@ -28,17 +28,16 @@ from dataclasses import dataclass, field
 
 from forge import fleet, shell
 from forge.durations import format_duration
-from forge.env import claims, envs, idle
+from forge.env import claims, hostvolumes, idle
 from forge.env.idle import Action, Look, Mark, Rule
-from forge.env.listing import USER_NAME, Environment, HostListing, list_host
+from forge.env.listing import Environment, HostListing, list_host
+from forge.env.names import keep_repo
 from forge.errors import ForgeError
 from forge.fleet import FleetResult, Pool
 from forge.gpu.holders import env_name, user_name
 from forge.gpu.model import HostGpus
 from forge.gpu.probe import probe_host
 from forge.inventory import Host
-from forge.labels import IDLE as IDLE_LABEL
-from forge.labels import IDLE_ENV, IDLE_IMAGE, IDLE_KIND, IDLE_OWNER, IDLE_SINCE
 from forge.progress import NoProgress, Progress
 from forge.session import HostSession
 
@@ -113,7 +112,7 @@ class HostReclaim:
 def reclaim_tag(env: Environment) -> str:
     """Where a reclaim commits an environment: one tag per container (a reclaim cut short and
     run again moves the tag, it does not pile up images)."""
-    return f"{envs.keep_repo(env.name, env.owner or 'unknown')}:reclaimed-{env.container.id[:12]}"
+    return f"{keep_repo(env.name, env.owner or 'unknown')}:reclaimed-{env.container.id[:12]}"
 
 
 def sessions(s: HostSession, containers: Sequence[str]) -> dict[str, int]:
@@ -169,7 +168,7 @@ class _HostRun:
 
     def go(self) -> HostReclaim:
         s = self.s
-        listing = list_host(s, tickets=True)
+        listing = list_host(s, volumes=True)
         try:
             gpus: HostGpus | None = probe_host(s, timeout=30)
         except ForgeError:
@@ -195,8 +194,9 @@ class _HostRun:
         )  # fmt: skip
         if action is Action.START:
             result.idle_s = 0
-        if action is Action.RECLAIMED:
-            result.image = look.marks["reclaimed"].image or None
+        mark = look.marks.get("reclaimed")
+        if action is Action.RECLAIMED and mark is not None and idle.is_reclaim_image(mark, env.name, env.owner):
+            result.image = mark.image  # a mark is read from the host: only forge's own name is shown
         if action is Action.BUSY:
             result.idle_s = result.reclaim_in_s = None
         if self.dry_run:
@@ -260,7 +260,7 @@ class _HostRun:
             mark = idle.marks_of(listing.marks, subject).get("idle")
             user = user_name(p.user)
             if mark is None and not self.dry_run:
-                self.put(subject, "idle", listing.now_s, env="", owner=user if USER_NAME.match(user) else "")
+                self.put(subject, "idle", listing.now_s, env="", owner=user)  # a name, or ?
             since = mark.since if mark else listing.now_s
             out.append(OutsideHolder(listing.host, user, gpu.label, p.pid, p.used_memory_mib, listing.now_s - since))
         return out
@@ -277,13 +277,10 @@ class _HostRun:
 
     def put(self, subject: str, kind: str, now: int, *, env: str, owner: str, image: str = "") -> None:
         values = (subject, kind, str(now), env, owner, image)
-        labels = (IDLE_LABEL, IDLE_KIND, IDLE_SINCE, IDLE_ENV, IDLE_OWNER, IDLE_IMAGE)
-        args = [x for label, value in zip(labels, values, strict=True) for x in ("--label", f"{label}={value}")]
-        self.s.run(self.s.docker("volume", "create", *args, idle.volume_name(subject, kind)), timeout=60, check=True)
+        hostvolumes.create(self.s, idle.volume_name(subject, kind), dict(zip(idle.LABELS, values, strict=True)))
 
     def unmark(self, marks: Sequence[Mark]) -> None:
-        if marks:
-            self.s.run(self.s.docker("volume", "rm", "-f", *(m.name for m in marks)), timeout=60)
+        hostvolumes.remove(self.s, [m.name for m in marks])
 
 
 def notice(look: EnvLook, rule: Rule) -> str:

@@ -92,6 +92,17 @@ def ssh_into(lab: LabHandle, res: dict[str, Any], tmp: Path, *command: str) -> s
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
+def lab_gpu(lab: LabHandle, host: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`forge lab gpu HOST ARGS` on the session's lab, as a user would run it."""
+    root = str(lab.lab.config.root)
+    return subprocess.run(
+        [sys.executable, "-m", "forge", "lab", "gpu", "--root", root, host, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def env_lab_kit(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The environments of one test module: built, yielded, then removed."""
     for h in HOSTS:

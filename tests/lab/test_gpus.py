@@ -21,6 +21,7 @@ import pytest
 
 from forge.lab.gpus import default_state as default_gpu_state
 from tests.lab.conftest import docker_down  # noqa: E402
+from tests.lab.envkit import lab_gpu  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
@@ -477,16 +478,6 @@ def test_watch_on_a_terminal_fits_the_screen_and_follows_a_resize(lab: Any) -> N
 
 
 # ----------------------------------------------------------------- forge lab gpu, gpus --wait
-
-
-def lab_gpu(lab: Any, host: str, *args: str) -> subprocess.CompletedProcess[str]:
-    root = str(lab.lab.config.root)
-    return subprocess.run(
-        [sys.executable, "-m", "forge", "lab", "gpu", "--root", root, host, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture()

@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import LabHandle
-from tests.lab.envkit import forge, migrate, new_env
+from tests.lab.envkit import forge, lab_gpu, migrate, new_env
 
 pytestmark = pytest.mark.lab
 
@@ -25,13 +23,8 @@ HOST = "gpu2"
 def mig_host(lab: LabHandle) -> Iterator[None]:
     """GPU 0 of gpu2 split into MIG instances (device 1 used by the lab's `nobody`), GPUs 1-3 at
     work: only slices are free there. The host's default GPUs again afterwards."""
-    root = str(lab.lab.config.root)
     try:
-        r = subprocess.run(
-            [sys.executable, "-m", "forge", "lab", "gpu", "--root", root, HOST, "--mig", "0", "--slice", "0/1",
-             "--memory", "5000", "--user", "nobody"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        r = lab_gpu(lab, HOST, "--mig", "0", "--slice", "0/1", "--memory", "5000", "--user", "nobody")
         assert r.returncode == 0, r.stderr
         assert "0/3  MIG-" in r.stdout and "MIG 1g.18gb" in r.stdout, r.stdout
         lab.lab.load_gpus(HOST, [1, 2, 3], utilization_pct=90, memory_used_mib=40000)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from forge.env import reclaim as rec
 from forge.fleet import Pool
 from forge.progress import NoProgress
 from tests.conftest import LabHandle
-from tests.lab.envkit import claims_on, envs_on, forge, migrate, new_env, ssh_into
+from tests.lab.envkit import claims_on, envs_on, forge, lab_gpu, migrate, new_env, ssh_into
 
 pytestmark = pytest.mark.lab
 
@@ -58,6 +57,24 @@ def seen(out: dict[str, Any], env: str) -> dict[str, Any]:
     return e
 
 
+def with_a_file(lab: LabHandle, env_lab: dict[str, Any], inv: Path, tmp: Path, text: str) -> tuple[str, dict[str, Any]]:
+    """A new environment on HOST whose user wrote ``text`` to ~/work.txt."""
+    env = new_env(env_lab)
+    res = migrate(inv, env, "--to", HOST)
+    assert ssh_into(lab, res, tmp, "sh", "-c", f"echo {text} > ~/work.txt").returncode == 0
+    return env, res
+
+
+def until_reclaimed(inv: Path, env: str) -> dict[str, Any]:
+    """Looks, past idle_after and reclaim_after, until ``env`` is reclaimed; its last look."""
+    for _ in range(3):
+        reclaim(inv)
+        time.sleep(STEP)
+    done = seen(reclaim(inv), env)
+    assert done["action"] == "reclaimed" and done["image"], done
+    return done
+
+
 def state_of(lab: LabHandle, env: str) -> str:
     (cid,) = envs_on(lab, HOST, env)
     return lab.docker(HOST, "inspect", "-f", "{{.State.Status}} {{.HostConfig.RestartPolicy.Name}}", cid).stdout.strip()
@@ -66,9 +83,7 @@ def state_of(lab: LabHandle, env: str) -> str:
 def test_an_idle_environment_is_warned_then_reclaimed_and_migrate_brings_it_back_with_its_changes(
     lab: LabHandle, env_lab: dict[str, Any], policy: Path, tmp_path: Path
 ) -> None:
-    env = new_env(env_lab)
-    first = migrate(policy, env, "--to", HOST)
-    assert ssh_into(lab, first, tmp_path, "sh", "-c", "echo mine > ~/work.txt").returncode == 0
+    env, first = with_a_file(lab, env_lab, policy, tmp_path, "mine")
     # a terminal open in the environment without SSH (as a detached tmux would hold)
     (cid,) = envs_on(lab, HOST, env)
     terminal = subprocess.Popen(
@@ -169,9 +184,7 @@ def test_a_reclaim_interrupted_at_each_step_leaves_it_running_or_fully_recoverab
     inv = inventory.load_file(policy)
     rule = idle.rule_of(inv.policy)
     for step in range(1, 6):
-        env = new_env(env_lab)
-        res = migrate(policy, env, "--to", HOST)
-        assert ssh_into(lab, res, tmp_path, "sh", "-c", f"echo step{step} > ~/work.txt").returncode == 0
+        env, _ = with_a_file(lab, env_lab, policy, tmp_path, f"step{step}")
         assert seen(reclaim(policy), env)["action"] == "start"
         time.sleep(STEP)
         assert seen(reclaim(policy), env)["action"] == "warn"
@@ -194,13 +207,8 @@ def test_a_reclaim_interrupted_at_each_step_leaves_it_running_or_fully_recoverab
 def test_a_reclaimed_environment_whose_container_was_removed_comes_back_from_its_image(
     lab: LabHandle, env_lab: dict[str, Any], policy: Path, tmp_path: Path
 ) -> None:
-    env = new_env(env_lab)
-    res = migrate(policy, env, "--to", HOST)
-    assert ssh_into(lab, res, tmp_path, "sh", "-c", "echo kept > ~/work.txt").returncode == 0
-    for _ in range(3):
-        reclaim(policy)
-        time.sleep(STEP)
-    assert seen(reclaim(policy), env)["action"] == "reclaimed"
+    env, _ = with_a_file(lab, env_lab, policy, tmp_path, "kept")
+    until_reclaimed(policy, env)
     lab.docker(HOST, "container", "prune", "-f")  # someone cleans up stopped containers
     assert envs_on(lab, HOST, env) == []
     back = migrate(policy, env)
@@ -212,11 +220,7 @@ def test_stopping_a_reclaimed_environment_removes_its_image_and_marks(
 ) -> None:
     env = new_env(env_lab)
     migrate(policy, env, "--to", HOST)
-    for _ in range(3):
-        reclaim(policy)
-        time.sleep(STEP)
-    done = seen(reclaim(policy), env)
-    assert done["action"] == "reclaimed" and done["image"]
+    done = until_reclaimed(policy, env)
     assert forge(policy, "stop", env, "--keep-ssh-config").returncode == 0
     assert lab.docker(HOST, "images", "-q", done["image"]).stdout.strip() == ""
     assert lab.docker(HOST, "volume", "ls", "-q", "--filter", f"label=forge.idle.env={env}").stdout.strip() == ""
@@ -226,12 +230,7 @@ def test_stopping_a_reclaimed_environment_removes_its_image_and_marks(
 def test_processes_outside_forge_on_gpus_showing_no_work_are_reported_by_user_never_touched(
     lab: LabHandle, policy: Path
 ) -> None:
-    root = str(lab.lab.config.root)
-    held = subprocess.run(
-        [sys.executable, "-m", "forge", "lab", "gpu", "--root", root, HOST, "--busy", "2", "--user", "nobody",
-         "--util", "0", "--memory", "9000"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    held = lab_gpu(lab, HOST, "--busy", "2", "--user", "nobody", "--util", "0", "--memory", "9000")
     assert held.returncode == 0, held.stderr
     first = reclaim(policy)["outside"]
     assert [(o["user"], o["gpu"], o["memory_mib"], o["idle_s"]) for o in first] == [("nobody", "2", 9000, 0)]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from forge import inventory
-from forge.env import envs, idle
+from forge.env import envs, idle, queue
 from forge.env.idle import Action, Look, Mark, Rule
 from forge.env.listing import Container, Environment, HostListing, parse_listing
 from forge.fleet import FleetResult, HostResult
@@ -24,7 +24,13 @@ RULE = Rule(utilization_pct=5, memory_mib=1024, idle_after_s=3600, reclaim_after
 
 
 def volume_line(name: str, *values: str) -> str:
-    return "\t".join(json.dumps(v) for v in (name, *values))
+    """A line of the listing's volumes (forge/env/listing.py): the tickets' labels (empty), then
+    the idle marks'."""
+    return "\t".join(json.dumps(v) for v in (name, *[""] * len(queue.LABELS), *values))
+
+
+def marks_in(lines: str, now: int = 1000) -> tuple[Mark, ...]:
+    return parse_listing("gpu1", f"{now}\n@@forge-volumes\n{lines}\n").marks
 
 
 def mark(kind: str, since: int, *, subject: str = CID, image: str = "", env: str = "dev", owner: str = "alice") -> Mark:
@@ -44,13 +50,18 @@ def test_marks_are_read_strictly_from_the_hosts_output() -> None:
         volume_line(f"forge-idle-{CID}-idle", CID, "idle", "900", "dev"),  # columns short
         "not json\tat all",
     ])  # fmt: skip
-    assert idle.parse_marks("gpu1", out, now=1000) == [mark("warned", 900)]
+    assert marks_in(out) == (mark("warned", 900),)
 
 
-def test_a_listing_carries_the_marks_with_or_without_tickets() -> None:
+def test_one_volume_listing_carries_tickets_and_marks_and_passes_over_other_volumes() -> None:
+    ticket_id = "a" * 16
+    ticket = "\t".join(json.dumps(v) for v in (
+        f"forge-wait-{ticket_id}-0", ticket_id, "bob", "x", "1", "0", "950", "990", *[""] * len(idle.LABELS)
+    ))  # fmt: skip
+    data = "\t".join(json.dumps(v) for v in ("forge-data-alice", *[""] * (len(queue.LABELS) + len(idle.LABELS))))
     marks = volume_line(f"forge-idle-{CID}-idle", CID, "idle", "900", "dev", "alice", "")
-    listing = parse_listing("gpu1", f"1000\n@@forge-tickets\n@@forge-idle\n{marks}\n")
-    assert listing.tickets == () and listing.marks == (mark("idle", 900),)
+    listing = parse_listing("gpu1", f"1000\n@@forge-volumes\n{data}\n{ticket}\n{marks}\n")
+    assert [t.id for t in listing.tickets] == [ticket_id] and listing.marks == (mark("idle", 900),)
     assert parse_listing("gpu1", "1000\n").marks == ()
 
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from forge.env import queue
+from forge.env import idle, queue
+from forge.env.listing import parse_listing
 from forge.env.queue import Ticket
 from tests.unit.test_policy import gpu
 
@@ -19,7 +20,13 @@ def ticket(tid: str, *, gpus: int = 1, since: int = 100, until: int = 200, seq: 
 
 
 def volume_line(name: str, *values: str) -> str:
-    return "\t".join(json.dumps(v) for v in (name, *values))
+    """A line of the listing's volumes (forge/env/listing.py): the ticket labels, then the idle
+    marks' (empty)."""
+    return "\t".join(json.dumps(v) for v in (name, *values, *[""] * len(idle.LABELS)))
+
+
+def tickets_in(lines: str) -> tuple[Ticket, ...]:
+    return parse_listing("gpu1", f"1000\n@@forge-volumes\n{lines}\n").tickets
 
 
 def test_tickets_are_read_strictly_from_the_hosts_output() -> None:
@@ -32,7 +39,7 @@ def test_tickets_are_read_strictly_from_the_hosts_output() -> None:
         volume_line(f"forge-wait-{ID_B}-0", ID_B, "bob", "x", "1", "0", "100"),  # a column short
         "not json\tat all",
     ])  # fmt: skip
-    (t,) = queue.parse_tickets("gpu1", out)
+    (t,) = tickets_in(out)
     assert t == Ticket("gpu1", f"forge-wait-{ID_A}-3", ID_A, 3, "alice", "dev", 2, 16000, 100, 160)
 
 
