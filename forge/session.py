@@ -64,5 +64,8 @@ class HostSession(Transport):
     ) -> CommandResult:
         return self.transport.stream(command, source=source, sink=sink, timeout=timeout)
 
+    def host_key(self) -> tuple[str, str] | None:
+        return self.transport.host_key()
+
     def close(self) -> None:
         self.transport.close()

@@ -16,7 +16,7 @@ from forge.cli.progressbar import TerminalProgress, human_bytes
 from forge.errors import ExitCode
 from forge.images import codec as codecs
 from forge.images.runs import ImageRun, Outcome, Status, check_images, exit_code, sync_images
-from forge.images.sync import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, READS, SyncReport
+from forge.images.sync import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, READS, VIAS, SyncReport
 from forge.inventory import Inventory
 from forge.lock import FileLock
 
@@ -70,6 +70,16 @@ def _stamp() -> str:
     "data root (a local overlay2 daemon, readable: as root), streaming and only the layers a host lacks; "
     "'save' runs docker save; auto: store where possible, else save.",
 )
+@click.option(
+    "--via",
+    type=click.Choice(VIAS),
+    default="auto",
+    show_default=True,
+    help="Which way the bytes go from a --from HOST: 'direct' from that host to each target over SSH "
+    "(nothing through this machine; a transfer key per target, restricted to the load and removed "
+    "afterwards; every layer is sent), 'client' through this machine (only the layers each target "
+    "lacks); auto: direct, and through this machine for targets the source cannot reach.",
+)
 @click.option("--check", is_flag=True, help="Only report which hosts run stale or missing images.")
 @click.option("-q", "--quiet", is_flag=True, help="For cron: no progress, one log line per host.")
 @click.option(
@@ -93,6 +103,7 @@ def sync(
     from_: str | None,
     compress: str,
     read: str,
+    via: str,
     concurrency: int,
     check: bool,
     quiet: bool,
@@ -132,6 +143,7 @@ def sync(
                 concurrency=concurrency,
                 timeout_s=timeout_s,
                 read=read,
+                via=via,
             )
         except KeyboardInterrupt:
             _exit_on_second_interrupt()
@@ -165,6 +177,9 @@ def _show_run(run: ImageRun, *, quiet: bool) -> None:
     output.echo(f"# {run.ref} ({image.id[:19]}, {human_bytes(image.size_bytes)}){_how(run.report)}")
     headers = ["HOST", "RESULT", "LAYERS SENT", "ARCHIVE", "WIRE", "TIME", "PROBLEM"]
     output.echo(output.table([_table_row(o) for o in run.outcomes], headers))
+    for o in run.outcomes:
+        if o.note:
+            output.echo(f"{o.host}: sent through this machine: {o.note}", err=True)
 
 
 def _how(report: SyncReport) -> str:
@@ -178,7 +193,8 @@ def _how(report: SyncReport) -> str:
 def _table_row(o: Outcome) -> list[str]:
     return [
         o.host,
-        {"current": "up to date", "tag": "tagged", "send": "loaded"}.get(o.action, "FAILED"),
+        {"current": "up to date", "tag": "tagged", "send": "loaded"}.get(o.action, "FAILED")
+        + (" (direct)" if o.via == "direct" else ""),
         f"{o.layers_sent}/{o.layers_total}" if o.ok else "",
         human_bytes(o.archive_bytes) if o.archive_bytes else "",
         human_bytes(o.wire_bytes) + f" ({o.codec})" if o.wire_bytes else "",
@@ -194,6 +210,7 @@ def _log_line(o: Outcome) -> str:
     if o.action == "send":
         detail = f"layers={o.layers_sent}/{o.layers_total} wire={o.wire_bytes}B codec={o.codec}"
         detail += f" read={o.read}" if o.read else ""
+        detail += f" via={o.via}" if o.via else ""
     return f"{_stamp()} forge sync {o.image} {o.host} ok {o.action} {detail} {o.seconds:.1f}s".replace("  ", " ")
 
 

@@ -37,6 +37,8 @@ class Outcome:
     image_id: str | None = None  # the image's ID on that host
     error: str | None = None
     reached: bool = True  # False: the host could not be reached at all
+    via: str | None = None  # for a send: "client" (through this machine) or "direct" (from the source)
+    note: str | None = None  # why a host was sent through this machine though direct was asked for
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +106,8 @@ def _outcome(ref: str, r: fleet.HostResult[Any], report: SyncReport) -> Outcome:
         wire_bytes=v.wire_bytes,
         seconds=round(r.duration_s, 2),
         image_id=v.image_id,
+        via=v.via if v.action == "send" else None,
+        note=v.note or None,
     )
 
 

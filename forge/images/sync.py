@@ -29,6 +29,7 @@ from typing import cast
 from forge import fleet
 from forge.errors import ForgeError
 from forge.fleet import FleetResult, HostResult, Pool
+from forge.images import direct
 from forge.images.inspect import ImageInfo, survey
 from forge.images.layerstore import LayerStoreError
 from forge.images.plan import HostPlan, plan_host, wanted_tags
@@ -39,6 +40,7 @@ from forge.progress import NoProgress, Progress
 from forge.session import HostSession
 
 READS = ("auto", "store", "save")
+VIAS = ("auto", "client", "direct")
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 3600.0
 
@@ -100,14 +102,20 @@ def sync_image(
     progress: Progress | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     read: str = "auto",
+    via: str = "client",
 ) -> SyncReport:
     """Make ``ref`` (a name or an image ID on ``source``) present and tagged on every target.
 
     ``read``: ``auto`` (the layer store where readable, else ``docker save``), ``store`` or
-    ``save``.
+    ``save``. ``via``: ``client`` (the bytes pass through this machine, which sends each host
+    only the layers it lacks), ``direct`` (a remote source sends to each target itself, whole
+    image, :mod:`forge.images.direct`; targets it cannot reach go through this machine) or
+    ``auto`` (direct when the source is another host).
     """
     if read not in READS:
         raise ForgeError(f"unknown way to read the image {read!r}", hint="one of " + ", ".join(READS))
+    if via not in VIAS:
+        raise ForgeError(f"unknown way to send the image {via!r}", hint="one of " + ", ".join(VIAS))
     progress = progress or NoProgress()
     targets = [t for t in targets if t.name != source.name]
     src, tags, plans = _plan(ref, source, targets, pool, compress, fleet.DEFAULT_CONCURRENCY, read)
@@ -118,6 +126,14 @@ def sync_image(
         results[r.host.name] = r
     used = ""
     to_send = _sends(plans)
+    notes: dict[str, str] = {}
+    if to_send and via != "client" and not source.local:
+        done = direct.send(src, tags, to_send, pool, progress, timeout_s, compress)
+        for r in done.results:
+            results[r.host.name] = r
+        to_send = [p for p, _ in done.fallback]
+        notes = {p.host.name: why for p, why in done.fallback}
+        used = "save" if done.results else ""
     for attempt in range(2):  # a second pass sends everything to hosts whose load stayed hidden
         retry: list[HostPlan] = []
         for i in range(0, len(to_send), max(1, concurrency)):
@@ -126,6 +142,8 @@ def sync_image(
             for r in wave.run():
                 if r.value is not None and r.value.incomplete and attempt == 0:
                     retry.append(replace(wave.plan(r.host.name), skip=frozenset()))
+                elif r.value is not None and r.host.name in notes:
+                    results[r.host.name] = replace(r, value=replace(r.value, note=notes[r.host.name]))
                 else:
                     results[r.host.name] = r
         to_send = retry

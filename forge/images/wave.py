@@ -59,6 +59,8 @@ class HostSync:
     seconds: float = 0.0
     image_id: str | None = None  # the image's ID on that host
     incomplete: bool = False  # loaded but hidden (containerd store): send again, everything
+    via: str = "client"  # the bytes' way: "client" (through this machine) or "direct" (source to host)
+    note: str = ""  # why a host was served through the client when direct was asked for
 
 
 @dataclass

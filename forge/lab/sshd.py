@@ -53,8 +53,9 @@ def render_config(cfg: LabConfig, name: str) -> str:
             "Port 22",
             f"HostKey {host_key(cfg, name)}",
             f"PidFile {pidfile(cfg, name)}",
-            # One file per user: neither user's key logs in as the other.
-            f"AuthorizedKeysFile {cfg.authorized_keys_dir}/%u",
+            # One file per user: neither user's key logs in as the other. Then the user's
+            # own file (sshd's default), where forge sync --via direct places transfer keys.
+            f"AuthorizedKeysFile {cfg.authorized_keys_dir}/%u .ssh/authorized_keys",
             f"AllowUsers {cfg.user} {cfg.other_user}",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",

@@ -129,6 +129,11 @@ class Transport(abc.ABC):
     def close(self) -> None:
         """Close the connection; a later command opens a new one."""
 
+    def host_key(self) -> tuple[str, str] | None:
+        """The host's key as this connection verified it (type, base64), connecting if need
+        be; None where there is no SSH server to verify (this machine)."""
+        return None
+
     def __enter__(self) -> Transport:
         return self
 

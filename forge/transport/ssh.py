@@ -205,6 +205,10 @@ class SSHTransport(Transport):
 
     # ------------------------------------------------------------------ commands
 
+    def host_key(self) -> tuple[str, str] | None:
+        key = self._connect().get_remote_server_key()
+        return key.get_name(), key.get_base64()
+
     def _channel(self, timeout: float | None) -> paramiko.Channel:
         transport = self._connect()
         try:

@@ -1,0 +1,226 @@
+"""`forge sync --from gpu1 --via direct`: gpu1 sends to the targets itself, over SSH, with a
+transfer key per target; the client only steers (forge/images/direct.py, hostlink.py).
+
+The lab's hosts share this machine's file system, so every host's ~/.ssh/authorized_keys is
+the same file and every host's /tmp the same directory: one look sees what was placed on any.
+The bytes through the client are counted on the lab's bridge (the client's only way into the
+lab); host-to-host traffic is bridged between ports and never crosses it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forge import inventory
+from forge.lab.netns import nsenter
+from forge.progress import NoProgress
+from tests.lab.envkit import AS_FROM_A_TERMINAL
+from tests.lab.imagekit import SOURCE, Images, sync
+
+pytestmark = pytest.mark.lab
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _authorized_keys(lab: Any) -> Path:
+    return Path(pwd.getpwnam(lab.user).pw_dir) / ".ssh" / "authorized_keys"
+
+
+def _placed(lab: Any) -> tuple[list[str], list[Path]]:
+    """Transfer keys in the user's authorized_keys, transfer directories in /tmp."""
+    keys = _authorized_keys(lab)
+    lines = [ln for ln in keys.read_text().splitlines() if "forge-link-" in ln] if keys.exists() else []
+    return lines, sorted(Path("/tmp").glob("forge-link.*"))
+
+
+def _client_bytes(lab: Any) -> int:
+    """Bytes in and out of the lab's bridge in the root namespace: the client's traffic."""
+    stats = Path("/sys/class/net") / lab.lab.config.bridge / "statistics"
+    return int((stats / "rx_bytes").read_text()) + int((stats / "tx_bytes").read_text())
+
+
+@contextmanager
+def shaped(lab: Any, host: str, rate: str = "24mbit") -> Iterator[None]:
+    """Traffic into ``host`` limited to ``rate`` (tbf on its veth's bridge end)."""
+    veth = lab.lab.config.host(host).veth
+    subprocess.run(
+        ["tc", "qdisc", "replace", "dev", veth, "root", "tbf", "rate", rate, "burst", "32kb", "latency", "400ms"],
+        check=True,
+    )
+    try:
+        yield
+    finally:
+        subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], check=False)
+
+
+@contextmanager
+def unreachable(lab: Any, src: str, dst: str) -> Iterator[None]:
+    """``src`` cannot open connections to ``dst``'s SSH port (a firewall between them)."""
+    rule = ["OUTPUT", "-d", lab.lab.address(dst), "-p", "tcp", "--dport", "22", "-j", "REJECT"]
+    ns = nsenter(lab.lab.config.host(src).netns)
+    subprocess.run([*ns, "iptables", "-I", *rule], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run([*ns, "iptables", "-D", *rule], check=False)
+
+
+class OnFirstBytes(NoProgress):
+    """Runs ``action`` once, when the first bytes of a transfer are counted."""
+
+    def __init__(self, action: Any) -> None:
+        self.action, self.done = action, False
+        self.result: Any = None
+
+    def advance(self, key: str, nbytes: int) -> None:
+        if not self.done:
+            self.done = True
+            self.result = self.action()
+
+
+def _kill_source_transfer() -> int:
+    """SIGKILL every process of the source's transfer (its process group, as the transfer
+    recorded it), as a crash of the source would end them. Returns the group."""
+    (pgid_file,) = Path("/tmp").glob("forge-link.*/pgid")
+    pgid = int(pgid_file.read_text())
+    os.killpg(pgid, signal.SIGKILL)
+    return pgid
+
+
+# --------------------------------------------------------------------------- the cases
+
+
+def test_direct_sends_nothing_of_the_image_through_the_client_and_takes_back_its_keys(
+    lab: Any, inv: inventory.Inventory, images: Images
+) -> None:
+    ref = images.on_top(images.base(size=4 << 20), "v1", os.urandom(6 << 20))
+    seen: dict[str, Any] = {}
+
+    def look() -> None:  # mid-transfer: what was placed, and what its keys allow
+        seen["lines"], seen["dirs"] = _placed(lab)
+        d = seen["dirs"][0]
+        ssh = [
+            *nsenter(lab.lab.config.host(SOURCE).netns),
+            "ssh", "-F", "none", "-i", str(d / "key0"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={d}/known_hosts", "-o", "HostKeyAlias=forge-link-0", "-l", lab.user,
+        ]  # fmt: skip
+        for name, extra in (("command", ["echo", "ran-my-command"]), ("forward", ["-W", "127.0.0.1:22"])):
+            where = [lab.lab.address("gpu2")]
+            argv = [*ssh, *(extra if name == "forward" else []), *where, *(extra if name == "command" else [])]
+            r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+            seen[name] = r.stdout + r.stderr
+
+    before = _client_bytes(lab)
+    report = sync(inv, ref, ["gpu2", "gpu3"], via="direct", progress=OnFirstBytes(look))
+    through_client = _client_bytes(lab) - before
+    for h in ("gpu2", "gpu3"):
+        r = report.results[h]
+        assert r.ok, r.reason
+        assert r.value.via == "direct" and r.value.action == "send" and r.value.note == ""
+        assert r.value.codec == "zstd" and 0 < r.value.wire_bytes < r.value.tar_bytes
+        assert images.same(h, ref)
+    assert through_client < 1 << 20, through_client  # 10 MB went to each target
+    # While it ran: one restricted, expiring, forced-command key per target, and a directory.
+    assert len(seen["lines"]) == 2, seen["lines"]
+    for line in seen["lines"]:
+        assert line.startswith('restrict,command="') and 'expiry-time="' in line and " ssh-ed25519 " in line
+    assert len(seen["dirs"]) == 1
+    # The key ran its forced command (a load, of nothing), not ours; no forwarding.
+    assert "ran-my-command" not in seen["command"] and "zstd" in seen["command"], seen["command"]  # the load ran
+    assert "prohibited" in seen["forward"], seen["forward"]
+    assert _placed(lab) == ([], [])
+    again = sync(inv, ref, ["gpu2"], via="direct").results["gpu2"]
+    assert again.ok and again.value.action == "current"
+
+
+def test_a_target_the_source_cannot_reach_is_served_through_the_client(
+    lab: Any, inv: inventory.Inventory, images: Images
+) -> None:
+    ref = images.on_top(images.base(), "v1", os.urandom(100_000))
+    with unreachable(lab, SOURCE, "gpu3"):
+        report = sync(inv, ref, ["gpu2", "gpu3"], via="auto")
+    two, three = report.results["gpu2"], report.results["gpu3"]
+    assert two.ok and two.value.via == "direct", two.reason
+    assert three.ok and three.value.via == "client", three.reason
+    assert "gpu1 cannot reach it over SSH" in three.value.note, three.value.note
+    assert images.same("gpu2", ref) and images.same("gpu3", ref)
+    assert _placed(lab) == ([], [])
+
+
+def test_a_host_key_other_than_the_one_forge_verified_is_refused(
+    lab: Any, inv: inventory.Inventory, images: Images
+) -> None:
+    """The source checks the target against the key forge verified, not against what answers:
+    gpu3's inventory address made to lead to gpu4 (a man in the middle, as the source sees it)."""
+    ref = images.base()
+    ns = nsenter(lab.lab.config.host(SOURCE).netns)
+    rule = ["OUTPUT", "-t", "nat", "-d", lab.lab.address("gpu3"), "-p", "tcp", "--dport", "22"]
+    to = ["-j", "DNAT", "--to-destination", f"{lab.lab.address('gpu4')}:22"]
+    subprocess.run([*ns, "iptables", "-t", "nat", "-I", *rule[:1], *rule[3:], *to], check=True)
+    try:
+        report = sync(inv, ref, ["gpu3"], via="auto")
+    finally:
+        subprocess.run([*ns, "iptables", "-t", "nat", "-D", *rule[:1], *rule[3:], *to], check=False)
+    r = report.results["gpu3"]
+    assert r.ok and r.value.via == "client", r.reason
+    assert "Host key verification failed" in r.value.note or "HOST IDENTIFICATION" in r.value.note, r.value.note
+    assert _placed(lab) == ([], [])
+
+
+def test_a_source_killed_mid_stream_leaves_no_image_no_key_and_a_rerun_completes(
+    lab: Any, inv: inventory.Inventory, images: Images
+) -> None:
+    ref = images.on_top(images.base(), "v1", os.urandom(16 << 20))
+    killer = OnFirstBytes(_kill_source_transfer)
+    with shaped(lab, "gpu2", "16mbit"), shaped(lab, "gpu3", "16mbit"):  # seconds to send
+        report = sync(inv, ref, ["gpu2", "gpu3"], via="direct", progress=killer)
+    assert killer.result
+    for h in ("gpu2", "gpu3"):
+        r = report.results[h]
+        assert not r.ok and "the source's transfer ended" in r.reason, r.reason
+        assert images.image_id(h, ref) is None
+        assert images.leftovers(h) == []
+    assert _placed(lab) == ([], [])
+    again = sync(inv, ref, ["gpu2", "gpu3"], via="direct")
+    assert all(r.ok and r.value.via == "direct" for r in again.results), [r.reason for r in again.results]
+    assert images.same("gpu2", ref) and images.same("gpu3", ref)
+
+
+def test_ctrl_c_mid_transfer_stops_the_source_and_takes_back_its_keys(lab: Any, images: Images, tmp_path: Path) -> None:
+    ref = images.on_top(images.base(), "v1", os.urandom(16 << 20))
+    env = {"FORGE_LOCK_DIR": str(tmp_path), "FORGE_INVENTORY": str(lab.inventory_path)}
+    args = ("sync", ref, "--from", SOURCE, "--to", "gpu4", "--via", "direct", "--quiet")
+    with shaped(lab, "gpu4"):
+        run = subprocess.Popen(
+            [sys.executable, "-c", AS_FROM_A_TERMINAL, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while run.poll() is None and not list(Path("/tmp").glob("forge-link.*/f0")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # in the transfer
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert _placed(lab) == ([], [])
+    assert images.image_id("gpu4", ref) is None
+    assert images.leftovers("gpu4") == []
+    left = subprocess.run(["pgrep", "-f", "forge-link"], capture_output=True, text=True)
+    assert left.stdout == "", left.stdout  # no transfer process left on the source

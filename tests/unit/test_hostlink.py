@@ -1,0 +1,180 @@
+"""The transfer keys of `forge sync --via direct`: the text forge writes (pure) and the scripts
+that place and remove it, run by a real shell on a scratch home directory."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from forge import shell
+from forge.errors import ForgeError
+from forge.images import direct, hostlink
+from forge.images.hostlink import Peer
+
+LOAD = shell.pipeline(["zstd", "-q", "-d", "-c"], ["docker", "-H", "unix:///run/d ock.sock", "load", "-q"])
+PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0b2tlbg== forge-link-0123456789abcdef-0"
+
+
+def _sh(script: shell.Script, home: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", "-c", script],
+        env={"HOME": str(home), "PATH": os.environ["PATH"]},
+        input=stdin.decode() if stdin else None,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_key_options_restrict_and_force_the_load_with_quotes_escaped() -> None:
+    opts = hostlink.key_options(LOAD)
+    assert opts.startswith('restrict,command="') and opts.endswith('"')
+    inner = opts[len('restrict,command="') : -1]
+    assert '"' not in inner.replace('\\"', "")  # every quote inside is escaped for sshd
+    command = inner.replace('\\"', '"')  # as sshd reads it
+    assert command == hostlink.forced_command(LOAD)
+    probe = subprocess.run(
+        ["sh", "-c", command], env={"SSH_ORIGINAL_COMMAND": "forge-probe"}, capture_output=True, text=True
+    )
+    assert probe.stdout == "forge-link-ok\n"
+    other = subprocess.run(
+        ["sh", "-c", command.replace(LOAD, "echo loading")],
+        env={"SSH_ORIGINAL_COMMAND": "rm -rf ~", "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+    )
+    assert other.stdout == "loading\n"  # anything else asked for: the load, never the request
+
+
+@pytest.mark.parametrize("bad", ["a\\b", "a\nb", "a\rb"])
+def test_a_load_command_sshd_would_read_otherwise_is_refused(bad: str) -> None:
+    with pytest.raises(ForgeError, match="backslash or a line break"):
+        hostlink.key_options(shell.Script(f"docker load {bad}"))
+
+
+def test_the_source_pins_the_host_key_forge_verified_and_uses_nothing_of_the_user() -> None:
+    peer = Peer(3, "gpu2", "10.0.0.2", 2222, "alice", "ssh-ed25519", "AAAAkey")
+    argv = hostlink.ssh_argv("/tmp/forge-link.abc", peer, "forge-probe")
+    text = " ".join(argv)
+    for option in (
+        "-F none",
+        "-i /tmp/forge-link.abc/key3",
+        "StrictHostKeyChecking=yes",
+        "UserKnownHostsFile=/tmp/forge-link.abc/known_hosts",
+        "GlobalKnownHostsFile=/dev/null",
+        "HostKeyAlias=forge-link-3",
+        "IdentityAgent=none",
+        "ForwardAgent=no",
+        "BatchMode=yes",
+    ):
+        assert option in text
+    assert argv[-5:] == ["-l", "alice", "--", "10.0.0.2", "forge-probe"]
+    assert argv[argv.index("-p") + 1] == "2222"
+    assert hostlink.known_hosts([peer]) == "forge-link-3 ssh-ed25519 AAAAkey\n"
+
+
+def test_a_peer_refuses_a_host_key_that_is_not_one() -> None:
+    with pytest.raises(ValueError):
+        Peer(0, "gpu2", "h", 22, "u", "ssh-ed25519", "AAAA\nforge-link-1 ssh-rsa BBBB")
+
+
+def test_the_source_answer_is_checked_before_use() -> None:
+    token = "0123456789abcdef"
+    good = f"/tmp/forge-link.Xy12\n{PUB}\n"
+    assert hostlink.parse_keys(good, token, 1) == ("/tmp/forge-link.Xy12", [PUB])
+    for bad in (
+        f"/tmp/forge-link.Xy12\n{PUB}\n{PUB}\n",  # one key too many
+        f"/home/../etc/forge-link.x\n{PUB}\n",  # a path forge did not make
+        f"/tmp/forge-link.Xy12\n{PUB.replace('-0', '-1')}\n",  # another key's comment
+        f"/tmp/forge-link.Xy12\n{PUB} extra\n",
+        f"/tmp/forge-link.Xy12\nssh-rsa AAAA forge-link-{token}-0\n",
+    ):
+        with pytest.raises(ValueError):
+            hostlink.parse_keys(bad, token, 1)
+
+
+def test_adding_keeps_the_file_and_its_last_line_and_removing_takes_only_the_transfer_keys(tmp_path: Path) -> None:
+    ssh = tmp_path / ".ssh"
+    ssh.mkdir(mode=0o700)
+    keys = ssh / "authorized_keys"
+    keys.write_text("ssh-ed25519 AAAAmine me@laptop")  # no newline at the end
+    keys.chmod(0o600)
+    inode = keys.stat().st_ino
+    r = _sh(hostlink.add_key(hostlink.key_options(LOAD), PUB, 3600), tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = keys.read_text().splitlines()
+    assert lines[0] == "ssh-ed25519 AAAAmine me@laptop"
+    assert lines[1].startswith('restrict,command="') and lines[1].endswith(f'Z" {PUB}')
+    assert 'expiry-time="2' in lines[1]
+    r = _sh(hostlink.remove_keys("0123456789abcdef"), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert keys.read_text() == "ssh-ed25519 AAAAmine me@laptop\n"
+    assert keys.stat().st_ino == inode and stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert sorted(p.name for p in ssh.iterdir()) == ["authorized_keys"]  # no temporary file left
+
+
+def test_a_home_without_ssh_gets_a_private_directory_and_file(tmp_path: Path) -> None:
+    assert _sh(hostlink.add_key(hostlink.key_options(LOAD), PUB, 60), tmp_path).returncode == 0
+    assert stat.S_IMODE((tmp_path / ".ssh").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / ".ssh" / "authorized_keys").stat().st_mode) == 0o600
+    assert _sh(hostlink.remove_keys("0123456789abcdef"), tmp_path).returncode == 0
+    assert (tmp_path / ".ssh" / "authorized_keys").read_text() == ""
+    assert _sh(hostlink.remove_keys("0123456789abcdef"), tmp_path).returncode == 0  # nothing to do
+
+
+def test_the_source_directory_is_made_private_and_only_it_is_removed(tmp_path: Path) -> None:
+    env_tmp = tmp_path / "tmp"
+    env_tmp.mkdir()
+    r = subprocess.run(
+        ["sh", "-c", hostlink.make_keys("0123456789abcdef", 2)],
+        env={"TMPDIR": str(env_tmp), "PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if r.returncode == 3:
+        pytest.skip(r.stderr)
+    directory, pubs = hostlink.parse_keys(r.stdout, "0123456789abcdef", 2)
+    assert stat.S_IMODE(Path(directory).stat().st_mode) == 0o700
+    assert len(pubs) == 2 and pubs[0] != pubs[1]
+    assert _sh(hostlink.remove_dir(str(tmp_path)), tmp_path).returncode != 0  # not forge's: refused
+    assert tmp_path.exists()
+    assert _sh(hostlink.remove_dir(directory), tmp_path).returncode == 0
+    assert not Path(directory).exists()
+
+
+# --------------------------------------------------------------------------- what the source says
+
+
+def test_the_source_report_is_parsed_strictly() -> None:
+    lines = [
+        "forge-link save 0",
+        "forge-link wire 12345",
+        "forge-link host 0 0",
+        "forge-link host 1 255",
+        "forge-link out 0 Loaded image ID: sha256:" + "a" * 64,
+        "forge-link err 1 ssh: connect to host 10.0.0.3 port 22: Connection refused\x1b[2J",
+        "forge-link host 2 x",  # not a status
+        "forge-link probe 1 forge-link-ok",
+        "someone else's line",
+    ]
+    r = direct.parse_report(lines)
+    assert (r.save_status, r.wire, r.status) == (0, 12345, {0: 0, 1: 255})
+    assert direct.loaded_id(r.out[0]) == "sha256:" + "a" * 64
+    assert r.err[1] == ["ssh: connect to host 10.0.0.3 port 22: Connection refused?[2J"]
+    assert r.probe == {1: "forge-link-ok"}
+    assert direct.loaded_id(["Loaded image ID: sha256:abc"]) is None
+
+
+def test_progress_comes_from_dd_counts_and_other_output_is_kept_bounded() -> None:
+    seen: list[int] = []
+    out = direct._Lines(seen.append)
+    out.write(b"1048576 bytes (1.0 MB, 1.0 MiB) copied, 1 s, 1.0 MB/s\r3145")
+    out.write(b"728 bytes (3.1 MB, 3.0 MiB) copied, 2 s, 1.5 MB/s\rforge-link save 0\n")
+    out.write(b"3145728 bytes (3.1 MB) copied\n")  # dd's summary repeats the count
+    assert seen == [1048576, 2097152] and out.total == 3145728
+    assert out.lines == ["forge-link save 0"]
