@@ -75,10 +75,12 @@ def _stamp() -> str:
     type=click.Choice(VIAS),
     default="auto",
     show_default=True,
-    help="Which way the bytes go from a --from HOST: 'direct' from that host to each target over SSH "
-    "(nothing through this machine; a transfer key per target, restricted to the load and removed "
-    "afterwards; every layer is sent), 'client' through this machine (only the layers each target "
-    "lacks); auto: direct, and through this machine for targets the source cannot reach.",
+    help="Which way the bytes go. 'client': through this machine (only the layers each target lacks). "
+    "'direct': from a --from HOST to each target over SSH, nothing through this machine (a transfer key "
+    "per target, restricted to the load and removed afterwards; every layer is sent). 'relay': one copy "
+    "from the source along a chain of the targets, each loading and passing it on at once (targets the "
+    "chain did not serve are sent to after). auto: direct from another host, else client. Targets the "
+    "source cannot reach go through this machine.",
 )
 @click.option("--check", is_flag=True, help="Only report which hosts run stale or missing images.")
 @click.option("-q", "--quiet", is_flag=True, help="For cron: no progress, one log line per host.")
@@ -194,7 +196,7 @@ def _table_row(o: Outcome) -> list[str]:
     return [
         o.host,
         {"current": "up to date", "tag": "tagged", "send": "loaded"}.get(o.action, "FAILED")
-        + (" (direct)" if o.via == "direct" else ""),
+        + (f" ({o.via})" if o.via in ("direct", "relay") else ""),
         f"{o.layers_sent}/{o.layers_total}" if o.ok else "",
         human_bytes(o.archive_bytes) if o.archive_bytes else "",
         human_bytes(o.wire_bytes) + f" ({o.codec})" if o.wire_bytes else "",

@@ -45,7 +45,7 @@ from forge.session import HostSession
 
 _LOADED = re.compile(r"^Loaded image ID: (sha256:[0-9a-f]{64})$")
 _PROGRESS = re.compile(rb"^(\d+) bytes")
-_LINE = re.compile(r"^forge-link (?:(save|wire) (\d+)|(host|out|err|probe) (\d+) ?(.*))$")
+_LINE = re.compile(r"^forge-link (?:(save|wire) (\d+)|(host|link|out|err|probe) (\d+) ?(.*))$")
 _KEEP_LINES = 400
 
 
@@ -68,6 +68,7 @@ class _Report:
     out: dict[int, list[str]] = field(default_factory=dict)
     err: dict[int, list[str]] = field(default_factory=dict)
     probe: dict[int, str] = field(default_factory=dict)
+    link: dict[int, int] = field(default_factory=dict)  # a chain: the exit of the ssh to a hop
     tar: int = 0  # archive bytes read from docker save (dd's count)
 
 
@@ -86,8 +87,8 @@ def parse_report(lines: Sequence[str]) -> _Report:
             r.wire = int(m.group(2))
             continue
         kind, i, rest = m.group(3), int(m.group(4)), _printable(m.group(5))
-        if kind == "host" and rest.isdigit():
-            r.status[i] = int(rest)
+        if kind in ("host", "link") and rest.isdigit():
+            (r.status if kind == "host" else r.link)[i] = int(rest)
         elif kind in ("out", "err"):
             (r.out if kind == "out" else r.err).setdefault(i, []).append(rest)
         elif kind == "probe":
@@ -141,7 +142,34 @@ class _Lines(io.RawIOBase):
 # --------------------------------------------------------------------------- the transfer
 
 
+@dataclass
+class _Hop:
+    """One target of the transfer: its plan, how the source (or the hop before it) reaches it,
+    the compression it takes."""
+
+    plan: HostPlan
+    peer: Peer
+    codec: codecs.Codec
+
+    @property
+    def name(self) -> str:
+        return self.plan.host.name
+
+
+@dataclass
+class _Holder:
+    """A host that holds transfer keys: the source, or (in a chain) a target, ``own``."""
+
+    session: HostSession
+    held: list[_Hop]
+    own: _Hop | None = None
+
+
 class Direct:
+    """One transfer from the source: flat (the source sends to every target) or, with
+    ``relay``, a chain (the source sends to the first target, which loads and passes the same
+    bytes on to the next, and so on: one copy per link)."""
+
     def __init__(
         self,
         src: Source,
@@ -151,24 +179,25 @@ class Direct:
         progress: Progress,
         timeout_s: float,
         compress: str,
+        *,
+        relay: bool = False,
     ) -> None:
         self.src, self.tags, self.pool, self.progress = src, tags, pool, progress
-        self.timeout_s, self.compress = timeout_s, compress
+        self.timeout_s, self.compress, self.relay = timeout_s, compress, relay
         self.plans = list(plans)
         self.source = pool.get(src.host)
         self.token = hostlink.new_token()
-        self.directory: str | None = None
+        self.dirs: dict[str, str] = {}  # holder (source or target) -> its transfer directory
         self.placed: list[HostPlan] = []  # targets whose authorized_keys got a line
         self.in_flight: list[HostPlan] = []  # targets of the transfer under way
         self.outcome = Outcome()
 
     def run(self) -> Outcome:
         try:
-            peers = self._place()
-            if peers:
-                reachable = self._probe(peers)
-                for codec, group in _by_codec(reachable).items():
-                    self._transfer(codec, group)
+            for codec, group in _by_codec(self._candidates()).items():
+                linked = self._link(group)
+                if linked:
+                    self._transfer(codec, linked)
         except BaseException:
             self._remove()  # stops the source's transfer first: the targets' loads end
             for p in self.in_flight:
@@ -179,136 +208,189 @@ class Direct:
 
     # ------------------------------------------------------------------ placing
 
-    def _place(self) -> list[tuple[HostPlan, Peer, codecs.Codec]]:
-        """Keys on the source, a line in each target's authorized_keys; the targets that
-        could not get theirs fall back."""
-        candidates: list[tuple[HostPlan, tuple[str, str]]] = []
+    def _candidates(self) -> list[_Hop]:
+        """Every target with the host key forge verified and a codec both ends have."""
+        tools = self._source_tools()
+        hops: list[_Hop] = []
         for p in self.plans:
-            key = _host_key(self.pool.get(p.host))
+            s = self.pool.get(p.host)
+            key = _host_key(s)
             if key is None:
                 self._fall_back(p, "forge has no SSH host key of it to give the source")
-            else:
-                candidates.append((p, key))
-        if not candidates:
-            return []
-        tools = self._source_tools()
-        try:
-            pubs = self._make_keys(len(candidates))
-        except ForgeError as e:
-            for p, _ in candidates:
-                self._fall_back(p, f"{self.src.host.name} cannot hold a transfer key: {_reason(e)}")
-            return []
-        peers: list[tuple[HostPlan, Peer, codecs.Codec]] = []
-        for i, (p, (ktype, kb64)) in enumerate(candidates):
-            hop = _target_hop(self.pool.get(p.host))
+                continue
             try:
                 codec = codecs.choose(self.compress, p.have.tools, tools)
             except ForgeError as e:
                 self._fall_back(p, f"{_reason(e)} (on {self.src.host.name})")
                 continue
-            peers.append((p, Peer(i, p.host.name, hop[0], hop[1], hop[2], ktype, kb64), codec))
-        self._write_known_hosts([peer for _, peer, _ in peers])
-        added = fleet.run(
-            [p.host for p, _, _ in peers],
-            lambda s: self._add_key(s, next(x for x in peers if x[0].host.name == s.name), pubs),
-            pool=self.pool,
-        )
-        failed = {r.host.name: r.error or ForgeError("failed") for r in added.failed}
-        self.placed = [p for p, _, _ in peers]
-        kept = []
-        for p, peer, codec in peers:
-            if p.host.name in failed:
-                self._fall_back(p, f"cannot place the transfer key there: {_reason(failed[p.host.name])}")
+            where = _target_hop(s)
+            hops.append(_Hop(p, Peer(len(hops), p.host.name, *where, key[0], key[1]), codec))
+        return hops
+
+    def _holders(self, group: list[_Hop]) -> list[_Holder]:
+        """Who holds the keys to which hops: the source all of them, or in a chain each host
+        the next one's (and each target of a chain its relay script)."""
+        if not self.relay:
+            return [_Holder(self.source, group)]
+        chain = [_Holder(self.source, group[:1])]
+        for i, hop in enumerate(group):
+            chain.append(_Holder(self.pool.get(hop.plan.host), group[i + 1 : i + 2], hop))
+        return chain
+
+    def _link(self, group: list[_Hop]) -> list[_Hop]:
+        """Keys on their holders, a line in each target's authorized_keys, a probe of every
+        link. Returns the hops to send to; the others fall back (for a chain: all of them)."""
+        holders = self._holders(group)
+        failures = dict(self._each(holders, self._prepare))
+        if failures:
+            return self._give_up(group, failures, "cannot hold a transfer key")
+        added = fleet.run([h.plan.host for h in group], lambda s: self._add_key(s, group), pool=self.pool)
+        self.placed += [h.plan for h in group]
+        failed = {r.host.name: _reason(r.error or ForgeError("failed")) for r in added.failed}
+        if failed and self.relay:
+            return self._give_up(group, failed, "cannot place the transfer key there")
+        for h in group:
+            if h.name in failed:
+                self._fall_back(h.plan, f"cannot place the transfer key there: {failed[h.name]}")
+        group = [h for h in group if h.name not in failed]
+        unreachable = dict(self._each(holders, self._probe))
+        if unreachable and self.relay:
+            return self._give_up(group, unreachable, "a link of the chain is down")
+        for h in group:
+            if h.name in unreachable:
+                self._fall_back(h.plan, unreachable[h.name])
+        return [h for h in group if h.name not in unreachable]
+
+    def _each(self, holders: list[_Holder], fn: Callable[[_Holder], dict[str, str]]) -> list[tuple[str, str]]:
+        """``fn`` on every holder at once; the problems they report, by host."""
+        found: list[tuple[str, str]] = []
+        by_name = {h.session.name: h for h in holders}
+        results = fleet.run([h.session.host for h in holders], lambda s: fn(by_name[s.name]), pool=self.pool)
+        for r in results:
+            if r.value is None:
+                found.append((r.host.name, _reason(r.error or ForgeError("failed"))))
             else:
-                kept.append((p, peer, codec))
-        return kept
+                found += r.value.items()
+        return found
+
+    def _give_up(self, group: list[_Hop], problems: dict[str, str], what: str) -> list[_Hop]:
+        for h in group:
+            why = problems.get(h.name) or "; ".join(f"{n}: {w}" for n, w in problems.items())
+            self._fall_back(h.plan, f"{what}: {why}" if h.name in problems else f"{what} ({why})")
+        return []
 
     def _source_tools(self) -> frozenset[str]:
         body = 'for t in zstd bzip2 gzip; do command -v "$t" >/dev/null && echo "$t"; done; exit 0'
         r = self.source.run(shell.script(body), timeout=60)
         return frozenset(r.stdout.split()) if r.ok else frozenset()
 
-    def _make_keys(self, count: int) -> list[str]:
-        r = self.source.run(hostlink.make_keys(self.token, count), timeout=120)
+    def _prepare(self, holder: _Holder) -> dict[str, str]:
+        """On one holder: a private directory with the keys to the hops it holds and their host
+        keys; for a target of a chain, its relay script."""
+        s, held = holder.session, holder.held
+        indexes = [h.peer.index for h in held]
+        r = s.run(hostlink.make_keys(self.token, indexes), timeout=120)
         if not r.ok:
-            raise LinkError(self.src.host.name, _tail(r.stderr) or f"status {r.exit_status}")
+            raise LinkError(s.name, _tail(r.stderr) or f"status {r.exit_status}")
         try:
-            self.directory, pubs = hostlink.parse_keys(r.stdout, self.token, count)
+            directory, pubs = hostlink.parse_keys(r.stdout, self.token, indexes)
         except ValueError as e:
-            raise LinkError(self.src.host.name, str(e)) from None
-        return pubs
+            raise LinkError(s.name, str(e)) from None
+        self.dirs[s.name] = directory
+        for h, pub in zip(held, pubs, strict=True):
+            h.peer = replace(h.peer, public_key=pub)
+        text = hostlink.known_hosts([h.peer for h in held]).encode()
+        if not s.run(hostlink.write_known_hosts(directory), stdin=text, timeout=60).ok:
+            raise LinkError(s.name, "cannot write the targets' host keys")
+        own = holder.own
+        if own is not None:
+            script = relay_script(
+                directory, own.peer.index, held[0].peer if held else None, _load_command(s, own.codec)
+            )
+            if not s.run(hostlink.write_relay(directory), stdin=script.encode(), timeout=60).ok:
+                raise LinkError(s.name, "cannot write the relay script")
+        return {}
 
-    def _write_known_hosts(self, peers: Sequence[Peer]) -> None:
-        assert self.directory is not None
-        text = hostlink.known_hosts(peers).encode()
-        r = self.source.run(hostlink.write_known_hosts(self.directory), stdin=text, timeout=60)
-        if not r.ok:
-            raise LinkError(self.src.host.name, f"cannot write the targets' host keys: {_tail(r.stderr)}")
-
-    def _add_key(self, s: HostSession, entry: tuple[HostPlan, Peer, codecs.Codec], pubs: list[str]) -> None:
-        p, peer, codec = entry
-        load = _load_command(s, codec)
+    def _add_key(self, s: HostSession, group: list[_Hop]) -> None:
+        hop = next(h for h in group if h.name == s.name)
+        if self.relay:
+            command = hostlink.relay_command(self.dirs[s.name])
+        else:
+            command = _load_command(s, hop.codec)
         seconds = int(self.timeout_s) + hostlink.EXPIRY_MARGIN_S
-        r = s.run(hostlink.add_key(hostlink.key_options(load), pubs[peer.index], seconds), timeout=60)
+        r = s.run(hostlink.add_key(hostlink.key_options(command), hop.peer.public_key, seconds), timeout=60)
         if not r.ok:
             raise LinkError(s.name, _tail(r.stderr) or f"status {r.exit_status}")
 
     def _remove(self) -> None:
-        """Take back what was placed: every target's line, the source's directory."""
+        """Take back what was placed: every target's line, every holder's directory (a
+        transfer still running there is stopped first)."""
         if self.placed:
+            names = {p.host.name for p in self.placed}
             fleet.run(
-                [p.host for p in self.placed],
+                [p.host for p in self.plans if p.host.name in names],
                 lambda s: s.run(hostlink.remove_keys(self.token), timeout=60),
                 pool=self.pool,
             )
             self.placed = []
-        if self.directory is not None:
-            try:
-                self.source.run(hostlink.remove_dir(self.directory), timeout=60)
-            except ForgeError:
-                pass  # the source is gone: its private directory stays, the targets' lines do not
-            self.directory = None
+        hosts = {p.host.name: p.host for p in self.plans} | {self.src.host.name: self.src.host}
+        dirs, self.dirs = dict(self.dirs), {}
+        if dirs:
+            fleet.run(
+                [hosts[name] for name in dirs],
+                lambda s: s.run(hostlink.remove_dir(dirs[s.name]), timeout=60),
+                pool=self.pool,
+            )  # a holder that is gone keeps its private directory; the targets' lines do not
 
     # ------------------------------------------------------------------ probing
 
-    def _probe(self, peers: list[tuple[HostPlan, Peer, codecs.Codec]]) -> list[tuple[HostPlan, Peer, codecs.Codec]]:
-        assert self.directory is not None
+    def _probe(self, holder: _Holder) -> dict[str, str]:
+        """The holder opens a connection to each hop it holds; the hops that did not answer."""
+        s, held = holder.session, holder.held
+        if not held:
+            return {}
+        directory = self.dirs[s.name]
         lines = []
-        for _, peer, _ in peers:
-            ssh = shell.render(hostlink.ssh_argv(self.directory, peer, hostlink.PROBE))
-            lines.append(f"( {ssh} </dev/null 2>&1 | tail -n 3 | tr '\\r\\n' '  '; echo ) > probe{peer.index} &")
-        body = "\n".join([f"cd -- {shell.quote(self.directory)} || exit 1", *lines, "wait"])
+        for h in held:
+            ssh = shell.render(hostlink.ssh_argv(directory, h.peer, hostlink.PROBE))
+            i = h.peer.index
+            lines.append(f"( {ssh} </dev/null 2>&1 | tail -n 3 | tr '\\r\\n' '  '; echo ) > probe{i} &")
+        body = "\n".join([f"cd -- {shell.quote(directory)} || exit 1", *lines, "wait"])
         body += "\n" + "\n".join(
-            f"printf 'forge-link probe {peer.index} %s\\n' \"$(cat probe{peer.index})\"" for _, peer, _ in peers
+            f"printf 'forge-link probe {h.peer.index} %s\\n' \"$(cat probe{h.peer.index})\"" for h in held
         )
-        r = self.source.run(shell.render(["sh", "-c", body]), timeout=hostlink.CONNECT_TIMEOUT_S * 3 + 30)
+        r = s.run(shell.render(["sh", "-c", body]), timeout=hostlink.CONNECT_TIMEOUT_S * 3 + 30)
         report = parse_report(r.stdout.split("\n"))
-        reachable = []
-        for p, peer, codec in peers:
-            answer = report.probe.get(peer.index, "").strip()
-            if answer == hostlink.PROBE_OK:
-                reachable.append((p, peer, codec))
-            else:
-                why = answer or _tail(r.stderr) or "no answer"
-                self._fall_back(p, f"{self.src.host.name} cannot reach it over SSH: {why}")
-        return reachable
+        problems = {}
+        for h in held:
+            answer = report.probe.get(h.peer.index, "").strip()
+            if answer != hostlink.PROBE_OK:
+                problems[h.name] = f"{s.name} cannot reach it over SSH: {answer or _tail(r.stderr) or 'no answer'}"
+        return problems
 
     # ------------------------------------------------------------------ sending
 
-    def _transfer(self, codec: codecs.Codec, group: list[tuple[HostPlan, Peer]]) -> None:
-        self.in_flight = [p for p, _ in group]
-        for p, _ in group:
-            self.progress.start(p.host.name, self.src.image.size_bytes)
+    def _transfer(self, codec: codecs.Codec, group: list[_Hop]) -> None:
+        self.in_flight = [h.plan for h in group]
+        for h in group:
+            self.progress.start(h.name, self.src.image.size_bytes)
         started = time.monotonic()
 
         def advance(n: int) -> None:
-            for p, _ in group:
-                self.progress.advance(p.host.name, n)
+            for h in group:
+                self.progress.advance(h.name, n)
 
         out = _Lines(advance)
         failure: str | None = None
+        script = source_script(
+            self.dirs[self.source.name],
+            self.source.docker("save", self.src.image.id),
+            codec,
+            [h.peer for h in group[:1]] if self.relay else [h.peer for h in group],
+            relay=self.relay,
+        )
         try:
-            r = self.source.stream(self._script(codec, group), sink=cast(IO[bytes], out), timeout=self.timeout_s)
+            r = self.source.stream(script, sink=cast(IO[bytes], out), timeout=self.timeout_s)
             if not r.ok:
                 failure = f"the source's transfer ended with status {r.exit_status}: {_tail(r.stderr)}"
         except ForgeError as e:
@@ -319,10 +401,10 @@ class Direct:
         elif report.save_status is None and failure is None:
             failure = "the source's transfer ended early"
         report.tar = out.total
-        by_name = {p.host.name: (p, peer) for p, peer in group}
+        by_name = {h.name: h for h in group}
         results = fleet.run(
-            [p.host for p, _ in group],
-            lambda s: self._finish(s, by_name[s.name], codec, report, failure, started),
+            [h.plan.host for h in group],
+            lambda s: self._finish(s, by_name[s.name], report, failure, started),
             pool=self.pool,
         )
         self.in_flight = []
@@ -331,54 +413,18 @@ class Direct:
             seconds = res.value.seconds if res.value is not None else time.monotonic() - started
             self.outcome.results.append(replace(res, duration_s=seconds))
 
-    def _script(self, codec: codecs.Codec, group: list[tuple[HostPlan, Peer]]) -> shell.Script:
-        assert self.directory is not None
-        lines = [
-            f"cd -- {shell.quote(self.directory)} || exit 1",
-            "cut -d' ' -f5 /proc/$$/stat > pgid",
-            "mkfifo " + " ".join(f"f{peer.index}" for _, peer in group) + " || exit 1",
-        ]
-        for _, peer in group:
-            ssh = shell.render(hostlink.ssh_argv(self.directory, peer, "forge-load"))
-            i = peer.index
-            lines.append(f"{ssh} < f{i} > out{i} 2> err{i} & p{i}=$!")
-        stages = [shell.render(self.source.docker("save", self.src.image.id)), "dd bs=1M status=progress 2>&3"]
-        if codec.compress:
-            stages.append(shell.render(codec.compress))
-        stages += ["tee -p " + " ".join(f"f{peer.index}" for _, peer in group), "wc -c > wire"]
-        lines += [
-            "exec 3>&1",
-            " | ".join(stages),
-            'echo "forge-link save ${PIPESTATUS[0]}"',
-            'echo "forge-link wire $(cat wire)"',
-        ]
-        for _, peer in group:
-            i = peer.index
-            lines += [
-                f'wait "$p{i}"; echo "forge-link host {i} $?"',
-                f"head -n 5 out{i} | sed 's/^/forge-link out {i} /'",
-                f"tail -n 5 err{i} | sed 's/^/forge-link err {i} /'",
-            ]
-        lines.append("rm -f pgid")
-        return shell.render(["bash", "-c", "\n".join(lines)])
-
-    def _finish(
-        self,
-        s: HostSession,
-        entry: tuple[HostPlan, Peer],
-        codec: codecs.Codec,
-        report: _Report,
-        failure: str | None,
-        started: float,
-    ) -> HostSync:
-        p, peer = entry
-        status = report.status.get(peer.index)
-        expected = p.image_id or (self.src.config if p.have.store == CLASSIC else None)
-        expected = expected or loaded_id(report.out.get(peer.index, [])) or self.src.expected_id(p.have.store)
+    def _finish(self, s: HostSession, hop: _Hop, report: _Report, failure: str | None, started: float) -> HostSync:
+        p, i = hop.plan, hop.peer.index
+        status = report.status.get(i)
+        if p.have.store == CLASSIC:
+            expected: str | None = self.src.config
+        else:  # the manifest a containerd store makes of a docker save archive: as it says
+            expected = loaded_id(report.out.get(i, [])) or p.image_id or self.src.expected_id(p.have.store)
         if failure is None and status != 0:
-            tail = " ".join(report.err.get(peer.index, [])[-2:]) or f"status {status}"
-            cut = status in (None, 255)  # ssh's own failure, or no status at all
-            failure = f"the transfer from {self.src.host.name} was cut: {tail}" if cut else f"load failed: {tail}"
+            tail = " ".join(report.err.get(i, [])[-2:]) or f"status {report.link.get(i, status)}"
+            cut = status is None or (not self.relay and status == 255)  # the link, not the load
+            via = "the relay" if self.relay else f"the transfer from {self.src.host.name}"
+            failure = f"{via} was cut: {tail}" if cut else f"load failed: {tail}"
         if failure is not None:
             removed = cleanup(p, s, self.src.image, expected)
             if removed is not None:
@@ -396,26 +442,95 @@ class Direct:
         return HostSync(
             s.name,
             "send",
-            codec=codec.name,
+            codec=hop.codec.name,
             layers_total=len(image.layers),
             layers_sent=len(image.layers),
             tar_bytes=report.tar,
             wire_bytes=report.wire,
             seconds=time.monotonic() - started,
             image_id=expected,
-            via="direct",
+            via="relay" if self.relay else "direct",
         )
 
     def _fall_back(self, p: HostPlan, why: str) -> None:
         self.outcome.fallback.append((p, why))
 
 
-def _by_codec(
-    peers: list[tuple[HostPlan, Peer, codecs.Codec]],
-) -> dict[codecs.Codec, list[tuple[HostPlan, Peer]]]:
-    groups: dict[codecs.Codec, list[tuple[HostPlan, Peer]]] = {}
-    for p, peer, codec in peers:
-        groups.setdefault(codec, []).append((p, peer))
+# --------------------------------------------------------------------------- the scripts
+
+
+def source_script(
+    directory: str, save: Sequence[str], codec: codecs.Codec, peers: Sequence[Peer], *, relay: bool
+) -> shell.Script:
+    """The source's side: ``docker save`` through ``dd`` (byte counts for the progress bar) and
+    the compressor into one ``ssh`` per peer (a chain: only the first). Prints the save's
+    status, the compressed size, and per peer its status and last lines (a chain: the relay's
+    own report, which holds every later hop's)."""
+    lines = [
+        f"cd -- {shell.quote(directory)} || exit 1",
+        "cut -d' ' -f5 /proc/$$/stat > pgid",
+        "mkfifo " + " ".join(f"f{p.index}" for p in peers) + " || exit 1",
+    ]
+    for p in peers:
+        ssh = shell.render(hostlink.ssh_argv(directory, p, "forge-load"))
+        lines.append(f"{ssh} < f{p.index} > out{p.index} 2> err{p.index} & p{p.index}=$!")
+    stages = [shell.render(save), "dd bs=1M status=progress 2>&3"]
+    if codec.compress:
+        stages.append(shell.render(codec.compress))
+    stages += ["tee -p " + " ".join(f"f{p.index}" for p in peers), "wc -c > wire"]
+    lines += ["exec 3>&1", " | ".join(stages), 'echo "forge-link save ${PIPESTATUS[0]}"']
+    lines.append('echo "forge-link wire $(cat wire)"')
+    for p in peers:
+        i = p.index
+        if relay:
+            lines += [f'wait "$p{i}"; echo "forge-link link {i} $?"', f"cat out{i}"]
+        else:
+            lines += [
+                f'wait "$p{i}"; echo "forge-link host {i} $?"',
+                f"head -n 5 out{i} | sed 's/^/forge-link out {i} /'",
+            ]
+        lines.append(f"tail -n 5 err{i} | sed 's/^/forge-link err {i} /'")
+    lines.append("rm -f pgid")
+    return shell.render(["bash", "-c", "\n".join(lines)])
+
+
+def relay_script(directory: str, index: int, nxt: Peer | None, load: shell.Script) -> str:
+    """A hop of a chain (run as its key's forced command): its stdin into its own load and, at
+    once, to the next hop (``tee -p``: a next hop that fails is dropped, the load goes on; a
+    load that fails, the passing on goes on). Prints its own status and last lines, then the
+    next hop's report."""
+    lines = [
+        "set -o pipefail",
+        f"cd -- {shell.quote(directory)} || exit 1",
+        "cut -d' ' -f5 /proc/$$/stat > pgid",
+    ]
+    feed = "cat"
+    if nxt is not None:
+        ssh = shell.render(hostlink.ssh_argv(directory, nxt, "forge-load"))
+        lines += ["mkfifo next || exit 1", f"{ssh} < next > out 2> err & p=$!"]
+        feed = "tee -p next"
+    lines += [
+        f"{feed} | {load} > load.out 2> load.err",
+        "rc=$?",
+        f'echo "forge-link host {index} $rc"',
+        f"head -n 5 load.out | sed 's/^/forge-link out {index} /'",
+        f"tail -n 5 load.err | sed 's/^/forge-link err {index} /'",
+    ]
+    if nxt is not None:
+        i = nxt.index
+        lines += [
+            f'wait "$p"; echo "forge-link link {i} $?"',
+            f"tail -n 5 err | sed 's/^/forge-link err {i} /'",
+            "cat out",
+        ]
+    lines += ["rm -f pgid", 'exit "$rc"']
+    return "\n".join(lines) + "\n"
+
+
+def _by_codec(hops: list[_Hop]) -> dict[codecs.Codec, list[_Hop]]:
+    groups: dict[codecs.Codec, list[_Hop]] = {}
+    for h in hops:
+        groups.setdefault(h.codec, []).append(h)
     return groups
 
 
@@ -467,9 +582,12 @@ def send(
     progress: Progress,
     timeout_s: float,
     compress: str,
+    *,
+    relay: bool = False,
 ) -> Outcome:
-    """Send the image from ``src`` straight to each planned target (see the module's doc)."""
-    return Direct(src, tags, plans, pool, progress, timeout_s, compress).run()
+    """Send the image from ``src`` straight to each planned target, or along a chain of them
+    (``relay``; see the module's doc)."""
+    return Direct(src, tags, plans, pool, progress, timeout_s, compress, relay=relay).run()
 
 
 __all__ = ["Outcome", "loaded_id", "parse_report", "send"]

@@ -62,6 +62,7 @@ class Peer:
     user: str
     key_type: str
     key_b64: str
+    public_key: str = ""  # the transfer key's public half, once its holder made it
 
     @property
     def alias(self) -> str:
@@ -131,15 +132,16 @@ def ssh_argv(directory: str, peer: Peer, *remote: str) -> list[str]:
     return [*argv, "-p", str(peer.port), "-l", peer.user, "--", peer.hostname, *remote]
 
 
-def parse_keys(stdout: str, token: str, count: int) -> tuple[str, list[str]]:
-    """The source's directory and its ``count`` public keys, in order; checked, as untrusted."""
+def parse_keys(stdout: str, token: str, indexes: Sequence[int]) -> tuple[str, list[str]]:
+    """A holder's directory and the public keys numbered ``indexes``, in order; checked, as
+    untrusted."""
     lines = stdout.strip().splitlines()
-    if len(lines) != count + 1 or not _DIR.match(lines[0]) or ".." in lines[0]:
+    if len(lines) != len(indexes) + 1 or not _DIR.match(lines[0]) or ".." in lines[0]:
         raise ValueError("unexpected output from the key set-up")
     keys = []
     for i, line in enumerate(lines[1:]):
         m = _PUB.match(line.strip())
-        if m is None or m.group(1) != comment(token, i):
+        if m is None or m.group(1) != comment(token, indexes[i]):
             raise ValueError(f"unexpected public key {i}")
         keys.append(line.strip())
     return lines[0], keys
@@ -147,26 +149,27 @@ def parse_keys(stdout: str, token: str, count: int) -> tuple[str, list[str]]:
 
 # --------------------------------------------------------------------------- on the hosts
 
-# $1: token, $2: number of keys. Prints the directory, then one public key per line.
+# $1: token, then the numbers of the keys to make (none: only the directory). Prints the
+# directory, then one public key per line.
 _MAKE_KEYS = r"""
 for t in ssh ssh-keygen mkfifo tee dd; do
   command -v "$t" >/dev/null || { echo "no $t here" >&2; exit 3; }
 done
 umask 077
 d=$(mktemp -d "${TMPDIR:-/tmp}/forge-link.XXXXXXXX") || exit 1
-i=0
-while [ "$i" -lt "$2" ]; do
-  ssh-keygen -q -t ed25519 -N '' -C "forge-link-$1-$i" -f "$d/key$i" </dev/null >/dev/null ||
+t=$1
+shift
+for i in "$@"; do
+  ssh-keygen -q -t ed25519 -N '' -C "forge-link-$t-$i" -f "$d/key$i" </dev/null >/dev/null ||
     { rm -rf -- "$d"; exit 1; }
-  i=$((i + 1))
 done
 echo "$d"
-i=0
-while [ "$i" -lt "$2" ]; do cat "$d/key$i.pub"; i=$((i + 1)); done
+for i in "$@"; do cat "$d/key$i.pub"; done
 """
 
 # $1: directory; stdin: the known_hosts text.
 _WRITE_KNOWN = 'case "$1" in */forge-link.*) cat > "$1/known_hosts" ;; *) exit 1 ;; esac'
+_WRITE_RELAY = 'case "$1" in */forge-link.*) umask 077; cat > "$1/relay" ;; *) exit 1 ;; esac'
 
 # $1: directory. Stops a transfer still running there (its process group), then removes it.
 _REMOVE_DIR = r"""
@@ -207,12 +210,22 @@ rm -f -- "$t"
 """
 
 
-def make_keys(token: str, count: int) -> shell.Script:
-    return shell.script(_MAKE_KEYS, token, str(count))
+def make_keys(token: str, indexes: Sequence[int]) -> shell.Script:
+    return shell.script(_MAKE_KEYS, token, *(str(i) for i in indexes))
 
 
 def write_known_hosts(directory: str) -> shell.Script:
     return shell.script(_WRITE_KNOWN, directory)
+
+
+def write_relay(directory: str) -> shell.Script:
+    """The relay script of a hop (stdin), as ``DIR/relay``, readable by its owner only."""
+    return shell.script(_WRITE_RELAY, directory)
+
+
+def relay_command(directory: str) -> shell.Script:
+    """A relaying hop's forced load: its own relay script."""
+    return shell.render(["bash", f"{directory}/relay"])
 
 
 def remove_dir(directory: str) -> shell.Script:

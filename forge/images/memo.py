@@ -7,6 +7,9 @@ target, nor see that one already has it. After each transfer forge remembers the
 the next plan looks it up. The pair is a fact about content (the manifest digest commits to
 the config digest and every layer), and a plan only ever compares it with the ID a target
 reports, so a stale or foreign entry can make forge send again, never skip a send it needs.
+The manifest depends on the archive: forge's own load archive (through this machine) and a
+``docker save`` archive (``--via direct`` or ``relay``) give a containerd store different ones;
+the last transfer's is kept.
 
 Kept in ``$XDG_CACHE_HOME/forge/manifests.json`` (``~/.cache/forge``); replaced atomically; a
 file that cannot be read is treated as empty.

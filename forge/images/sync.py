@@ -40,7 +40,7 @@ from forge.progress import NoProgress, Progress
 from forge.session import HostSession
 
 READS = ("auto", "store", "save")
-VIAS = ("auto", "client", "direct")
+VIAS = ("auto", "client", "direct", "relay")
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 3600.0
 
@@ -109,8 +109,10 @@ def sync_image(
     ``read``: ``auto`` (the layer store where readable, else ``docker save``), ``store`` or
     ``save``. ``via``: ``client`` (the bytes pass through this machine, which sends each host
     only the layers it lacks), ``direct`` (a remote source sends to each target itself, whole
-    image, :mod:`forge.images.direct`; targets it cannot reach go through this machine) or
-    ``auto`` (direct when the source is another host).
+    image, :mod:`forge.images.direct`; targets it cannot reach go through this machine),
+    ``relay`` (the source, this machine or another, sends one copy along a chain of the
+    targets, each loading and passing it on; those the chain did not serve are sent to after)
+    or ``auto`` (direct when the source is another host).
     """
     if read not in READS:
         raise ForgeError(f"unknown way to read the image {read!r}", hint="one of " + ", ".join(READS))
@@ -127,13 +129,9 @@ def sync_image(
     used = ""
     to_send = _sends(plans)
     notes: dict[str, str] = {}
-    if to_send and via != "client" and not source.local:
-        done = direct.send(src, tags, to_send, pool, progress, timeout_s, compress)
-        for r in done.results:
-            results[r.host.name] = r
-        to_send = [p for p, _ in done.fallback]
-        notes = {p.host.name: why for p, why in done.fallback}
-        used = "save" if done.results else ""
+    if to_send and (via == "relay" or (via != "client" and not source.local)):
+        to_send, notes = _send_direct(src, tags, to_send, pool, progress, timeout_s, compress, results, via)
+        used = "save"
     for attempt in range(2):  # a second pass sends everything to hosts whose load stayed hidden
         retry: list[HostPlan] = []
         for i in range(0, len(to_send), max(1, concurrency)):
@@ -151,6 +149,39 @@ def sync_image(
             break
     note = src.store_note if used == "save" else ""
     return SyncReport(ref, src.image, tags, FleetResult(tuple(results[h.name] for h in targets)), used, note)
+
+
+def _send_direct(
+    src: Source,
+    tags: tuple[str, ...],
+    plans: list[HostPlan],
+    pool: Pool,
+    progress: Progress,
+    timeout_s: float,
+    compress: str,
+    results: dict[str, HostResult[HostSync]],
+    via: str,
+) -> tuple[list[HostPlan], dict[str, str]]:
+    """Send from the source without this machine in the way (into ``results``): along a chain
+    first for ``relay``, then straight from a remote source to whatever the chain did not
+    serve. Returns the plans left for this machine to send, with why."""
+    notes: dict[str, str] = {}
+    if via == "relay":
+        chain = direct.send(src, tags, plans, pool, progress, timeout_s, compress, relay=True)
+        for r in chain.results:
+            results[r.host.name] = r
+        failed = {r.host.name for r in chain.results if not r.ok}
+        notes = {p.host.name: why for p, why in chain.fallback}
+        plans = [p for p in plans if p.host.name in failed or p.host.name in notes]
+        if src.host.local:
+            return plans, notes
+    if plans:
+        flat = direct.send(src, tags, plans, pool, progress, timeout_s, compress)
+        for r in flat.results:
+            results[r.host.name] = r
+        notes |= {p.host.name: why for p, why in flat.fallback}
+        plans = [p for p, _ in flat.fallback]
+    return plans, notes
 
 
 def _sends(plans: FleetResult[HostPlan]) -> list[HostPlan]:

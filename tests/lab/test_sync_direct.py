@@ -87,7 +87,15 @@ class OnFirstBytes(NoProgress):
     def advance(self, key: str, nbytes: int) -> None:
         if not self.done:
             self.done = True
-            self.result = self.action()
+            try:
+                self.result = self.action()
+            except Exception as e:  # the transfer's reader thread would swallow it: say it in the test
+                self.result = e
+
+    def check(self) -> Any:
+        assert self.done, "the transfer never counted a byte"
+        assert self.result and not isinstance(self.result, Exception), self.result
+        return self.result
 
 
 def _kill_source_transfer() -> int:
@@ -108,7 +116,7 @@ def test_direct_sends_nothing_of_the_image_through_the_client_and_takes_back_its
     ref = images.on_top(images.base(size=4 << 20), "v1", os.urandom(6 << 20))
     seen: dict[str, Any] = {}
 
-    def look() -> None:  # mid-transfer: what was placed, and what its keys allow
+    def look() -> bool:  # mid-transfer: what was placed, and what its keys allow
         seen["lines"], seen["dirs"] = _placed(lab)
         d = seen["dirs"][0]
         ssh = [
@@ -121,9 +129,12 @@ def test_direct_sends_nothing_of_the_image_through_the_client_and_takes_back_its
             argv = [*ssh, *(extra if name == "forward" else []), *where, *(extra if name == "command" else [])]
             r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
             seen[name] = r.stdout + r.stderr
+        return True
 
     before = _client_bytes(lab)
-    report = sync(inv, ref, ["gpu2", "gpu3"], via="direct", progress=OnFirstBytes(look))
+    looker = OnFirstBytes(look)
+    report = sync(inv, ref, ["gpu2", "gpu3"], via="direct", progress=looker)
+    looker.check()
     through_client = _client_bytes(lab) - before
     for h in ("gpu2", "gpu3"):
         r = report.results[h]
@@ -186,7 +197,7 @@ def test_a_source_killed_mid_stream_leaves_no_image_no_key_and_a_rerun_completes
     killer = OnFirstBytes(_kill_source_transfer)
     with shaped(lab, "gpu2", "16mbit"), shaped(lab, "gpu3", "16mbit"):  # seconds to send
         report = sync(inv, ref, ["gpu2", "gpu3"], via="direct", progress=killer)
-    assert killer.result
+    killer.check()
     for h in ("gpu2", "gpu3"):
         r = report.results[h]
         assert not r.ok and "the source's transfer ended" in r.reason, r.reason
@@ -224,3 +235,92 @@ def test_ctrl_c_mid_transfer_stops_the_source_and_takes_back_its_keys(lab: Any, 
     assert images.leftovers("gpu4") == []
     left = subprocess.run(["pgrep", "-f", "forge-link"], capture_output=True, text=True)
     assert left.stdout == "", left.stdout  # no transfer process left on the source
+
+
+# --------------------------------------------------------------------------- the relay
+
+
+def _sent_by(lab: Any, host: str) -> int:
+    """Bytes ``host`` has sent into the lab's bridge (its veth's bridge end receives them)."""
+    veth = lab.lab.config.host(host).veth
+    return int((Path("/sys/class/net") / veth / "statistics" / "rx_bytes").read_text())
+
+
+def test_a_relay_sends_one_copy_from_the_source_and_every_target_gets_it(
+    lab: Any, inv: inventory.Inventory, images: Images
+) -> None:
+    ref = images.on_top(images.base(), "v1", os.urandom(6 << 20))
+    before, client_before = _sent_by(lab, SOURCE), _client_bytes(lab)
+    report = sync(inv, ref, ["gpu2", "gpu3", "gpu4"], via="relay")
+    sent, through_client = _sent_by(lab, SOURCE) - before, _client_bytes(lab) - client_before
+    for h in ("gpu2", "gpu3", "gpu4"):
+        r = report.results[h]
+        assert r.ok, r.reason
+        assert r.value.via == "relay" and r.value.action == "send", r.value
+        assert images.same(h, ref)
+    wire = report.results["gpu2"].value.wire_bytes
+    assert wire > 6 << 20
+    assert sent < 1.2 * wire, (sent, wire)  # one copy left the source, not three
+    assert through_client < 1 << 20, through_client
+    assert _placed(lab) == ([], [])
+
+
+def _relay_dir_of(index: int) -> Path:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for d in Path("/tmp").glob("forge-link.*"):
+            relay = d / "relay"
+            if relay.exists() and f'echo "forge-link host {index} $rc"' in relay.read_text():
+                return d
+        time.sleep(0.05)
+    raise AssertionError(f"no relay directory of hop {index}")
+
+
+def test_a_target_killed_mid_relay_is_cut_out_and_the_rest_are_served_after(
+    lab: Any, inv: inventory.Inventory, images: Images
+) -> None:
+    ref = images.on_top(images.base(), "v1", os.urandom(16 << 20))
+
+    def kill_middle() -> int:  # gpu3, the second hop: every process of its relay
+        pgid_file = _relay_dir_of(1) / "pgid"
+        deadline = time.monotonic() + 20  # each hop connects to the next as it starts: not all at once
+        while not (pgid_file.exists() and pgid_file.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pgid = int(pgid_file.read_text())
+        os.killpg(pgid, signal.SIGKILL)
+        return pgid
+
+    killer = OnFirstBytes(kill_middle)
+    with shaped(lab, "gpu2", "16mbit"):  # seconds to pass through the first hop
+        report = sync(inv, ref, ["gpu2", "gpu3", "gpu4"], via="relay", progress=killer)
+    killer.check()
+    two, three, four = (report.results[h] for h in ("gpu2", "gpu3", "gpu4"))
+    assert two.ok and two.value.via == "relay", two.reason  # before the cut: not held up by it
+    for r in (three, four):  # the cut one and the one after it: sent to again, straight from gpu1
+        assert r.ok and r.value.via == "direct", r.reason
+    for h in ("gpu2", "gpu3", "gpu4"):
+        assert images.same(h, ref)
+        assert images.leftovers(h) == []
+    assert _placed(lab) == ([], [])
+
+
+def test_a_relay_from_this_machine_or_through_it_when_it_cannot_reach_the_hosts(
+    lab: Any, inv: inventory.Inventory, images: Images
+) -> None:
+    """Source: this machine, reading gpu1's daemon. Behind the bastion this machine cannot
+    reach the hosts' SSH ports itself: the chain is not made, forge says why and sends as
+    always."""
+    from forge.inventory import Host
+
+    here = Host(name="here", address="localhost", local=True, docker_host=lab.lab.config.docker_host(SOURCE))
+    ref = images.on_top(images.base(), "v1", os.urandom(2 << 20))
+    report = sync(inv, ref, ["gpu2", "gpu3"], source=here, via="relay")
+    for h in ("gpu2", "gpu3"):
+        r = report.results[h]
+        assert r.ok, r.reason
+        if lab.lab.bastion:
+            assert r.value.via == "client" and "cannot reach it over SSH" in r.value.note, r.value
+        else:
+            assert r.value.via == "relay", r.value
+        assert images.same(h, ref)
+    assert _placed(lab) == ([], [])

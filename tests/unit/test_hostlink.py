@@ -85,7 +85,7 @@ def test_a_peer_refuses_a_host_key_that_is_not_one() -> None:
 def test_the_source_answer_is_checked_before_use() -> None:
     token = "0123456789abcdef"
     good = f"/tmp/forge-link.Xy12\n{PUB}\n"
-    assert hostlink.parse_keys(good, token, 1) == ("/tmp/forge-link.Xy12", [PUB])
+    assert hostlink.parse_keys(good, token, [0]) == ("/tmp/forge-link.Xy12", [PUB])
     for bad in (
         f"/tmp/forge-link.Xy12\n{PUB}\n{PUB}\n",  # one key too many
         f"/home/../etc/forge-link.x\n{PUB}\n",  # a path forge did not make
@@ -94,7 +94,7 @@ def test_the_source_answer_is_checked_before_use() -> None:
         f"/tmp/forge-link.Xy12\nssh-rsa AAAA forge-link-{token}-0\n",
     ):
         with pytest.raises(ValueError):
-            hostlink.parse_keys(bad, token, 1)
+            hostlink.parse_keys(bad, token, [0])
 
 
 def test_adding_keeps_the_file_and_its_last_line_and_removing_takes_only_the_transfer_keys(tmp_path: Path) -> None:
@@ -130,7 +130,7 @@ def test_the_source_directory_is_made_private_and_only_it_is_removed(tmp_path: P
     env_tmp = tmp_path / "tmp"
     env_tmp.mkdir()
     r = subprocess.run(
-        ["sh", "-c", hostlink.make_keys("0123456789abcdef", 2)],
+        ["sh", "-c", hostlink.make_keys("0123456789abcdef", [4, 5])],
         env={"TMPDIR": str(env_tmp), "PATH": os.environ["PATH"], "HOME": str(tmp_path)},
         capture_output=True,
         text=True,
@@ -138,7 +138,7 @@ def test_the_source_directory_is_made_private_and_only_it_is_removed(tmp_path: P
     )
     if r.returncode == 3:
         pytest.skip(r.stderr)
-    directory, pubs = hostlink.parse_keys(r.stdout, "0123456789abcdef", 2)
+    directory, pubs = hostlink.parse_keys(r.stdout, "0123456789abcdef", [4, 5])
     assert stat.S_IMODE(Path(directory).stat().st_mode) == 0o700
     assert len(pubs) == 2 and pubs[0] != pubs[1]
     assert _sh(hostlink.remove_dir(str(tmp_path)), tmp_path).returncode != 0  # not forge's: refused
@@ -178,3 +178,21 @@ def test_progress_comes_from_dd_counts_and_other_output_is_kept_bounded() -> Non
     out.write(b"3145728 bytes (3.1 MB) copied\n")  # dd's summary repeats the count
     assert seen == [1048576, 2097152] and out.total == 3145728
     assert out.lines == ["forge-link save 0"]
+
+
+def test_a_chain_sends_one_copy_and_each_hop_passes_it_on_while_loading() -> None:
+    from forge.images import codec as codecs
+
+    peers = [Peer(i, f"gpu{i}", f"10.0.0.{i}", 22, "u", "ssh-ed25519", "AAAA") for i in range(3)]
+    zstd = codecs.CODECS["zstd"]
+    flat = direct.source_script("/tmp/forge-link.a", ["docker", "save", "sha256:x"], zstd, peers, relay=False)
+    chain = direct.source_script("/tmp/forge-link.a", ["docker", "save", "sha256:x"], zstd, peers[:1], relay=True)
+    assert "tee -p f0 f1 f2" in flat and flat.count(" forge-load ") == 3
+    assert "tee -p f0 |" in chain and chain.count(" forge-load ") == 1 and "cat out0" in chain
+    middle = direct.relay_script("/tmp/forge-link.b", 1, peers[2], LOAD)
+    last = direct.relay_script("/tmp/forge-link.c", 2, None, LOAD)
+    assert f"tee -p next | {LOAD} > load.out" in middle and "HostKeyAlias=forge-link-2" in middle
+    assert f"cat | {LOAD} > load.out" in last and "ssh" not in last
+    for script in (middle, last):
+        assert script.startswith("set -o pipefail\n") and 'exit "$rc"' in script
+        assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0  # it parses
