@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 import types
 import typing
@@ -170,6 +171,19 @@ class NotifySettings:
     command: str | tuple[str, ...] | None = None  # a string runs with sh -c; a list is the argv
 
 
+@dataclass(frozen=True)
+class RegistrySettings:
+    """``[registry]``: an existing registry for ``forge sync --via registry``. Hosts log in with
+    docker's own credential store (``docker login ADDRESS`` on each); no secret is kept here."""
+
+    address: str | None = None  # host[:port], as docker names it (e.g. "registry.lab:5000")
+    namespace: str = "forge"  # the repository path forge pushes under
+
+
+_REGISTRY = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+_NAMESPACE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+
+
 #: The history settings that are durations, each with the least it may be.
 HISTORY_DURATIONS = {"keep_samples": 7200.0, "keep_hours": 2 * 86400.0, "keep_days": 86400.0, "max_gap": 1.0}
 
@@ -184,6 +198,7 @@ class Inventory:
     history: HistorySettings = field(default_factory=HistorySettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
 
     def host(self, name: str) -> Host:
         for h in self.hosts:
@@ -417,7 +432,7 @@ class _Validator:
 
     def inventory(self, doc: dict[str, Any], path: Path | None) -> Inventory:
         self.no_secrets(doc)
-        top = ["defaults", "hosts", "data", "environment", "gpu_policy", "history", "policy", "notify"]
+        top = ["defaults", "hosts", "data", "environment", "gpu_policy", "history", "policy", "notify", "registry"]
         self.unknown(doc, top, host=None)
         # The fleet-wide GPU policy is the top-level [gpu_policy] table, not [defaults].
         defaults = HostSettings(
@@ -433,6 +448,7 @@ class _Validator:
         history = self.history(doc.get("history", {}))
         policy = self.policy(doc.get("policy", {}))
         notify = self.notify(doc.get("notify", {}))
+        registry = self.registry(doc.get("registry", {}))
         lo, hi = env.ssh_port_range
         if not 1 <= lo <= hi <= 65535:
             raise self.error("must be [low, high] with 1 <= low <= high <= 65535", key="environment.ssh_port_range")
@@ -471,7 +487,16 @@ class _Validator:
             history=history,
             policy=policy,
             notify=notify,
+            registry=registry,
         )
+
+    def registry(self, doc: Any) -> RegistrySettings:
+        settings = RegistrySettings(**self.table(doc, RegistrySettings, host=None, key="registry"))
+        if settings.address is not None and not _REGISTRY.match(settings.address):
+            raise self.error("must be a registry's host[:port], as docker names it", key="registry.address")
+        if not _NAMESPACE.match(settings.namespace):
+            raise self.error("must be a repository path: lower-case words joined by / . _ -", key="registry.namespace")
+        return settings
 
     def policy(self, doc: Any) -> PolicySettings:
         """``[policy]``: ``max_gpus_per_user`` and a ``[policy.max_gpus]`` table of user = GPUs."""

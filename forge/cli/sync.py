@@ -79,8 +79,9 @@ def _stamp() -> str:
     "'direct': from a --from HOST to each target over SSH, nothing through this machine (a transfer key "
     "per target, restricted to the load and removed afterwards; every layer is sent). 'relay': one copy "
     "from the source along a chain of the targets, each loading and passing it on at once (targets the "
-    "chain did not serve are sent to after). auto: direct from another host, else client. Targets the "
-    "source cannot reach go through this machine.",
+    "chain did not serve are sent to after). 'registry': pushed to the inventory's [registry] (only the "
+    "layers it lacks), pulled by every target at once, with docker's own logins. auto: direct from "
+    "another host, else client. Targets the chosen way cannot serve go through this machine, with why.",
 )
 @click.option("--check", is_flag=True, help="Only report which hosts run stale or missing images.")
 @click.option("-q", "--quiet", is_flag=True, help="For cron: no progress, one log line per host.")
@@ -146,6 +147,7 @@ def sync(
                 timeout_s=timeout_s,
                 read=read,
                 via=via,
+                registry_settings=inv.registry,
             )
         except KeyboardInterrupt:
             _exit_on_second_interrupt()
@@ -185,6 +187,9 @@ def _show_run(run: ImageRun, *, quiet: bool) -> None:
 
 
 def _how(report: SyncReport) -> str:
+    if report.pushed is not None:
+        p = report.pushed
+        return f", pushed to {p.name} ({p.layers_pushed} layers sent, {p.layers_there} already there)"
     if report.read == "store":
         return ", read from the daemon's layer store"
     if report.read == "save":
@@ -196,7 +201,7 @@ def _table_row(o: Outcome) -> list[str]:
     return [
         o.host,
         {"current": "up to date", "tag": "tagged", "send": "loaded"}.get(o.action, "FAILED")
-        + (f" ({o.via})" if o.via in ("direct", "relay") else ""),
+        + (f" ({o.via})" if o.via in ("direct", "relay", "registry") else ""),
         f"{o.layers_sent}/{o.layers_total}" if o.ok else "",
         human_bytes(o.archive_bytes) if o.archive_bytes else "",
         human_bytes(o.wire_bytes) + f" ({o.codec})" if o.wire_bytes else "",

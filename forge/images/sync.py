@@ -29,18 +29,18 @@ from typing import cast
 from forge import fleet
 from forge.errors import ForgeError
 from forge.fleet import FleetResult, HostResult, Pool
-from forge.images import direct
+from forge.images import direct, registry
 from forge.images.inspect import ImageInfo, survey
 from forge.images.layerstore import LayerStoreError
 from forge.images.plan import HostPlan, plan_host, wanted_tags
 from forge.images.source import Source, describe
 from forge.images.wave import HostSync, SyncFailed, Wave, tag
-from forge.inventory import Host
+from forge.inventory import Host, RegistrySettings
 from forge.progress import NoProgress, Progress
 from forge.session import HostSession
 
 READS = ("auto", "store", "save")
-VIAS = ("auto", "client", "direct", "relay")
+VIAS = ("auto", "client", "direct", "relay", "registry")
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 3600.0
 
@@ -55,6 +55,7 @@ class SyncReport:
     results: FleetResult[HostSync]
     read: str = ""  # how the source was read: "store", "save", or "" (nothing was sent)
     read_note: str = ""  # why not from the layer store, when it could not be
+    pushed: registry.Pushed | None = None  # --via registry: what the push sent
 
 
 def plan(
@@ -103,6 +104,7 @@ def sync_image(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     read: str = "auto",
     via: str = "client",
+    registry_settings: RegistrySettings | None = None,
 ) -> SyncReport:
     """Make ``ref`` (a name or an image ID on ``source``) present and tagged on every target.
 
@@ -112,12 +114,16 @@ def sync_image(
     image, :mod:`forge.images.direct`; targets it cannot reach go through this machine),
     ``relay`` (the source, this machine or another, sends one copy along a chain of the
     targets, each loading and passing it on; those the chain did not serve are sent to after)
-    or ``auto`` (direct when the source is another host).
+    ``registry`` (the source pushes to ``registry_settings``' registry, and every target pulls
+    at once: :mod:`forge.images.registry`) or ``auto`` (direct when the source is another
+    host). Targets the chosen way cannot serve go through this machine, with why.
     """
     if read not in READS:
         raise ForgeError(f"unknown way to read the image {read!r}", hint="one of " + ", ".join(READS))
     if via not in VIAS:
         raise ForgeError(f"unknown way to send the image {via!r}", hint="one of " + ", ".join(VIAS))
+    if via == "registry" and (registry_settings is None or registry_settings.address is None):
+        raise ForgeError("--via registry: the inventory names no registry", hint="add [registry] address = ...")
     progress = progress or NoProgress()
     targets = [t for t in targets if t.name != source.name]
     src, tags, plans = _plan(ref, source, targets, pool, compress, fleet.DEFAULT_CONCURRENCY, read)
@@ -129,9 +135,35 @@ def sync_image(
     used = ""
     to_send = _sends(plans)
     notes: dict[str, str] = {}
-    if to_send and (via == "relay" or (via != "client" and not source.local)):
+    pushed: list[registry.Pushed] = []
+    if to_send and via == "registry" and registry_settings is not None:
+        to_send, notes = _send_registry(
+            src, tags, to_send, pool, progress, timeout_s, results, registry_settings, pushed
+        )
+    elif to_send and (via == "relay" or (via != "client" and not source.local)):
         to_send, notes = _send_direct(src, tags, to_send, pool, progress, timeout_s, compress, results, via)
         used = "save"
+    if to_send:
+        used = _send_through_client(src, tags, to_send, pool, progress, timeout_s, concurrency, results, notes)
+    note = src.store_note if used == "save" else ""
+    final = FleetResult(tuple(results[h.name] for h in targets))
+    return SyncReport(ref, src.image, tags, final, used, note, pushed[0] if pushed else None)
+
+
+def _send_through_client(
+    src: Source,
+    tags: tuple[str, ...],
+    to_send: list[HostPlan],
+    pool: Pool,
+    progress: Progress,
+    timeout_s: float,
+    concurrency: int,
+    results: dict[str, HostResult[HostSync]],
+    notes: dict[str, str],
+) -> str:
+    """In waves of ``concurrency`` hosts (into ``results``, each with the note of why it came
+    this way, if any); how the source was read."""
+    used = ""
     for attempt in range(2):  # a second pass sends everything to hosts whose load stayed hidden
         retry: list[HostPlan] = []
         for i in range(0, len(to_send), max(1, concurrency)):
@@ -147,8 +179,7 @@ def sync_image(
         to_send = retry
         if not to_send:
             break
-    note = src.store_note if used == "save" else ""
-    return SyncReport(ref, src.image, tags, FleetResult(tuple(results[h.name] for h in targets)), used, note)
+    return used
 
 
 def _send_direct(
@@ -182,6 +213,44 @@ def _send_direct(
         notes |= {p.host.name: why for p, why in flat.fallback}
         plans = [p for p, _ in flat.fallback]
     return plans, notes
+
+
+def _send_registry(
+    src: Source,
+    tags: tuple[str, ...],
+    plans: list[HostPlan],
+    pool: Pool,
+    progress: Progress,
+    timeout_s: float,
+    results: dict[str, HostResult[HostSync]],
+    settings: RegistrySettings,
+    pushed_out: list[registry.Pushed],
+) -> tuple[list[HostPlan], dict[str, str]]:
+    """Push once, pull everywhere at once (into ``results``); the plans left for this machine
+    to send, with why."""
+    assert settings.address is not None
+    address = settings.address
+    repo, tag_ = registry.remote_name(settings, tags, src.image.id)
+    progress.note(f"pushing {src.image.id[:19]} to {repo}:{tag_}")
+    try:
+        pushed = registry.push(pool.get(src.host), src, repo, tag_, address, timeout_s)
+    except ForgeError as e:
+        why = str(e) + (f" ({e.hint})" if e.hint else "")
+        return plans, {p.host.name: why for p in plans}
+    pushed_out.append(pushed)
+    by_name = {p.host.name: p for p in plans}
+    pulled = fleet.run(
+        [p.host for p in plans],
+        lambda s: registry.pull(s, by_name[s.name], src, pushed, tags, address, timeout_s),
+        pool=pool,
+    )
+    notes: dict[str, str] = {}
+    for r in pulled:
+        if r.ok:
+            results[r.host.name] = r
+        else:
+            notes[r.host.name] = (r.reason or "") + (f" ({r.error.hint})" if r.error and r.error.hint else "")
+    return [p for p in plans if p.host.name in notes], notes
 
 
 def _sends(plans: FleetResult[HostPlan]) -> list[HostPlan]:

@@ -10,7 +10,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from forge.lab import dockerd, flavors, fuse, gpus, inventory, mounts, netns, sshconfig, sshd, state, suiteroot, users
+from forge.lab import (
+    dockerd,
+    flavors,
+    fuse,
+    gpus,
+    inventory,
+    mounts,
+    netns,
+    registry,
+    sshconfig,
+    sshd,
+    state,
+    suiteroot,
+    users,
+)
 from forge.lab.config import DATA_MARKER, DATA_MARKER_CONTENT, LabConfig
 from forge.lab.errors import LabError
 from forge.lab.proc import Progress, require, run
@@ -132,7 +146,14 @@ def engines(cfg: LabConfig, progress: Progress) -> None:
 
 
 def serve(cfg: LabConfig) -> None:
-    """Start every host's sshd and write the inventory."""
+    """Start every host's sshd and the registry (where installed), write the inventory."""
     for host in cfg.all_hosts():
         sshd.start(cfg, host.name)
+    if registry.available():
+        suites = flavors.suites(tuple(h.flavor for h in cfg.gpu_hosts() if h.flavor))
+        roots = [suiteroot.path(cfg, s) for s in suites]
+        created = registry.start(cfg, roots)
+        data = state.load(cfg.root) or {}
+        data["registry_trust"] = sorted({*data.get("registry_trust", []), *map(str, created)})
+        state.write(cfg, data)
     inventory.write(cfg, users.user_home(cfg))

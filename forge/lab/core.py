@@ -12,7 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from forge import shell
-from forge.lab import bringup, dockerd, fuse, gpus, holders, image, latency, mounts, netns, sshd, state, users
+from forge.lab import (
+    bringup,
+    dockerd,
+    fuse,
+    gpus,
+    holders,
+    image,
+    latency,
+    mounts,
+    netns,
+    registry,
+    sshd,
+    state,
+    users,
+)
 from forge.lab.bringup import each
 from forge.lab.config import JUMP_HOST, LabConfig, default_root
 from forge.lab.errors import LabError
@@ -309,6 +323,9 @@ class Lab:
             fuse.remove_user_allow_other()
         if isinstance(recorded.get("dev_fuse_mode"), int):
             fuse.restore_dev_fuse(recorded["dev_fuse_mode"])
+        trust = recorded.get("registry_trust")
+        if isinstance(trust, list):
+            registry.remove_trust([str(d) for d in trust])
 
     # Knobs -------------------------------------------------------------------------------
     def set_gpus(self, host: str, gpu_state: dict[str, Any] | None) -> None:

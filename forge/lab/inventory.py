@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from forge.lab import registry
 from forge.lab.config import BASE_IMAGE, LabConfig
 
 
@@ -37,6 +38,12 @@ def render(cfg: LabConfig, user_home: Path) -> str:
         f"image = {_s(BASE_IMAGE)}",
         'mount = "/data"',
     ]
+    if (registry.directory(cfg) / "config.yml").exists():
+        lines += [
+            "",
+            "[registry]  # the lab's docker-registry; hosts log in with docker's own config",
+            f"address = {_s(registry.address(cfg))}",
+        ]
     for host in cfg.gpu_hosts():
         lines += [
             "",

@@ -111,9 +111,14 @@ class Images:
         return inventory.load_file(Path(self.lab.inventory_path)).host(name)
 
     def cleanup(self) -> None:
+        from forge.lab import registry
+
+        pushed = f"{registry.address(self.lab.lab.config)}/forge/{self.repo}"  # forge sync --via registry
         for host in self.lab.hosts:
-            r = self.lab.docker(host, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", self.repo)
-            refs = r.stdout.split()
+            refs = []
+            for repo in (self.repo, pushed):
+                r = self.lab.docker(host, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repo)
+                refs += r.stdout.split()
             if refs:
                 self.lab.docker(host, "image", "rm", "-f", *refs)
             if host != SOURCE:

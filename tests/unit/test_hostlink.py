@@ -196,3 +196,17 @@ def test_a_chain_sends_one_copy_and_each_hop_passes_it_on_while_loading() -> Non
     for script in (middle, last):
         assert script.startswith("set -o pipefail\n") and 'exit "$rc"' in script
         assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0  # it parses
+
+
+def test_the_registry_name_of_an_image_is_its_first_tag_under_the_namespace() -> None:
+    from forge.images import registry
+    from forge.inventory import RegistrySettings
+
+    reg = RegistrySettings("registry.lab:5000", "forge")
+    assert registry.remote_name(reg, ("team/dev:2024-11",), "sha256:" + "a" * 64) == (
+        "registry.lab:5000/forge/team/dev",
+        "2024-11",
+    )
+    assert registry.remote_name(reg, ("ubuntu",), "sha256:x")[1] == "latest"
+    assert registry.remote_name(reg, ("ghcr.io/org/img:v1",), "sha256:x")[0] == "registry.lab:5000/forge/org/img"
+    assert registry.remote_name(reg, (), "sha256:" + "b" * 64) == ("registry.lab:5000/forge/image", "id-bbbbbbbbbbbb")

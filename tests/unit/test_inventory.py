@@ -264,3 +264,22 @@ def test_policy_quota_fleet_wide_with_per_user_overrides() -> None:
         assert message in str(e.value), str(e.value)
     with pytest.raises(InventoryError, match="key 'policy': must be a table"):
         parse("policy = 3\n" + base)
+
+
+def test_a_registry_is_an_address_and_a_namespace_and_never_a_secret(tmp_path: Path) -> None:
+    inv = load(tmp_path, MINIMAL + '[registry]\naddress = "registry.lab:5000"\n')
+    assert inv.registry == inventory.RegistrySettings("registry.lab:5000", "forge")
+    assert load(
+        tmp_path, MINIMAL + '[registry]\naddress = "[fd00::1]:443"\nnamespace = "ml/team"\n'
+    ).registry.namespace == ("ml/team")
+    assert load(tmp_path, MINIMAL).registry.address is None
+    for bad, key in (
+        ('address = "https://registry.lab"', "registry.address"),
+        ('address = "reg lab"', "registry.address"),
+        ('address = "registry.lab"\nnamespace = "Team"', "registry.namespace"),
+        ('address = "registry.lab"\nnamespace = "a//b"', "registry.namespace"),
+        ('address = "registry.lab"\nuser = "me"', "registry.user"),
+        ('address = "registry.lab"\npassword = "x"', "password"),
+    ):
+        msg = str(error(tmp_path, MINIMAL + "[registry]\n" + bad + "\n"))
+        assert key in msg, msg

@@ -1,0 +1,194 @@
+"""Benchmark of where `forge sync`'s bytes go, on the forge lab with every link shaped.
+
+    forge lab up --hosts 9
+    python bench/bench_topology.py [--rate 20mbit] [--size-mb 100]     (as root; ~10 minutes)
+
+Every link is shaped with tc tbf so that the network, not this machine's two cores, is the
+limit: each host's link both ways (its veth's bridge end: traffic into the host; its eth0 in
+its namespace: traffic out of it) and the client's (the lab bridge's own egress: what leaves
+this machine). Image: SIZE_MB of real files (/usr/lib/x86_64-linux-gnu), about 3:1 with zstd,
+in one layer on gpu1; "the client" reads it from gpu1's daemon through its socket (a local
+inventory host, as forge run on the build host). Targets: gpu2..gpu9. Rows, in one run:
+
+- one target from the client (the baseline of the relay's goal);
+- eight targets from the client: the flat fan-out (forge's waves) and the relay;
+- eight targets `--from gpu1`: through the client, straight from gpu1 (`--via direct`), relay;
+
+each with its time, the bytes that crossed the client's link (the bridge's counters: the
+client's only way into the lab) and the lab machine's CPU use over the row (all its cores:
+every host and forge share them). Prints a Markdown table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_sync import LAB, docker, image_id, sock, veth  # noqa: E402
+
+from forge import inventory  # noqa: E402
+from forge.fleet import Pool  # noqa: E402
+from forge.images.sync import SyncReport, sync_image  # noqa: E402
+from forge.inventory import Host  # noqa: E402
+
+REF = "forge-bench/topology:v1"
+BRIDGE = "forgelab0"
+TARGETS = [f"gpu{i}" for i in range(2, 10)]
+HERE = Host(name="here", address="localhost", local=True, docker_host=sock("gpu1"), command_timeout=3600)
+
+
+def _ns(host: str) -> list[str]:
+    return ["nsenter", f"--net=/var/run/netns/forgelab-{host}"]
+
+
+def _tbf(prefix: list[str], dev: str, rate: str | None) -> None:
+    subprocess.run([*prefix, "tc", "qdisc", "del", "dev", dev, "root"], capture_output=True, check=False)
+    if rate:
+        tbf = ["tbf", "rate", rate, "burst", "64kb", "latency", "200ms"]
+        subprocess.run([*prefix, "tc", "qdisc", "add", "dev", dev, "root", *tbf], check=True)
+
+
+def shape(rate: str | None) -> None:
+    """Every host's link both ways, and the client's uplink; None: unshaped."""
+    for h in ["gpu1", *TARGETS]:
+        _tbf([], veth(h), rate)
+        _tbf(_ns(h), "eth0", rate)
+    _tbf([], BRIDGE, rate)
+
+
+def build_image(size_mb: int) -> None:
+    if image_id("gpu1", REF):
+        return
+    print(f"building {REF} from {size_mb} MB of /usr/lib/x86_64-linux-gnu", file=sys.stderr)
+    files, total = [], 0
+    for p in sorted(Path("/usr/lib/x86_64-linux-gnu").rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            files.append(str(p.relative_to("/")))
+            total += p.stat().st_size
+            if total >= size_mb << 20:
+                break
+    tar = subprocess.Popen(["tar", "-C", "/", "-c", "-T", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    load = subprocess.Popen(["docker", "-H", sock("gpu1"), "import", "-", REF], stdin=tar.stdout)
+    assert tar.stdin is not None
+    tar.stdin.write("\n".join(files).encode())
+    tar.stdin.close()
+    load.wait()
+    tar.wait()
+
+
+def wipe() -> None:
+    iid = image_id("gpu1", REF)
+    for h in TARGETS:
+        for ref in (REF, iid):
+            if ref and image_id(h, ref):
+                docker(h, "image", "rm", "-f", ref, check=False)
+
+
+def _bridge_bytes() -> tuple[int, int]:
+    stats = Path("/sys/class/net") / BRIDGE / "statistics"
+    return int((stats / "tx_bytes").read_text()), int((stats / "rx_bytes").read_text())
+
+
+def _cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def row(name: str, fn: Callable[[], SyncReport]) -> dict[str, object]:
+    wipe()
+    tx0, rx0 = _bridge_bytes()
+    busy0, total0 = _cpu()
+    me0 = resource.getrusage(resource.RUSAGE_SELF)
+    t = time.monotonic()
+    report = fn()
+    dt = time.monotonic() - t
+    me1 = resource.getrusage(resource.RUSAGE_SELF)
+    busy1, total1 = _cpu()
+    tx1, rx1 = _bridge_bytes()
+    bad = [f"{r.host.name}: {r.reason}" for r in report.results if not r.ok]
+    if bad:
+        raise SystemExit(f"{name}: {bad}")
+    vias = sorted({r.value.via for r in report.results if r.value is not None})
+    wire = max(r.value.wire_bytes for r in report.results if r.value is not None)
+    out = {
+        "name": name,
+        "s": dt,
+        "out": tx1 - tx0,  # bytes this machine sent into the lab
+        "in": rx1 - rx0,  # bytes it received from the lab
+        "cpu": (busy1 - busy0) / max(1, total1 - total0),
+        "forge_cpu": (me1.ru_utime - me0.ru_utime) + (me1.ru_stime - me0.ru_stime),
+        "wire": wire,
+        "via": ",".join(vias),
+    }
+    print(f"{name}: {dt:.1f} s via {out['via']}, out {out['out'] / 1e6:.1f} MB, in {out['in'] / 1e6:.1f} MB, "
+          f"cpu {out['cpu']:.0%}", file=sys.stderr)  # fmt: skip
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", default="20mbit", help="every link's rate (tc tbf)")
+    ap.add_argument("--size-mb", type=int, default=100, help="the image's size before compression")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (tc, the lab's sockets)")
+    inv = inventory.load_file(LAB / "hosts.toml")
+    missing = [h for h in TARGETS if h not in inv.names]
+    if missing:
+        raise SystemExit(f"the lab lacks {missing}: forge lab up --hosts 9")
+    build_image(args.size_mb)
+    gpu1 = inv.host("gpu1")
+    hosts = [inv.host(h) for h in TARGETS]
+
+    def run(source: Host, targets: list[Host], via: str) -> Callable[[], SyncReport]:
+        def go() -> SyncReport:
+            with Pool() as pool:
+                return sync_image(REF, source=source, targets=targets, pool=pool, via=via, timeout_s=3600)
+
+        return go
+
+    shape(args.rate)
+    try:
+        rows = [
+            row("1 target from the client", run(HERE, hosts[:1], "client")),
+            row("8 targets from the client, flat fan-out", run(HERE, hosts, "client")),
+            row("8 targets from the client, relay", run(HERE, hosts, "relay")),
+            row("8 targets --from gpu1, through the client", run(gpu1, hosts, "client")),
+            row("8 targets --from gpu1, direct", run(gpu1, hosts, "direct")),
+            row("8 targets --from gpu1, relay", run(gpu1, hosts, "relay")),
+        ]
+    finally:
+        shape(None)
+        wipe()
+    report(rows, args)
+
+
+def report(rows: list[dict[str, object]], args: argparse.Namespace) -> None:
+    one = float(rows[0]["s"])  # type: ignore[arg-type]
+    copy = int(rows[0]["wire"])  # type: ignore[call-overload]
+    cores = os.cpu_count() or 1
+    print(f"\nimage {args.size_mb} MB of files, {copy / 1e6:.1f} MB compressed (zstd); every link {args.rate}; "
+          f"{cores} cores\n")  # fmt: skip
+    print("| transfer | via | time | vs one target | bytes out of the client | in | machine CPU | forge CPU |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        s, out, inn = float(r["s"]), int(r["out"]), int(r["in"])  # type: ignore[arg-type, call-overload]
+        print(
+            f"| {r['name']} | {r['via']} | {s:.1f} s | {s / one:.2f}x | {out / 1e6:.1f} MB ({out / copy:.2f} copies) "
+            f"| {inn / 1e6:.1f} MB | {float(r['cpu']):.0%} | {float(r['forge_cpu']):.1f} s |"  # type: ignore[arg-type]
+        )
+
+
+if __name__ == "__main__":
+    main()
