@@ -6,13 +6,16 @@
 Every link is shaped with tc tbf so that the network, not this machine's two cores, is the
 limit: each host's link both ways (its veth's bridge end: traffic into the host; its eth0 in
 its namespace: traffic out of it) and the client's (the lab bridge's own egress: what leaves
-this machine). Image: SIZE_MB of real files (/usr/lib/x86_64-linux-gnu), about 3:1 with zstd,
-in one layer on gpu1; "the client" reads it from gpu1's daemon through its socket (a local
-inventory host, as forge run on the build host). Targets: gpu2..gpu9. Rows, in one run:
+this machine). Image: SIZE_MB of real files (/usr/lib/x86_64-linux-gnu) plus RANDOM_MB of
+random data (model weights do not compress either), in one layer on gpu1; "the client" reads
+it from gpu1's daemon through its socket (a local inventory host, as forge run on the build
+host). Targets: gpu2..gpu9. Rows, in one run:
 
 - one target from the client (the baseline of the relay's goal);
 - eight targets from the client: the flat fan-out (forge's waves) and the relay;
-- eight targets `--from gpu1`: through the client, straight from gpu1 (`--via direct`), relay;
+- eight targets `--from gpu1`: through the client, straight from gpu1 (`--via direct`), relay,
+  and through the lab's registry on the data host (push, then eight pulls at once; its link
+  shaped too; the registry is emptied first, so the push sends every layer);
 
 each with its time, the bytes that crossed the client's link (the bridge's counters: the
 client's only way into the lab) and the lab machine's CPU use over the row (all its cores:
@@ -40,7 +43,7 @@ from forge.fleet import Pool  # noqa: E402
 from forge.images.sync import SyncReport, sync_image  # noqa: E402
 from forge.inventory import Host  # noqa: E402
 
-REF = "forge-bench/topology:v1"
+REF = "forge-bench/topology:v2"
 BRIDGE = "forgelab0"
 TARGETS = [f"gpu{i}" for i in range(2, 10)]
 HERE = Host(name="here", address="localhost", local=True, docker_host=sock("gpu1"), command_timeout=3600)
@@ -59,16 +62,16 @@ def _tbf(prefix: list[str], dev: str, rate: str | None) -> None:
 
 def shape(rate: str | None) -> None:
     """Every host's link both ways, and the client's uplink; None: unshaped."""
-    for h in ["gpu1", *TARGETS]:
+    for h in ["gpu1", "data", *TARGETS]:
         _tbf([], veth(h), rate)
         _tbf(_ns(h), "eth0", rate)
     _tbf([], BRIDGE, rate)
 
 
-def build_image(size_mb: int) -> None:
+def build_image(size_mb: int, random_mb: int) -> None:
     if image_id("gpu1", REF):
         return
-    print(f"building {REF} from {size_mb} MB of /usr/lib/x86_64-linux-gnu", file=sys.stderr)
+    print(f"building {REF} from {size_mb} MB of /usr/lib/x86_64-linux-gnu + {random_mb} MB random", file=sys.stderr)
     files, total = [], 0
     for p in sorted(Path("/usr/lib/x86_64-linux-gnu").rglob("*")):
         if p.is_file() and not p.is_symlink():
@@ -76,6 +79,9 @@ def build_image(size_mb: int) -> None:
             total += p.stat().st_size
             if total >= size_mb << 20:
                 break
+    weights = Path("/var/tmp/forge-bench-weights.bin")  # like model weights: does not compress
+    weights.write_bytes(os.urandom(random_mb << 20))
+    files.append(str(weights.relative_to("/")))
     tar = subprocess.Popen(["tar", "-C", "/", "-c", "-T", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     load = subprocess.Popen(["docker", "-H", sock("gpu1"), "import", "-", REF], stdin=tar.stdout)
     assert tar.stdin is not None
@@ -83,9 +89,13 @@ def build_image(size_mb: int) -> None:
     tar.stdin.close()
     load.wait()
     tar.wait()
+    weights.unlink()
 
 
 def wipe() -> None:
+    storage = LAB / "registry" / "storage" / "docker"
+    if storage.exists():  # the registry forgets the image: every row pushes it whole
+        subprocess.run(["rm", "-rf", str(storage)], check=True)
     iid = image_id("gpu1", REF)
     for h in TARGETS:
         for ref in (REF, iid):
@@ -139,7 +149,8 @@ def row(name: str, fn: Callable[[], SyncReport]) -> dict[str, object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", default="20mbit", help="every link's rate (tc tbf)")
-    ap.add_argument("--size-mb", type=int, default=100, help="the image's size before compression")
+    ap.add_argument("--size-mb", type=int, default=100, help="MB of real files in the image")
+    ap.add_argument("--random-mb", type=int, default=30, help="MB of random data in it (weights: incompressible)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (tc, the lab's sockets)")
@@ -147,14 +158,17 @@ def main() -> None:
     missing = [h for h in TARGETS if h not in inv.names]
     if missing:
         raise SystemExit(f"the lab lacks {missing}: forge lab up --hosts 9")
-    build_image(args.size_mb)
+    build_image(args.size_mb, args.random_mb)
     gpu1 = inv.host("gpu1")
     hosts = [inv.host(h) for h in TARGETS]
 
     def run(source: Host, targets: list[Host], via: str) -> Callable[[], SyncReport]:
         def go() -> SyncReport:
             with Pool() as pool:
-                return sync_image(REF, source=source, targets=targets, pool=pool, via=via, timeout_s=3600)
+                reg = inv.registry
+                return sync_image(
+                    REF, source=source, targets=targets, pool=pool, via=via, timeout_s=3600, registry_settings=reg
+                )
 
         return go
 
@@ -167,6 +181,7 @@ def main() -> None:
             row("8 targets --from gpu1, through the client", run(gpu1, hosts, "client")),
             row("8 targets --from gpu1, direct", run(gpu1, hosts, "direct")),
             row("8 targets --from gpu1, relay", run(gpu1, hosts, "relay")),
+            row("8 targets --from gpu1, registry (push + 8 pulls)", run(gpu1, hosts, "registry")),
         ]
     finally:
         shape(None)
@@ -178,7 +193,8 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace) -> None:
     one = float(rows[0]["s"])  # type: ignore[arg-type]
     copy = int(rows[0]["wire"])  # type: ignore[call-overload]
     cores = os.cpu_count() or 1
-    print(f"\nimage {args.size_mb} MB of files, {copy / 1e6:.1f} MB compressed (zstd); every link {args.rate}; "
+    print(f"\nimage {args.size_mb} MB of files + {args.random_mb} MB random, {copy / 1e6:.1f} MB compressed (zstd); "
+          f"every link {args.rate}; "
           f"{cores} cores\n")  # fmt: skip
     print("| transfer | via | time | vs one target | bytes out of the client | in | machine CPU | forge CPU |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

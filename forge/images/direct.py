@@ -15,6 +15,16 @@ status and the last lines of its output. The client then checks on each target, 
 connection, that the image arrived whole with the expected ID, and only then tags it; a target
 whose load failed is cleaned as after any failed load (:func:`forge.images.wave.cleanup`).
 
+With ``relay`` the same links make a chain: the source sends one copy to the first target,
+whose transfer key is forced to run a relay script in its own private directory::
+
+    tee -p next | decompress | docker load     (and: ssh <next target's key> < next)
+
+so each target loads and passes the bytes on at once, and one copy crosses each link. A hop
+that dies is dropped by the ``tee -p`` before it (the hops before it go on); the targets the
+chain did not serve are the caller's to send to after. Each hop prints its own status and last
+lines, then the next hop's report, so the source's output holds the whole chain's.
+
 Targets the source cannot reach (no route, a firewall, an sshd that does not read
 ``~/.ssh/authorized_keys``, a host key that differs from the one forge verified) are returned
 with the reason, for the caller to serve through the client. Every target gets the whole image
@@ -241,6 +251,8 @@ class Direct:
         """Keys on their holders, a line in each target's authorized_keys, a probe of every
         link. Returns the hops to send to; the others fall back (for a chain: all of them)."""
         holders = self._holders(group)
+        what = "a chain of" if self.relay else "transfer keys for"
+        self.progress.note(f"{self.src.host.name}: {what} {len(group)} target(s): placing keys")
         failures = dict(self._each(holders, self._prepare))
         if failures:
             return self._give_up(group, failures, "cannot hold a transfer key")
@@ -253,6 +265,7 @@ class Direct:
             if h.name in failed:
                 self._fall_back(h.plan, f"cannot place the transfer key there: {failed[h.name]}")
         group = [h for h in group if h.name not in failed]
+        self.progress.note(f"{self.src.host.name}: checking that each link answers")
         unreachable = dict(self._each(holders, self._probe))
         if unreachable and self.relay:
             return self._give_up(group, unreachable, "a link of the chain is down")
@@ -372,6 +385,7 @@ class Direct:
 
     def _transfer(self, codec: codecs.Codec, group: list[_Hop]) -> None:
         self.in_flight = [h.plan for h in group]
+        self.progress.note(f"{self.src.host.name}: sending")
         for h in group:
             self.progress.start(h.name, self.src.image.size_bytes)
         started = time.monotonic()
