@@ -193,7 +193,8 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace) -> None:
     one = float(rows[0]["s"])  # type: ignore[arg-type]
     copy = int(rows[0]["wire"])  # type: ignore[call-overload]
     cores = os.cpu_count() or 1
-    print(f"\nimage {args.size_mb} MB of files + {args.random_mb} MB random, {copy / 1e6:.1f} MB compressed (zstd); "
+    size = int(docker("gpu1", "image", "inspect", "-f", "{{.Size}}", REF))
+    print(f"\nimage {size / 1e6:.1f} MB ({args.random_mb} MB of it random), {copy / 1e6:.1f} MB compressed (zstd); "
           f"every link {args.rate}; "
           f"{cores} cores\n")  # fmt: skip
     print("| transfer | via | time | vs one target | bytes out of the client | in | machine CPU | forge CPU |")
