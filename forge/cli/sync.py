@@ -80,8 +80,10 @@ def _stamp() -> str:
     "per target, restricted to the load and removed afterwards; every layer is sent). 'relay': one copy "
     "from the source along a chain of the targets, each loading and passing it on at once (targets the "
     "chain did not serve are sent to after). 'registry': pushed to the inventory's [registry] (only the "
-    "layers it lacks), pulled by every target at once, with docker's own logins. auto: direct from "
-    "another host, else client. Targets the chosen way cannot serve go through this machine, with why.",
+    "layers it lacks), pulled by every target at once, with docker's own logins. auto: from another "
+    "host, direct to targets that have none of the image and client to those that have some of its "
+    "layers; from this machine, client. Targets the chosen way cannot serve go through this machine, "
+    "with why.",
 )
 @click.option("--check", is_flag=True, help="Only report which hosts run stale or missing images.")
 @click.option("-q", "--quiet", is_flag=True, help="For cron: no progress, one log line per host.")

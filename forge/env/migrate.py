@@ -434,7 +434,7 @@ class _Migration:
         """The image on the candidate: shipped from ``source``, or already there (False: it is not)."""
         if source is not None and source.name != s.name:
             self.progress.note(f"syncing {image} from {source.name} to {s.name}")
-            report = sync_image(image, source=source, targets=[s.host], pool=self.pool)
+            report = sync_image(image, source=source, targets=[s.host], pool=self.pool, via="auto")
             r = report.results[s.name]
             if r.error is not None:
                 raise r.error

@@ -115,15 +115,12 @@ def sync_image(
     ``relay`` (the source, this machine or another, sends one copy along a chain of the
     targets, each loading and passing it on; those the chain did not serve are sent to after)
     ``registry`` (the source pushes to ``registry_settings``' registry, and every target pulls
-    at once: :mod:`forge.images.registry`) or ``auto`` (direct when the source is another
-    host). Targets the chosen way cannot serve go through this machine, with why.
+    at once: :mod:`forge.images.registry`) or ``auto`` (when the source is another host:
+    direct to the targets that have none of the image's layers, through this machine to those
+    that have some, which then get only what they lack). Targets the chosen way cannot serve
+    go through this machine, with why.
     """
-    if read not in READS:
-        raise ForgeError(f"unknown way to read the image {read!r}", hint="one of " + ", ".join(READS))
-    if via not in VIAS:
-        raise ForgeError(f"unknown way to send the image {via!r}", hint="one of " + ", ".join(VIAS))
-    if via == "registry" and (registry_settings is None or registry_settings.address is None):
-        raise ForgeError("--via registry: the inventory names no registry", hint="add [registry] address = ...")
+    _check_options(read, via, registry_settings)
     progress = progress or NoProgress()
     targets = [t for t in targets if t.name != source.name]
     src, tags, plans = _plan(ref, source, targets, pool, compress, fleet.DEFAULT_CONCURRENCY, read)
@@ -141,13 +138,28 @@ def sync_image(
             src, tags, to_send, pool, progress, timeout_s, results, registry_settings, pushed
         )
     elif to_send and (via == "relay" or (via != "client" and not source.local)):
-        to_send, notes = _send_direct(src, tags, to_send, pool, progress, timeout_s, compress, results, via)
-        used = "save"
+        # auto: straight from the source to targets that have none of the image; those that
+        # have some of its layers get only what they lack, through this machine.
+        direct_plans = [p for p in to_send if via != "auto" or not p.skip]
+        later = [p for p in to_send if p not in direct_plans]
+        if direct_plans:
+            back, notes = _send_direct(src, tags, direct_plans, pool, progress, timeout_s, compress, results, via)
+            to_send = back + later
+            used = "save"
     if to_send:
         used = _send_through_client(src, tags, to_send, pool, progress, timeout_s, concurrency, results, notes)
     note = src.store_note if used == "save" else ""
     final = FleetResult(tuple(results[h.name] for h in targets))
     return SyncReport(ref, src.image, tags, final, used, note, pushed[0] if pushed else None)
+
+
+def _check_options(read: str, via: str, registry_settings: RegistrySettings | None) -> None:
+    if read not in READS:
+        raise ForgeError(f"unknown way to read the image {read!r}", hint="one of " + ", ".join(READS))
+    if via not in VIAS:
+        raise ForgeError(f"unknown way to send the image {via!r}", hint="one of " + ", ".join(VIAS))
+    if via == "registry" and (registry_settings is None or registry_settings.address is None):
+        raise ForgeError("--via registry: the inventory names no registry", hint="add [registry] address = ...")
 
 
 def _send_through_client(
