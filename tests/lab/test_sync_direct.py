@@ -324,3 +324,16 @@ def test_a_relay_from_this_machine_or_through_it_when_it_cannot_reach_the_hosts(
             assert r.value.via == "relay", r.value
         assert images.same(h, ref)
     assert _placed(lab) == ([], [])
+
+
+def test_auto_sends_straight_to_a_fresh_host_and_only_the_missing_layer_to_one_that_has_the_rest(
+    lab: Any, inv: inventory.Inventory, images: Images
+) -> None:
+    v1 = images.on_top(images.base(size=4 << 20), "v1", os.urandom(100_000))
+    assert sync(inv, v1, ["gpu2"], via="client").results["gpu2"].ok
+    v2 = images.on_top(v1, "v2", os.urandom(200_000))
+    report = sync(inv, v2, ["gpu2", "gpu3"], via="auto")
+    has_some, fresh = report.results["gpu2"], report.results["gpu3"]
+    assert has_some.ok and has_some.value.via == "client" and has_some.value.layers_sent == 1, has_some.value
+    assert fresh.ok and fresh.value.via == "direct" and fresh.value.layers_sent == 3, fresh.value
+    assert images.same("gpu2", v2) and images.same("gpu3", v2)
