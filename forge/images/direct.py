@@ -33,8 +33,6 @@ with the reason, for the caller to serve through the client. Every target gets t
 
 from __future__ import annotations
 
-import io
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,7 +42,7 @@ from forge import fleet, shell
 from forge.errors import ForgeError, HostError
 from forge.fleet import HostResult, Pool
 from forge.images import codec as codecs
-from forge.images import hostlink, memo
+from forge.images import hostlink, linkscripts, memo
 from forge.images.hostlink import LinkError, Peer
 from forge.images.inspect import CLASSIC
 from forge.images.plan import HostPlan
@@ -52,11 +50,6 @@ from forge.images.source import Source
 from forge.images.wave import HostSync, SyncFailed, cleanup, tag, verify
 from forge.progress import Progress
 from forge.session import HostSession
-
-_LOADED = re.compile(r"^Loaded image ID: (sha256:[0-9a-f]{64})$")
-_PROGRESS = re.compile(rb"^(\d+) bytes")
-_LINE = re.compile(r"^forge-link (?:(save|wire) (\d+)|(host|link|out|err|probe) (\d+) ?(.*))$")
-_KEEP_LINES = 400
 
 
 @dataclass
@@ -66,87 +59,6 @@ class Outcome:
 
     results: list[HostResult[HostSync]] = field(default_factory=list)
     fallback: list[tuple[HostPlan, str]] = field(default_factory=list)
-
-
-@dataclass
-class _Report:
-    """The source script's lines, parsed."""
-
-    save_status: int | None = None
-    wire: int = 0
-    status: dict[int, int] = field(default_factory=dict)
-    out: dict[int, list[str]] = field(default_factory=dict)
-    err: dict[int, list[str]] = field(default_factory=dict)
-    probe: dict[int, str] = field(default_factory=dict)
-    link: dict[int, int] = field(default_factory=dict)  # a chain: the exit of the ssh to a hop
-    tar: int = 0  # archive bytes read from docker save (dd's count)
-
-
-def parse_report(lines: Sequence[str]) -> _Report:
-    """Pure: the ``forge-link ...`` lines the source scripts print (untrusted: only printable
-    text is kept, numbers are checked)."""
-    r = _Report()
-    for line in lines:
-        m = _LINE.match(line)
-        if m is None:
-            continue
-        if m.group(1) == "save":
-            r.save_status = int(m.group(2))
-            continue
-        if m.group(1) == "wire":
-            r.wire = int(m.group(2))
-            continue
-        kind, i, rest = m.group(3), int(m.group(4)), _printable(m.group(5))
-        if kind in ("host", "link") and rest.isdigit():
-            (r.status if kind == "host" else r.link)[i] = int(rest)
-        elif kind in ("out", "err"):
-            (r.out if kind == "out" else r.err).setdefault(i, []).append(rest)
-        elif kind == "probe":
-            r.probe[i] = rest
-    return r
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else "?" for c in text)[:300]
-
-
-def loaded_id(out: Sequence[str]) -> str | None:
-    """The ID ``docker load -q`` printed for an archive without tags."""
-    for line in out:
-        m = _LOADED.match(line.strip())
-        if m:
-            return m.group(1)
-    return None
-
-
-class _Lines(io.RawIOBase):
-    """The source script's stdout: ``dd``'s progress counts to a callback, ``forge-link``
-    lines kept (a bounded number)."""
-
-    def __init__(self, on_bytes: Callable[[int], None]) -> None:
-        self._on_bytes = on_bytes
-        self._buf = b""
-        self.total = 0
-        self.lines: list[str] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        self._buf += bytes(data)
-        *whole, self._buf = re.split(rb"[\r\n]", self._buf)
-        if len(self._buf) > 4096:
-            self._buf = b""
-        for piece in whole:
-            m = _PROGRESS.match(piece)
-            if m:
-                n = int(m.group(1))
-                if n > self.total:
-                    self._on_bytes(n - self.total)
-                    self.total = n
-            elif piece.startswith(b"forge-link ") and len(self.lines) < _KEEP_LINES:
-                self.lines.append(piece.decode("utf-8", "replace"))
-        return len(data)
 
 
 # --------------------------------------------------------------------------- the transfer
@@ -317,7 +229,7 @@ class Direct:
             raise LinkError(s.name, "cannot write the targets' host keys")
         own = holder.own
         if own is not None:
-            script = relay_script(
+            script = linkscripts.relay_script(
                 directory, own.peer.index, held[0].peer if held else None, _load_command(s, own.codec)
             )
             if not s.run(hostlink.write_relay(directory), stdin=script.encode(), timeout=60).ok:
@@ -373,7 +285,7 @@ class Direct:
             f"printf 'forge-link probe {h.peer.index} %s\\n' \"$(cat probe{h.peer.index})\"" for h in held
         )
         r = s.run(shell.render(["sh", "-c", body]), timeout=hostlink.CONNECT_TIMEOUT_S * 3 + 30)
-        report = parse_report(r.stdout.split("\n"))
+        report = linkscripts.parse_report(r.stdout.split("\n"))
         problems = {}
         for h in held:
             answer = report.probe.get(h.peer.index, "").strip()
@@ -394,9 +306,9 @@ class Direct:
             for h in group:
                 self.progress.advance(h.name, n)
 
-        out = _Lines(advance)
+        out = linkscripts.Lines(advance)
         failure: str | None = None
-        script = source_script(
+        script = linkscripts.source_script(
             self.dirs[self.source.name],
             self.source.docker("save", self.src.image.id),
             codec,
@@ -409,7 +321,7 @@ class Direct:
                 failure = f"the source's transfer ended with status {r.exit_status}: {_tail(r.stderr)}"
         except ForgeError as e:
             failure = f"the source's transfer failed: {_reason(e)}"
-        report = parse_report(out.lines)
+        report = linkscripts.parse_report(out.lines)
         if report.save_status not in (None, 0):
             failure = f"docker save on {self.src.host.name} failed with status {report.save_status}"
         elif report.save_status is None and failure is None:
@@ -427,13 +339,15 @@ class Direct:
             seconds = res.value.seconds if res.value is not None else time.monotonic() - started
             self.outcome.results.append(replace(res, duration_s=seconds))
 
-    def _finish(self, s: HostSession, hop: _Hop, report: _Report, failure: str | None, started: float) -> HostSync:
+    def _finish(
+        self, s: HostSession, hop: _Hop, report: linkscripts.Report, failure: str | None, started: float
+    ) -> HostSync:
         p, i = hop.plan, hop.peer.index
         status = report.status.get(i)
         if p.have.store == CLASSIC:
             expected: str | None = self.src.config
         else:  # the manifest a containerd store makes of a docker save archive: as it says
-            expected = loaded_id(report.out.get(i, [])) or p.image_id or self.src.expected_id(p.have.store)
+            expected = linkscripts.loaded_id(report.out.get(i, [])) or p.image_id or self.src.expected_id(p.have.store)
         if failure is None and status != 0:
             tail = " ".join(report.err.get(i, [])[-2:]) or f"status {report.link.get(i, status)}"
             cut = status is None or (not self.relay and status == 255)  # the link, not the load
@@ -468,77 +382,6 @@ class Direct:
 
     def _fall_back(self, p: HostPlan, why: str) -> None:
         self.outcome.fallback.append((p, why))
-
-
-# --------------------------------------------------------------------------- the scripts
-
-
-def source_script(
-    directory: str, save: Sequence[str], codec: codecs.Codec, peers: Sequence[Peer], *, relay: bool
-) -> shell.Script:
-    """The source's side: ``docker save`` through ``dd`` (byte counts for the progress bar) and
-    the compressor into one ``ssh`` per peer (a chain: only the first). Prints the save's
-    status, the compressed size, and per peer its status and last lines (a chain: the relay's
-    own report, which holds every later hop's)."""
-    lines = [
-        f"cd -- {shell.quote(directory)} || exit 1",
-        "cut -d' ' -f5 /proc/$$/stat > pgid",
-        "mkfifo " + " ".join(f"f{p.index}" for p in peers) + " || exit 1",
-    ]
-    for p in peers:
-        ssh = shell.render(hostlink.ssh_argv(directory, p, "forge-load"))
-        lines.append(f"{ssh} < f{p.index} > out{p.index} 2> err{p.index} & p{p.index}=$!")
-    stages = [shell.render(save), "dd bs=1M status=progress 2>&3"]
-    if codec.compress:
-        stages.append(shell.render(codec.compress))
-    stages += ["tee -p " + " ".join(f"f{p.index}" for p in peers), "wc -c > wire"]
-    lines += ["exec 3>&1", " | ".join(stages), 'echo "forge-link save ${PIPESTATUS[0]}"']
-    lines.append('echo "forge-link wire $(cat wire)"')
-    for p in peers:
-        i = p.index
-        if relay:
-            lines += [f'wait "$p{i}"; echo "forge-link link {i} $?"', f"cat out{i}"]
-        else:
-            lines += [
-                f'wait "$p{i}"; echo "forge-link host {i} $?"',
-                f"head -n 5 out{i} | sed 's/^/forge-link out {i} /'",
-            ]
-        lines.append(f"tail -n 5 err{i} | sed 's/^/forge-link err {i} /'")
-    lines.append("rm -f pgid")
-    return shell.render(["bash", "-c", "\n".join(lines)])
-
-
-def relay_script(directory: str, index: int, nxt: Peer | None, load: shell.Script) -> str:
-    """A hop of a chain (run as its key's forced command): its stdin into its own load and, at
-    once, to the next hop (``tee -p``: a next hop that fails is dropped, the load goes on; a
-    load that fails, the passing on goes on). Prints its own status and last lines, then the
-    next hop's report."""
-    lines = [
-        "set -o pipefail",
-        f"cd -- {shell.quote(directory)} || exit 1",
-        "cut -d' ' -f5 /proc/$$/stat > pgid",
-    ]
-    feed = "cat"
-    if nxt is not None:
-        ssh = shell.render(hostlink.ssh_argv(directory, nxt, "forge-load"))
-        lines += ["mkfifo next || exit 1", f"{ssh} < next > out 2> err & p=$!"]
-        feed = "tee -p next"
-    lines += [
-        f"{feed} | {load} > load.out 2> load.err",
-        "rc=$?",
-        f'echo "forge-link host {index} $rc"',
-        f"head -n 5 load.out | sed 's/^/forge-link out {index} /'",
-        f"tail -n 5 load.err | sed 's/^/forge-link err {index} /'",
-    ]
-    if nxt is not None:
-        i = nxt.index
-        lines += [
-            f'wait "$p"; echo "forge-link link {i} $?"',
-            f"tail -n 5 err | sed 's/^/forge-link err {i} /'",
-            "cat out",
-        ]
-    lines += ["rm -f pgid", 'exit "$rc"']
-    return "\n".join(lines) + "\n"
 
 
 def _by_codec(hops: list[_Hop]) -> dict[codecs.Codec, list[_Hop]]:
@@ -579,7 +422,7 @@ def _quiet_cleanup(s: HostSession, p: HostPlan, src: Source) -> None:
 
 
 def _tail(text: str) -> str:
-    return _printable(" ".join(text.strip().splitlines()[-2:]))
+    return linkscripts.printable(" ".join(text.strip().splitlines()[-2:]))
 
 
 def _reason(e: BaseException) -> str:
@@ -604,4 +447,4 @@ def send(
     return Direct(src, tags, plans, pool, progress, timeout_s, compress, relay=relay).run()
 
 
-__all__ = ["Outcome", "loaded_id", "parse_report", "send"]
+__all__ = ["Outcome", "send"]

@@ -12,7 +12,7 @@ import pytest
 
 from forge import shell
 from forge.errors import ForgeError
-from forge.images import direct, hostlink
+from forge.images import hostlink, linkscripts
 from forge.images.hostlink import Peer
 
 LOAD = shell.pipeline(["zstd", "-q", "-d", "-c"], ["docker", "-H", "unix:///run/d ock.sock", "load", "-q"])
@@ -162,17 +162,17 @@ def test_the_source_report_is_parsed_strictly() -> None:
         "forge-link probe 1 forge-link-ok",
         "someone else's line",
     ]
-    r = direct.parse_report(lines)
+    r = linkscripts.parse_report(lines)
     assert (r.save_status, r.wire, r.status) == (0, 12345, {0: 0, 1: 255})
-    assert direct.loaded_id(r.out[0]) == "sha256:" + "a" * 64
+    assert linkscripts.loaded_id(r.out[0]) == "sha256:" + "a" * 64
     assert r.err[1] == ["ssh: connect to host 10.0.0.3 port 22: Connection refused?[2J"]
     assert r.probe == {1: "forge-link-ok"}
-    assert direct.loaded_id(["Loaded image ID: sha256:abc"]) is None
+    assert linkscripts.loaded_id(["Loaded image ID: sha256:abc"]) is None
 
 
 def test_progress_comes_from_dd_counts_and_other_output_is_kept_bounded() -> None:
     seen: list[int] = []
-    out = direct._Lines(seen.append)
+    out = linkscripts.Lines(seen.append)
     out.write(b"1048576 bytes (1.0 MB, 1.0 MiB) copied, 1 s, 1.0 MB/s\r3145")
     out.write(b"728 bytes (3.1 MB, 3.0 MiB) copied, 2 s, 1.5 MB/s\rforge-link save 0\n")
     out.write(b"3145728 bytes (3.1 MB) copied\n")  # dd's summary repeats the count
@@ -185,12 +185,12 @@ def test_a_chain_sends_one_copy_and_each_hop_passes_it_on_while_loading() -> Non
 
     peers = [Peer(i, f"gpu{i}", f"10.0.0.{i}", 22, "u", "ssh-ed25519", "AAAA") for i in range(3)]
     zstd = codecs.CODECS["zstd"]
-    flat = direct.source_script("/tmp/forge-link.a", ["docker", "save", "sha256:x"], zstd, peers, relay=False)
-    chain = direct.source_script("/tmp/forge-link.a", ["docker", "save", "sha256:x"], zstd, peers[:1], relay=True)
+    flat = linkscripts.source_script("/tmp/forge-link.a", ["docker", "save", "sha256:x"], zstd, peers, relay=False)
+    chain = linkscripts.source_script("/tmp/forge-link.a", ["docker", "save", "sha256:x"], zstd, peers[:1], relay=True)
     assert "tee -p f0 f1 f2" in flat and flat.count(" forge-load ") == 3
     assert "tee -p f0 |" in chain and chain.count(" forge-load ") == 1 and "cat out0" in chain
-    middle = direct.relay_script("/tmp/forge-link.b", 1, peers[2], LOAD)
-    last = direct.relay_script("/tmp/forge-link.c", 2, None, LOAD)
+    middle = linkscripts.relay_script("/tmp/forge-link.b", 1, peers[2], LOAD)
+    last = linkscripts.relay_script("/tmp/forge-link.c", 2, None, LOAD)
     assert f"tee -p next | {LOAD} > load.out" in middle and "HostKeyAlias=forge-link-2" in middle
     assert f"cat | {LOAD} > load.out" in last and "ssh" not in last
     for script in (middle, last):
