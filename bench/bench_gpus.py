@@ -29,6 +29,7 @@ Runs against a separate lab of 16 hosts (root /var/lib/forge-lab-bench, bridge f
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -130,12 +131,66 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(samples)
 
 
+def _python(*args: str, bytecode: bool) -> None:
+    """``python ARGS`` as an installed forge runs: its modules' bytecode cached (pip writes it at
+    install), or compiled from source every run (``PYTHONDONTWRITEBYTECODE`` and no cache)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    if not bytecode:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    r = subprocess.run([sys.executable, *args], capture_output=True, env=env, check=False)
+    if r.returncode != 0:
+        raise SystemExit(f"{args}: {r.stderr.decode()}")
+
+
+def _bytecode(present: bool) -> None:
+    forge_dir = Path(__file__).resolve().parent.parent / "forge"
+    for cache in forge_dir.rglob("__pycache__"):
+        subprocess.run(["rm", "-rf", str(cache)], check=True)
+    if present:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(forge_dir)], check=True)
+
+
+def startup(lab: Lab, repeat: int) -> int:
+    """A ``forge gpus`` process for one host against forge's in-process probe of it, and
+    ``forge --version`` against a bare interpreter: with forge's bytecode cached and without."""
+    inv = inventory.load_file(lab.inventory_path)
+    one = list(inv.hosts)[:1]
+
+    def cold_inprocess() -> None:
+        with fleet.Pool() as pool:
+            assert all(r.answered for r in survey(inv, one, pool=pool))
+
+    gpus = ("-m", "forge", "-i", str(lab.inventory_path), "gpus", "--json", one[0].name)
+    rows: dict[str, float] = {"forge probe in-process, cold, 1 host": timed(cold_inprocess, repeat)}
+    rows["python3 -c pass"] = timed(lambda: _python("-c", "pass", bytecode=True), repeat * 2)
+    for present in (True, False):
+        _bytecode(present)
+        label = "bytecode cached" if present else "no bytecode cache"
+        version = functools.partial(_python, "-m", "forge", "--version", bytecode=present)
+        rows[f"forge --version ({label})"] = timed(version, repeat * 2)
+        process = functools.partial(_python, *gpus, bytecode=present)
+        rows[f"forge gpus process, cold, 1 host ({label})"] = timed(process, repeat)
+    _bytecode(False)
+    print("| start-up | median (s) |")
+    print("| --- | --- |")
+    for name, s in rows.items():
+        print(f"| {name} | {s:.3f} |")
+    inproc = rows["forge probe in-process, cold, 1 host"]
+    for label in ("bytecode cached", "no bytecode cache"):
+        above = rows[f"forge --version ({label})"] - rows["python3 -c pass"]
+        ratio = rows[f"forge gpus process, cold, 1 host ({label})"] / inproc
+        print(f"| {label}: forge --version above a bare interpreter | {above * 1000:.0f} ms (goal < 150 ms) |")
+        print(f"| {label}: forge gpus process / in-process probe, 1 host | {ratio:.2f}x (goal <= 2x) |")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hosts", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--keep", action="store_true", help="leave the bench lab up")
     ap.add_argument("--latency", type=float, default=0.0, metavar="MS", help="delay each way on every SSH link")
+    ap.add_argument("--startup", action="store_true", help="only the start-up figures, with and without bytecode")
     args = ap.parse_args()
 
     lab = Lab(bench_lab(args.hosts))
@@ -147,7 +202,7 @@ def main() -> int:
         rtt = latency.measure(lab.config.host("gpu1").address, 22)
         print(f"# SSH links delayed {args.latency:g} ms each way; TCP connect + banner: {rtt * 1000:.1f} ms")
     try:
-        return run(lab, args.repeat)
+        return startup(lab, args.repeat) if args.startup else run(lab, args.repeat)
     finally:
         if not args.keep:
             lab.down()

@@ -220,7 +220,8 @@ def _log_line(o: Outcome) -> str:
         detail = f"layers={o.layers_sent}/{o.layers_total} wire={o.wire_bytes}B codec={o.codec}"
         detail += f" read={o.read}" if o.read else ""
         detail += f" via={o.via}" if o.via else ""
-    return f"{_stamp()} forge sync {o.image} {o.host} ok {o.action} {detail} {o.seconds:.1f}s".replace("  ", " ")
+    line = f"{_stamp()} forge sync {o.image} {o.host} ok {o.action} {detail} {o.seconds:.1f}s".replace("  ", " ")
+    return line + (f" (through this machine: {o.note})" if o.note else "")
 
 
 def _show_check(statuses: list[Status], *, as_json: bool, quiet: bool) -> None:

@@ -135,3 +135,41 @@ def test_read_is_passed_through_and_reported(inv: str, monkeypatch: pytest.Monke
     assert len(quiet) == 2 and all(" ok send layers=1/1 wire=5B codec=none read=store " in line for line in quiet)
     bad = CliRunner().invoke(cli, ["-i", inv, "sync", "--read", "tape", "ok:1"])
     assert bad.exit_code == 2 and "'tape' is not one of" in bad.output
+
+
+def test_the_way_each_host_was_sent_to_and_why_not_the_asked_one_are_reported(
+    inv: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str, object]] = []
+
+    def fake(ref: str, *, source: Host, targets: list[Host], via: str = "client", **kw: Any) -> SyncReport:
+        seen.append((via, kw.get("registry_settings")))
+        why = "gpu1 cannot reach it over SSH: Connection refused\x1b[2J"
+        results = tuple(
+            HostResult(
+                h,
+                value=HostSync(
+                    h.name,
+                    "send",
+                    layers_total=1,
+                    layers_sent=1,
+                    via="client" if i else "direct",
+                    note=why if i else "",
+                ),
+            )
+            for i, h in enumerate(t for t in targets if t is not source)
+        )
+        return SyncReport(ref, IMAGE, ("ok:1",), FleetResult(results), read="save")
+
+    monkeypatch.setattr(runs, "sync_image", fake)
+    table = CliRunner().invoke(cli, ["-i", inv, "sync", "--via", "direct", "ok:1"])
+    assert table.exit_code == 0, table.output
+    assert seen[-1][0] == "direct" and seen[-1][1] is not None  # the inventory's [registry] (empty) goes along
+    assert "loaded (direct)" in table.stdout
+    assert "sent through this machine: gpu1 cannot reach it over SSH: Connection refused\\x1b[2J" in table.stderr
+    quiet = _run(inv, "--quiet", "ok:1").output.splitlines()
+    assert seen[-1][0] == "auto"
+    assert " via=direct " in quiet[0] and " via=client " in quiet[1]
+    assert quiet[1].endswith("(through this machine: gpu1 cannot reach it over SSH: Connection refused\\x1b[2J)")
+    rows = json.loads(_run(inv, "--json", "ok:1").output)["results"]
+    assert [(r["via"], bool(r["note"])) for r in rows] == [("direct", False), ("client", True)]
