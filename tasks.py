@@ -110,10 +110,15 @@ def lint(c: Context) -> None:
     _run(c, PY, "-m", "mypy")
 
 
-@task(help={"which": "sync (forge sync vs bzip2, ~9 min) or gpus (16-host probe)"})
+@task(
+    help={
+        "which": "sync (forge sync vs bzip2, ~9 min), gpus (16-host probe) or topology "
+        "(direct, relay, registry on shaped links, ~12 min; needs `forge lab up --hosts 9`)"
+    }
+)
 def bench(c: Context, which: str = "sync") -> None:
     """Run a benchmark against a lab (as root); results go in docs/benchmarks.md."""
-    scripts = {"sync": "bench/bench_sync.py", "gpus": "bench/bench_gpus.py"}
+    scripts = {"sync": "bench/bench_sync.py", "gpus": "bench/bench_gpus.py", "topology": "bench/bench_topology.py"}
     if which not in scripts:
         raise SystemExit(f"unknown benchmark {which!r}: choose from {', '.join(scripts)}")
     _run(c, PY, scripts[which])
