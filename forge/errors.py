@@ -86,6 +86,14 @@ def shown(command: str) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def why(e: BaseException) -> str:
+    """What went wrong, in words, without the host's name (the caller shows that), with the
+    hint when there is one."""
+    if isinstance(e, HostError):
+        return e.reason if not e.hint else f"{e.reason} ({e.hint})"
+    return str(e) or type(e).__name__
+
+
 class HostError(ForgeError):
     """Something went wrong on one host. Carries the host's name."""
 

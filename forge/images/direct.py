@@ -39,16 +39,16 @@ from dataclasses import dataclass, field, replace
 from typing import IO, cast
 
 from forge import fleet, shell
-from forge.errors import ForgeError, HostError
-from forge.fleet import HostResult, Pool
+from forge.errors import ForgeError, why
+from forge.fleet import HostResult
 from forge.images import codec as codecs
 from forge.images import hostlink, linkscripts, memo
 from forge.images.hostlink import LinkError, Peer
 from forge.images.inspect import CLASSIC
+from forge.images.job import Job
 from forge.images.plan import HostPlan
 from forge.images.source import Source
 from forge.images.wave import HostSync, SyncFailed, cleanup, tag, verify
-from forge.progress import Progress
 from forge.session import HostSession
 
 
@@ -87,27 +87,16 @@ class _Holder:
     own: _Hop | None = None
 
 
-class Direct:
+class Transfer:
     """One transfer from the source: flat (the source sends to every target) or, with
     ``relay``, a chain (the source sends to the first target, which loads and passes the same
     bytes on to the next, and so on: one copy per link)."""
 
-    def __init__(
-        self,
-        src: Source,
-        tags: tuple[str, ...],
-        plans: Sequence[HostPlan],
-        pool: Pool,
-        progress: Progress,
-        timeout_s: float,
-        compress: str,
-        *,
-        relay: bool = False,
-    ) -> None:
-        self.src, self.tags, self.pool, self.progress = src, tags, pool, progress
-        self.timeout_s, self.compress, self.relay = timeout_s, compress, relay
+    def __init__(self, job: Job, plans: Sequence[HostPlan], *, relay: bool = False) -> None:
+        self.src, self.tags, self.pool, self.progress = job.src, job.tags, job.pool, job.progress
+        self.timeout_s, self.compress, self.relay = job.timeout_s, job.compress, relay
         self.plans = list(plans)
-        self.source = pool.get(src.host)
+        self.source = job.pool.get(job.src.host)
         self.token = hostlink.new_token()
         self.dirs: dict[str, str] = {}  # holder (source or target) -> its transfer directory
         self.placed: list[HostPlan] = []  # targets whose authorized_keys got a line
@@ -143,7 +132,7 @@ class Direct:
             try:
                 codec = codecs.choose(self.compress, p.have.tools, tools)
             except ForgeError as e:
-                self._fall_back(p, f"{_reason(e)} (on {self.src.host.name})")
+                self._fall_back(p, f"{why(e)} (on {self.src.host.name})")
                 continue
             where = _target_hop(s)
             hops.append(_Hop(p, Peer(len(hops), p.host.name, *where, key[0], key[1]), codec))
@@ -170,7 +159,7 @@ class Direct:
             return self._give_up(group, failures, "cannot hold a transfer key")
         added = fleet.run([h.plan.host for h in group], lambda s: self._add_key(s, group), pool=self.pool)
         self.placed += [h.plan for h in group]
-        failed = {r.host.name: _reason(r.error or ForgeError("failed")) for r in added.failed}
+        failed = {r.host.name: why(r.error or ForgeError("failed")) for r in added.failed}
         if failed and self.relay:
             return self._give_up(group, failed, "cannot place the transfer key there")
         for h in group:
@@ -193,7 +182,7 @@ class Direct:
         results = fleet.run([h.session.host for h in holders], lambda s: fn(by_name[s.name]), pool=self.pool)
         for r in results:
             if r.value is None:
-                found.append((r.host.name, _reason(r.error or ForgeError("failed"))))
+                found.append((r.host.name, why(r.error or ForgeError("failed"))))
             else:
                 found += r.value.items()
         return found
@@ -214,7 +203,8 @@ class Direct:
         keys; for a target of a chain, its relay script."""
         s, held = holder.session, holder.held
         indexes = [h.peer.index for h in held]
-        r = s.run(hostlink.make_keys(self.token, indexes), timeout=120)
+        known = hostlink.known_hosts([h.peer for h in held]).encode()
+        r = s.run(hostlink.make_keys(self.token, indexes), stdin=known, timeout=120)
         if not r.ok:
             raise LinkError(s.name, _tail(r.stderr) or f"status {r.exit_status}")
         try:
@@ -224,9 +214,6 @@ class Direct:
         self.dirs[s.name] = directory
         for h, pub in zip(held, pubs, strict=True):
             h.peer = replace(h.peer, public_key=pub)
-        text = hostlink.known_hosts([h.peer for h in held]).encode()
-        if not s.run(hostlink.write_known_hosts(directory), stdin=text, timeout=60).ok:
-            raise LinkError(s.name, "cannot write the targets' host keys")
         own = holder.own
         if own is not None:
             script = linkscripts.relay_script(
@@ -320,7 +307,7 @@ class Direct:
             if not r.ok:
                 failure = f"the source's transfer ended with status {r.exit_status}: {_tail(r.stderr)}"
         except ForgeError as e:
-            failure = f"the source's transfer failed: {_reason(e)}"
+            failure = f"the source's transfer failed: {why(e)}"
         report = linkscripts.parse_report(out.lines)
         if report.save_status not in (None, 0):
             failure = f"docker save on {self.src.host.name} failed with status {report.save_status}"
@@ -425,26 +412,10 @@ def _tail(text: str) -> str:
     return linkscripts.printable(" ".join(text.strip().splitlines()[-2:]))
 
 
-def _reason(e: BaseException) -> str:
-    if isinstance(e, HostError):
-        return e.reason
-    return str(e) or type(e).__name__
-
-
-def send(
-    src: Source,
-    tags: tuple[str, ...],
-    plans: Sequence[HostPlan],
-    pool: Pool,
-    progress: Progress,
-    timeout_s: float,
-    compress: str,
-    *,
-    relay: bool = False,
-) -> Outcome:
-    """Send the image from ``src`` straight to each planned target, or along a chain of them
-    (``relay``; see the module's doc)."""
-    return Direct(src, tags, plans, pool, progress, timeout_s, compress, relay=relay).run()
+def send(job: Job, plans: Sequence[HostPlan], *, relay: bool = False) -> Outcome:
+    """Send the image from the job's source straight to each planned target, or along a chain
+    of them (``relay``; see the module's doc)."""
+    return Transfer(job, plans, relay=relay).run()
 
 
 __all__ = ["Outcome", "send"]

@@ -149,14 +149,15 @@ def parse_keys(stdout: str, token: str, indexes: Sequence[int]) -> tuple[str, li
 
 # --------------------------------------------------------------------------- on the hosts
 
-# $1: token, then the numbers of the keys to make (none: only the directory). Prints the
-# directory, then one public key per line.
+# $1: token, then the numbers of the keys to make (none: only the directory); stdin: the
+# known_hosts text of the hops the keys reach. Prints the directory, then one public key per line.
 _MAKE_KEYS = r"""
 for t in ssh ssh-keygen mkfifo tee dd; do
   command -v "$t" >/dev/null || { echo "no $t here" >&2; exit 3; }
 done
 umask 077
 d=$(mktemp -d "${TMPDIR:-/tmp}/forge-link.XXXXXXXX") || exit 1
+cat > "$d/known_hosts" || { rm -rf -- "$d"; exit 1; }
 t=$1
 shift
 for i in "$@"; do
@@ -167,8 +168,6 @@ echo "$d"
 for i in "$@"; do cat "$d/key$i.pub"; done
 """
 
-# $1: directory; stdin: the known_hosts text.
-_WRITE_KNOWN = 'case "$1" in */forge-link.*) cat > "$1/known_hosts" ;; *) exit 1 ;; esac'
 _WRITE_RELAY = 'case "$1" in */forge-link.*) umask 077; cat > "$1/relay" ;; *) exit 1 ;; esac'
 
 # $1: directory. Stops a transfer still running there (its process group), then removes it.
@@ -212,10 +211,6 @@ rm -f -- "$t"
 
 def make_keys(token: str, indexes: Sequence[int]) -> shell.Script:
     return shell.script(_MAKE_KEYS, token, *(str(i) for i in indexes))
-
-
-def write_known_hosts(directory: str) -> shell.Script:
-    return shell.script(_WRITE_KNOWN, directory)
 
 
 def write_relay(directory: str) -> shell.Script:

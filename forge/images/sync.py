@@ -27,10 +27,11 @@ from dataclasses import dataclass, replace
 from typing import cast
 
 from forge import fleet
-from forge.errors import ForgeError
+from forge.errors import ForgeError, why
 from forge.fleet import FleetResult, HostResult, Pool
 from forge.images import direct, registry
 from forge.images.inspect import ImageInfo, survey
+from forge.images.job import Job
 from forge.images.layerstore import LayerStoreError
 from forge.images.plan import HostPlan, plan_host, wanted_tags
 from forge.images.source import Source, describe
@@ -133,21 +134,20 @@ def sync_image(
     to_send = _sends(plans)
     notes: dict[str, str] = {}
     pushed: list[registry.Pushed] = []
+    job = Job(src, tags, pool, progress, timeout_s, compress)
     if to_send and via == "registry" and registry_settings is not None:
-        to_send, notes = _send_registry(
-            src, tags, to_send, pool, progress, timeout_s, results, registry_settings, pushed
-        )
+        to_send, notes = _send_registry(job, to_send, results, registry_settings, pushed)
     elif to_send and (via == "relay" or (via != "client" and not source.local)):
         # auto: straight from the source to targets that have none of the image; those that
         # have some of its layers get only what they lack, through this machine.
         direct_plans = [p for p in to_send if via != "auto" or not p.skip]
         later = [p for p in to_send if p not in direct_plans]
         if direct_plans:
-            back, notes = _send_direct(src, tags, direct_plans, pool, progress, timeout_s, compress, results, via)
+            back, notes = _send_direct(job, direct_plans, results, via)
             to_send = back + later
             used = "save"
     if to_send:
-        used = _send_through_client(src, tags, to_send, pool, progress, timeout_s, concurrency, results, notes)
+        used = _send_through_client(job, to_send, concurrency, results, notes)
     note = src.store_note if used == "save" else ""
     final = FleetResult(tuple(results[h.name] for h in targets))
     return SyncReport(ref, src.image, tags, final, used, note, pushed[0] if pushed else None)
@@ -163,15 +163,7 @@ def _check_options(read: str, via: str, registry_settings: RegistrySettings | No
 
 
 def _send_through_client(
-    src: Source,
-    tags: tuple[str, ...],
-    to_send: list[HostPlan],
-    pool: Pool,
-    progress: Progress,
-    timeout_s: float,
-    concurrency: int,
-    results: dict[str, HostResult[HostSync]],
-    notes: dict[str, str],
+    job: Job, to_send: list[HostPlan], concurrency: int, results: dict[str, HostResult[HostSync]], notes: dict[str, str]
 ) -> str:
     """In waves of ``concurrency`` hosts (into ``results``, each with the note of why it came
     this way, if any); how the source was read."""
@@ -179,7 +171,7 @@ def _send_through_client(
     for attempt in range(2):  # a second pass sends everything to hosts whose load stayed hidden
         retry: list[HostPlan] = []
         for i in range(0, len(to_send), max(1, concurrency)):
-            wave = Wave(src, tags, to_send[i : i + max(1, concurrency)], pool, progress, timeout_s)
+            wave = Wave(job, to_send[i : i + max(1, concurrency)])
             used = wave.read_kind
             for r in wave.run():
                 if r.value is not None and r.value.incomplete and attempt == 0:
@@ -195,45 +187,28 @@ def _send_through_client(
 
 
 def _send_direct(
-    src: Source,
-    tags: tuple[str, ...],
-    plans: list[HostPlan],
-    pool: Pool,
-    progress: Progress,
-    timeout_s: float,
-    compress: str,
-    results: dict[str, HostResult[HostSync]],
-    via: str,
+    job: Job, plans: list[HostPlan], results: dict[str, HostResult[HostSync]], via: str
 ) -> tuple[list[HostPlan], dict[str, str]]:
     """Send from the source without this machine in the way (into ``results``): along a chain
     first for ``relay``, then straight from a remote source to whatever the chain did not
     serve. Returns the plans left for this machine to send, with why."""
     notes: dict[str, str] = {}
-    if via == "relay":
-        chain = direct.send(src, tags, plans, pool, progress, timeout_s, compress, relay=True)
-        for r in chain.results:
-            results[r.host.name] = r
-        failed = {r.host.name for r in chain.results if not r.ok}
-        notes = {p.host.name: why for p, why in chain.fallback}
-        plans = [p for p in plans if p.host.name in failed or p.host.name in notes]
-        if src.host.local:
-            return plans, notes
-    if plans:
-        flat = direct.send(src, tags, plans, pool, progress, timeout_s, compress)
-        for r in flat.results:
-            results[r.host.name] = r
-        notes |= {p.host.name: why for p, why in flat.fallback}
-        plans = [p for p, _ in flat.fallback]
+    for relay in [True, False] if via == "relay" else [False]:
+        if not plans or (not relay and job.src.host.local):
+            break
+        done = direct.send(job, plans, relay=relay)
+        results.update({r.host.name: r for r in done.results})
+        notes |= {p.host.name: reason for p, reason in done.fallback}
+        again = {p.host.name for p, _ in done.fallback}
+        if relay:  # what the chain did not serve is sent to again
+            again |= {r.host.name for r in done.results if not r.ok}
+        plans = [p for p in plans if p.host.name in again]
     return plans, notes
 
 
 def _send_registry(
-    src: Source,
-    tags: tuple[str, ...],
+    job: Job,
     plans: list[HostPlan],
-    pool: Pool,
-    progress: Progress,
-    timeout_s: float,
     results: dict[str, HostResult[HostSync]],
     settings: RegistrySettings,
     pushed_out: list[registry.Pushed],
@@ -241,27 +216,26 @@ def _send_registry(
     """Push once, pull everywhere at once (into ``results``); the plans left for this machine
     to send, with why."""
     assert settings.address is not None
-    address = settings.address
-    repo, tag_ = registry.remote_name(settings, tags, src.image.id)
-    progress.note(f"pushing {src.image.id[:19]} to {repo}:{tag_}")
+    address, src = settings.address, job.src
+    repo, tag_ = registry.remote_name(settings, job.tags, src.image.id)
+    job.progress.note(f"pushing {src.image.id[:19]} to {repo}:{tag_}")
     try:
-        pushed = registry.push(pool.get(src.host), src, repo, tag_, address, timeout_s)
+        pushed = registry.push(job.pool.get(src.host), src, repo, tag_, address, job.timeout_s)
     except ForgeError as e:
-        why = str(e) + (f" ({e.hint})" if e.hint else "")
-        return plans, {p.host.name: why for p in plans}
+        return plans, {p.host.name: why(e) for p in plans}
     pushed_out.append(pushed)
     by_name = {p.host.name: p for p in plans}
     pulled = fleet.run(
         [p.host for p in plans],
-        lambda s: registry.pull(s, by_name[s.name], src, pushed, tags, address, timeout_s),
-        pool=pool,
+        lambda s: registry.pull(s, by_name[s.name], src, pushed, job.tags, address, job.timeout_s),
+        pool=job.pool,
     )
     notes: dict[str, str] = {}
     for r in pulled:
         if r.ok:
             results[r.host.name] = r
         else:
-            notes[r.host.name] = (r.reason or "") + (f" ({r.error.hint})" if r.error and r.error.hint else "")
+            notes[r.host.name] = why(r.error) if r.error is not None else "failed"
     return [p for p in plans if p.host.name in notes], notes
 
 

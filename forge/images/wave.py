@@ -26,17 +26,17 @@ from dataclasses import dataclass, field
 from typing import IO, cast
 
 from forge import fleet, shell
-from forge.errors import ForgeError, HostError
-from forge.fleet import FleetResult, Pool
+from forge.errors import ForgeError, HostError, why
+from forge.fleet import FleetResult
 from forge.images import codec as codecs
 from forge.images import memo, oci
 from forge.images.inspect import CLASSIC, FORMAT, ImageInfo, parse_image_line, survey
+from forge.images.job import Job
 from forge.images.layerstore import Archive, LayerStoreError, plan_archive
 from forge.images.plan import HostPlan
 from forge.images.savetar import SaveTranscoder
 from forge.images.source import Source
 from forge.images.stream import Compressor, Direct, Fanout, HostFeed, StreamError, Tee
-from forge.progress import Progress
 from forge.session import HostSession
 
 
@@ -91,16 +91,9 @@ class _GroupGone(Exception):
 
 
 class Wave:
-    def __init__(
-        self,
-        src: Source,
-        tags: tuple[str, ...],
-        plans: Sequence[HostPlan],
-        pool: Pool,
-        progress: Progress,
-        timeout_s: float,
-    ) -> None:
-        self.src, self.tags, self.pool, self.progress, self.timeout_s = src, tags, pool, progress, timeout_s
+    def __init__(self, job: Job, plans: Sequence[HostPlan]) -> None:
+        self.src = job.src  # its layer store dropped if an archive cannot be planned from it
+        self.tags, self.pool, self.progress, self.timeout_s = job.tags, job.pool, job.progress, job.timeout_s
         self._plans = {p.host.name: p for p in plans}
         self.groups = self._groups(list(plans))
         self.read_kind = "store" if all(g.archive is not None for g in self.groups) else "save"
@@ -272,7 +265,7 @@ class Wave:
             removed = cleanup(p, s, self.src.image, expected)
             if removed is not None:  # else the image did arrive complete after all
                 note = f" (removed {len(removed)} leftover image(s))" if removed else ""
-                raise SyncFailed(p.host.name, _reason(failure) + note) from failure
+                raise SyncFailed(p.host.name, why(failure) + note) from failure
         assert expected is not None
         listed = verify(s, self.src.image, expected, store=p.have.store)
         if p.have.store != CLASSIC:
@@ -307,7 +300,7 @@ class Wave:
         if not result.ok:
             self._reader.join(60)  # a failed source ends every host's stream: report that cause
         if not result.ok and self._source_error:
-            return SyncFailed(p.host.name, f"the source stream failed: {_reason(self._source_error[0])}")
+            return SyncFailed(p.host.name, f"the source stream failed: {why(self._source_error[0])}")
         if result.exit_status == -1:  # paramiko: the channel closed without an exit status
             return SyncFailed(p.host.name, "the SSH connection was cut before docker load finished")
         if not result.ok:
@@ -329,12 +322,6 @@ def _with_note(src: Source, note: str) -> Source:
     from dataclasses import replace
 
     return replace(src, layer_store=None, store_note=note)
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, HostError):
-        return e.reason if not e.hint else f"{e.reason} ({e.hint})"
-    return str(e) or type(e).__name__
 
 
 # --------------------------------------------------------------------------- on a target

@@ -12,7 +12,6 @@ from typing import TypeVar
 
 from forge.lab import (
     dockerd,
-    flavors,
     fuse,
     gpus,
     inventory,
@@ -136,7 +135,7 @@ def engines(cfg: LabConfig, progress: Progress) -> None:
         gpus.install(cfg, host.name)
         if not cfg.gpu_state(host.name).exists():
             gpus.write_state(cfg, host.name, gpus.default_state(host.name))
-    suites = flavors.suites(tuple(h.flavor for h in gpu_hosts if h.flavor))
+    suites = suiteroot.suites_of(cfg)
     for suite in suites:
         suiteroot.ensure(cfg, suite, progress)
     if suites:
@@ -150,9 +149,7 @@ def serve(cfg: LabConfig) -> None:
     for host in cfg.all_hosts():
         sshd.start(cfg, host.name)
     if registry.available():
-        suites = flavors.suites(tuple(h.flavor for h in cfg.gpu_hosts() if h.flavor))
-        roots = [suiteroot.path(cfg, s) for s in suites]
-        created = registry.start(cfg, roots)
+        created = registry.start(cfg, suiteroot.paths(cfg))
         data = state.load(cfg.root) or {}
         data["registry_trust"] = sorted({*data.get("registry_trust", []), *map(str, created)})
         state.write(cfg, data)

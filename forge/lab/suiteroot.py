@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+from forge.lab import flavors
 from forge.lab.config import LabConfig
 from forge.lab.mirror import debian_mirror
 from forge.lab.mounts import unmount_all
@@ -58,6 +59,16 @@ exec /usr/bin/tini -s -- "$@"
 
 def path(cfg: LabConfig, suite: str) -> Path:
     return cfg.cache_dir / f"debian-{suite}-docker"
+
+
+def suites_of(cfg: LabConfig) -> list[str]:
+    """The suites whose engine roots the lab's chrooted flavors run from."""
+    return flavors.suites(tuple(h.flavor for h in cfg.gpu_hosts() if h.flavor))
+
+
+def paths(cfg: LabConfig) -> list[Path]:
+    """The engine roots the lab's chrooted daemons run in (what they see as /)."""
+    return [path(cfg, s) for s in suites_of(cfg)]
 
 
 def ensure(cfg: LabConfig, suite: str, progress: Progress = no_progress) -> Path:

@@ -33,6 +33,20 @@ AS_FROM_A_TERMINAL = (
     "sys.argv[0] = 'forge'; runpy.run_module('forge', run_name='__main__', alter_sys=True)"
 )
 
+
+def forge_from_a_terminal(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``forge ARGS`` in a process group of its own, as a terminal's Ctrl-C reaches it
+    (``os.killpg(proc.pid, SIGINT)``); output captured as text."""
+    return subprocess.Popen(
+        [sys.executable, "-c", AS_FROM_A_TERMINAL, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+
+
 IMAGE = "forge-test/env:lab"  # starts sshd on port 22 as the container's user
 EXITS = "forge-test/env-exits:lab"  # its command exits at once
 HOSTS = ("gpu1", "gpu2", "gpu3")

@@ -27,7 +27,6 @@ from forge.fleet import Pool
 from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT
 from tests.conftest import LabHandle
 from tests.lab.envkit import (
-    AS_FROM_A_TERMINAL,
     EXITS,
     HOME,
     HOSTS,
@@ -36,6 +35,7 @@ from tests.lab.envkit import (
     claims_on,
     envs_on,
     forge,
+    forge_from_a_terminal,
     migrate,
     new_env,
     ssh_into,
@@ -483,11 +483,9 @@ def tickets(lab: LabHandle, env: str) -> list[str]:
 
 
 def waiter(inv: Path, env: str, *args: str) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-c", AS_FROM_A_TERMINAL, "-i", str(inv), "migrate", "--env", env, "--gpus", "2",
-            "--among", ",".join(HOSTS), "--wait", "--wait-interval", "0.5", "--json", *args]  # fmt: skip
-    return subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HOME": str(HOME)},
-        start_new_session=True,
+    return forge_from_a_terminal(
+        "-i", str(inv), "migrate", "--env", env, "--gpus", "2", "--among", ",".join(HOSTS), "--wait",
+        "--wait-interval", "0.5", "--json", *args, env={"HOME": str(HOME)},
     )  # fmt: skip
 
 

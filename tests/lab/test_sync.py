@@ -22,7 +22,7 @@ from forge.errors import ConnectError
 from forge.fleet import Pool
 from forge.images.sync import sync_image
 from forge.lock import FileLock
-from tests.lab.envkit import AS_FROM_A_TERMINAL
+from tests.lab.envkit import forge_from_a_terminal
 from tests.lab.imagekit import SOURCE, Images, cut_at, cut_before_manifest, cutting_pool, sync
 
 pytestmark = pytest.mark.lab
@@ -243,14 +243,7 @@ def test_ctrl_c_twice_mid_transfer_exits_130_without_a_traceback_and_leaves_noth
     ref = images.on_top(images.base(), "v1", os.urandom(40 << 20))  # bzip2: seconds to send
     env = {"FORGE_LOCK_DIR": str(tmp_path), "FORGE_INVENTORY": str(lab.inventory_path)}
     args = ("sync", ref, "--from", SOURCE, "--to", "gpu4", "--compress", "bzip2", "--quiet")
-    run = subprocess.Popen(
-        [sys.executable, "-c", AS_FROM_A_TERMINAL, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **env},
-        start_new_session=True,  # a process group of its own, as a terminal's Ctrl-C reaches
-    )
+    run = forge_from_a_terminal(*args, env=env)  # a process group of its own, as Ctrl-C reaches
     lock_file = tmp_path / "sync.lock"
     while run.poll() is None and not (lock_file.exists() and lock_file.read_text().startswith(str(run.pid))):
         time.sleep(0.05)

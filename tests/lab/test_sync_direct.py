@@ -13,7 +13,6 @@ import os
 import pwd
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ import pytest
 from forge import inventory
 from forge.lab.netns import nsenter
 from forge.progress import NoProgress
-from tests.lab.envkit import AS_FROM_A_TERMINAL
+from tests.lab.envkit import forge_from_a_terminal
 from tests.lab.imagekit import SOURCE, Images, sync
 
 pytestmark = pytest.mark.lab
@@ -214,14 +213,7 @@ def test_ctrl_c_mid_transfer_stops_the_source_and_takes_back_its_keys(lab: Any, 
     env = {"FORGE_LOCK_DIR": str(tmp_path), "FORGE_INVENTORY": str(lab.inventory_path)}
     args = ("sync", ref, "--from", SOURCE, "--to", "gpu4", "--via", "direct", "--quiet")
     with shaped(lab, "gpu4"):
-        run = subprocess.Popen(
-            [sys.executable, "-c", AS_FROM_A_TERMINAL, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **env},
-            start_new_session=True,
-        )
+        run = forge_from_a_terminal(*args, env=env)
         deadline = time.monotonic() + 60
         while run.poll() is None and not list(Path("/tmp").glob("forge-link.*/f0")) and time.monotonic() < deadline:
             time.sleep(0.05)

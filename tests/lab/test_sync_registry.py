@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from forge import inventory
-from forge.lab import flavors, registry, suiteroot
+from forge.lab import registry, suiteroot
 from tests.lab.imagekit import Images, sync
 
 pytestmark = pytest.mark.lab
@@ -25,18 +25,13 @@ def settings(lab: Any, inv: inventory.Inventory) -> inventory.RegistrySettings:
     return inv.registry
 
 
-def _roots(lab: Any) -> list[Any]:
-    cfg = lab.lab.config
-    return [suiteroot.path(cfg, s) for s in flavors.suites(tuple(h.flavor for h in cfg.gpu_hosts() if h.flavor))]
-
-
 @contextmanager
 def registry_down(lab: Any) -> Iterator[None]:
     registry.stop(lab.lab.config)
     try:
         yield
     finally:
-        registry.start(lab.lab.config, _roots(lab))
+        registry.start(lab.lab.config, suiteroot.paths(lab.lab.config))
 
 
 @contextmanager
