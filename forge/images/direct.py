@@ -18,12 +18,16 @@ whose load failed is cleaned as after any failed load (:func:`forge.images.wave.
 With ``relay`` the same links make a chain: the source sends one copy to the first target,
 whose transfer key is forced to run a relay script in its own private directory::
 
-    tee -p next | decompress | docker load     (and: ssh <next target's key> < next)
+    stdin > spool;  tail -f spool | decompress | docker load;  tail -f spool | ssh <next>
 
-so each target loads and passes the bytes on at once, and one copy crosses each link. A hop
-that dies is dropped by the ``tee -p`` before it (the hops before it go on); the targets the
-chain did not serve are the caller's to send to after. Each hop prints its own status and last
-lines, then the next hop's report, so the source's output holds the whole chain's.
+so each target loads and passes the bytes on at once, and one copy crosses each link; neither
+its load nor the next hop holds up what it receives. Each holder (the source, each target) also
+has a spare key to the hop after next, used when the next one falls behind
+(:data:`forge.images.linkscripts.LAG_BYTES`): the slow hop is cut out of the chain (it goes on
+loading alone) and the chain goes on around it. A hop that dies ends the chain after it (the
+hops before it go on); the targets the chain did not serve are the caller's to send to after.
+Each hop prints its own status and last lines, then the next hop's report, so the source's
+output holds the whole chain's.
 
 Targets the source cannot reach (no route, a firewall, an sshd that does not read
 ``~/.ssh/authorized_keys``, a host key that differs from the one forge verified) are returned
@@ -80,11 +84,20 @@ class _Hop:
 
 @dataclass
 class _Holder:
-    """A host that holds transfer keys: the source, or (in a chain) a target, ``own``."""
+    """A host that holds transfer keys: the source, or (in a chain) a target, ``own``. In a
+    chain it holds two: the next hop's and the spare's (the hop after it), ``keys`` their
+    public halves."""
 
     session: HostSession
     held: list[_Hop]
     own: _Hop | None = None
+    chain: bool = False
+    keys: list[str] = field(default_factory=list)
+
+    @property
+    def probed(self) -> list[_Hop]:
+        """The links that must answer: a chain's spare is only used if it does."""
+        return self.held[:1] if self.chain else self.held
 
 
 class Transfer:
@@ -143,9 +156,9 @@ class Transfer:
         the next one's (and each target of a chain its relay script)."""
         if not self.relay:
             return [_Holder(self.source, group)]
-        chain = [_Holder(self.source, group[:1])]
+        chain = [_Holder(self.source, group[:2], chain=True)]
         for i, hop in enumerate(group):
-            chain.append(_Holder(self.pool.get(hop.plan.host), group[i + 1 : i + 2], hop))
+            chain.append(_Holder(self.pool.get(hop.plan.host), group[i + 1 : i + 3], hop, chain=True))
         return chain
 
     def _link(self, group: list[_Hop]) -> list[_Hop]:
@@ -157,7 +170,14 @@ class Transfer:
         failures = dict(self._each(holders, self._prepare))
         if failures:
             return self._give_up(group, failures, "cannot hold a transfer key")
-        added = fleet.run([h.plan.host for h in group], lambda s: self._add_key(s, group), pool=self.pool)
+        keys: dict[str, list[str]] = {}
+        codec_of = {h.name: h.codec for h in group}
+        for holder in holders:
+            for h, pub in zip(holder.held, holder.keys, strict=True):
+                keys.setdefault(h.name, []).append(pub)
+        added = fleet.run(
+            [h.plan.host for h in group], lambda s: self._add_keys(s, keys[s.name], codec_of[s.name]), pool=self.pool
+        )
         self.placed += [h.plan for h in group]
         failed = {r.host.name: why(r.error or ForgeError("failed")) for r in added.failed}
         if failed and self.relay:
@@ -204,7 +224,8 @@ class Transfer:
         s, held = holder.session, holder.held
         indexes = [h.peer.index for h in held]
         known = hostlink.known_hosts([h.peer for h in held]).encode()
-        r = s.run(hostlink.make_keys(self.token, indexes), stdin=known, timeout=120)
+        spool = self.src.image.size_bytes if self.relay else 0  # a chain's hops keep the stream
+        r = s.run(hostlink.make_keys(self.token, indexes, spool_bytes=spool), stdin=known, timeout=120)
         if not r.ok:
             raise LinkError(s.name, _tail(r.stderr) or f"status {r.exit_status}")
         try:
@@ -212,27 +233,33 @@ class Transfer:
         except ValueError as e:
             raise LinkError(s.name, str(e)) from None
         self.dirs[s.name] = directory
-        for h, pub in zip(held, pubs, strict=True):
-            h.peer = replace(h.peer, public_key=pub)
+        holder.keys = pubs
         own = holder.own
         if own is not None:
+            nxt, spare = (held + [None, None])[:2]
             script = linkscripts.relay_script(
-                directory, own.peer.index, held[0].peer if held else None, _load_command(s, own.codec)
+                directory,
+                own.peer.index,
+                nxt.peer if nxt else None,
+                spare.peer if spare else None,
+                _load_command(s, own.codec),
             )
             if not s.run(hostlink.write_relay(directory), stdin=script.encode(), timeout=60).ok:
                 raise LinkError(s.name, "cannot write the relay script")
         return {}
 
-    def _add_key(self, s: HostSession, group: list[_Hop]) -> None:
-        hop = next(h for h in group if h.name == s.name)
+    def _add_keys(self, s: HostSession, public_keys: list[str], codec: codecs.Codec) -> None:
+        """The lines of the keys that reach ``s`` (a chain's hop: the hop before's, and the
+        spare key of the one before that)."""
         if self.relay:
             command = hostlink.relay_command(self.dirs[s.name])
         else:
-            command = _load_command(s, hop.codec)
+            command = _load_command(s, codec)
         seconds = int(self.timeout_s) + hostlink.EXPIRY_MARGIN_S
-        r = s.run(hostlink.add_key(hostlink.key_options(command), hop.peer.public_key, seconds), timeout=60)
-        if not r.ok:
-            raise LinkError(s.name, _tail(r.stderr) or f"status {r.exit_status}")
+        for pub in public_keys:
+            r = s.run(hostlink.add_key(hostlink.key_options(command), pub, seconds), timeout=60)
+            if not r.ok:
+                raise LinkError(s.name, _tail(r.stderr) or f"status {r.exit_status}")
 
     def _remove(self) -> None:
         """Take back what was placed: every target's line, every holder's directory (a
@@ -258,7 +285,7 @@ class Transfer:
 
     def _probe(self, holder: _Holder) -> dict[str, str]:
         """The holder opens a connection to each hop it holds; the hops that did not answer."""
-        s, held = holder.session, holder.held
+        s, held = holder.session, holder.probed
         if not held:
             return {}
         directory = self.dirs[s.name]
@@ -295,13 +322,12 @@ class Transfer:
 
         out = linkscripts.Lines(advance)
         failure: str | None = None
-        script = linkscripts.source_script(
-            self.dirs[self.source.name],
-            self.source.docker("save", self.src.image.id),
-            codec,
-            [h.peer for h in group[:1]] if self.relay else [h.peer for h in group],
-            relay=self.relay,
-        )
+        directory, save = self.dirs[self.source.name], self.source.docker("save", self.src.image.id)
+        if self.relay:
+            spare = group[1].peer if len(group) > 1 else None
+            script = linkscripts.chain_source_script(directory, save, codec, group[0].peer, spare)
+        else:
+            script = linkscripts.source_script(directory, save, codec, [h.peer for h in group])
         try:
             r = self.source.stream(script, sink=cast(IO[bytes], out), timeout=self.timeout_s)
             if not r.ok:
@@ -354,6 +380,10 @@ class Transfer:
             memo.remember(self.src.config, expected)
         tag(s, expected, self.tags)
         image = self.src.image
+        note = ""
+        if i in report.cut:
+            behind = f"{report.cut[i] >> 20} MiB behind"
+            note = f"cut out of the chain ({behind}): loaded on its own, the hops after it sent to around it"
         return HostSync(
             s.name,
             "send",
@@ -365,6 +395,7 @@ class Transfer:
             seconds=time.monotonic() - started,
             image_id=expected,
             via="relay" if self.relay else "direct",
+            note=note,
         )
 
     def _fall_back(self, p: HostPlan, why: str) -> None:

@@ -62,7 +62,6 @@ class Peer:
     user: str
     key_type: str
     key_b64: str
-    public_key: str = ""  # the transfer key's public half, once its holder made it
 
     @property
     def alias(self) -> str:
@@ -149,17 +148,25 @@ def parse_keys(stdout: str, token: str, indexes: Sequence[int]) -> tuple[str, li
 
 # --------------------------------------------------------------------------- on the hosts
 
-# $1: token, then the numbers of the keys to make (none: only the directory); stdin: the
-# known_hosts text of the hops the keys reach. Prints the directory, then one public key per line.
+# $1: token, $2: the KiB of free space the directory needs (a chain's spool), then the numbers
+# of the keys to make (none: only the directory); stdin: the known_hosts text of the hops the
+# keys reach. Prints the directory, then one public key per line.
 _MAKE_KEYS = r"""
-for t in ssh ssh-keygen mkfifo tee dd; do
+for t in ssh ssh-keygen mkfifo tee dd tail stat; do
   command -v "$t" >/dev/null || { echo "no $t here" >&2; exit 3; }
 done
 umask 077
 d=$(mktemp -d "${TMPDIR:-/tmp}/forge-link.XXXXXXXX") || exit 1
+free=$(df -Pk -- "$d" | awk 'NR == 2 { print $4 }')
+case "$free" in ''|*[!0-9]*) free=0 ;; esac
+if [ "$2" -gt 0 ] && [ "$free" -lt "$2" ]; then
+  echo "not enough space in ${d%/*} for the relay's copy of the stream:" \
+    "$((free / 1024)) MiB free, $(($2 / 1024)) MiB needed" >&2
+  rm -rf -- "$d"; exit 4
+fi
 cat > "$d/known_hosts" || { rm -rf -- "$d"; exit 1; }
 t=$1
-shift
+shift 2
 for i in "$@"; do
   ssh-keygen -q -t ed25519 -N '' -C "forge-link-$t-$i" -f "$d/key$i" </dev/null >/dev/null ||
     { rm -rf -- "$d"; exit 1; }
@@ -170,14 +177,16 @@ for i in "$@"; do cat "$d/key$i.pub"; done
 
 _WRITE_RELAY = 'case "$1" in */forge-link.*) umask 077; cat > "$1/relay" ;; *) exit 1 ;; esac'
 
-# $1: directory. Stops a transfer still running there (its process group), then removes it.
+# $1: directory. Stops a transfer still running there (its process groups: the holder's, a
+# chain hop's instances'), then removes it.
 _REMOVE_DIR = r"""
 case "$1" in */forge-link.*) ;; *) exit 1 ;; esac
 [ -d "$1" ] || exit 0
-if [ -s "$1/pgid" ]; then
-  pg=$(cat "$1/pgid")
+for f in "$1/pgid" "$1"/run.*/pgid; do
+  [ -s "$f" ] || continue
+  pg=$(cat "$f")
   case "$pg" in *[!0-9]*|'') ;; *) kill -TERM "-$pg" 2>/dev/null ;; esac
-fi
+done
 rm -rf -- "$1"
 """
 
@@ -209,8 +218,11 @@ rm -f -- "$t"
 """
 
 
-def make_keys(token: str, indexes: Sequence[int]) -> shell.Script:
-    return shell.script(_MAKE_KEYS, token, *(str(i) for i in indexes))
+def make_keys(token: str, indexes: Sequence[int], *, spool_bytes: int = 0) -> shell.Script:
+    """A holder's private directory with a key per hop in ``indexes``; ``spool_bytes``: the free
+    space it must have (a chain's hop keeps the stream there)."""
+    need_kib = -(-spool_bytes // 1024)
+    return shell.script(_MAKE_KEYS, token, str(need_kib), *(str(i) for i in indexes))
 
 
 def write_relay(directory: str) -> shell.Script:

@@ -1,8 +1,10 @@
 """What a direct transfer runs on its hosts, and what they print back.
 
-- :func:`source_script`: the source's side (``docker save | dd | compress | tee -p`` into one
-  ``ssh`` per target, or into the first hop of a chain);
-- :func:`relay_script`: a chain's hop, run as its transfer key's forced command;
+- :func:`source_script`: the source's side of a flat transfer (``docker save | dd | compress |
+  tee -p`` into one ``ssh`` per target);
+- :func:`chain_source_script`: the source's side of a chain (the same into a spool file, sent
+  on to the first hop, with the second as its spare);
+- :func:`relay_script`: a chain's hop, run as its transfer keys' forced command;
 - :func:`parse_report`: their ``forge-link ...`` lines, read as untrusted text; :class:`Lines`
   collects them from the source's stdout with ``dd``'s byte counts for the progress bar.
 
@@ -24,7 +26,7 @@ from forge.images.hostlink import Peer
 
 _LOADED = re.compile(r"^Loaded image ID: (sha256:[0-9a-f]{64})$")
 _PROGRESS = re.compile(rb"^(\d+) bytes")
-_LINE = re.compile(r"^forge-link (?:(save|wire) (\d+)|(host|link|out|err|probe) (\d+) ?(.*))$")
+_LINE = re.compile(r"^forge-link (?:(save|wire) (\d+)|(host|link|cut|out|err|probe) (\d+) ?(.*))$")
 _KEEP_LINES = 400
 
 
@@ -39,6 +41,7 @@ class Report:
     err: dict[int, list[str]] = field(default_factory=dict)
     probe: dict[int, str] = field(default_factory=dict)
     link: dict[int, int] = field(default_factory=dict)  # a chain: the exit of the ssh to a hop
+    cut: dict[int, int] = field(default_factory=dict)  # a chain: hops cut out, bytes behind
     tar: int = 0  # archive bytes read from docker save (dd's count)
 
 
@@ -57,8 +60,8 @@ def parse_report(lines: Sequence[str]) -> Report:
             r.wire = int(m.group(2))
             continue
         kind, i, rest = m.group(3), int(m.group(4)), printable(m.group(5))
-        if kind in ("host", "link") and rest.isdigit():
-            (r.status if kind == "host" else r.link)[i] = int(rest)
+        if kind in ("host", "link", "cut") and rest.isdigit():
+            {"host": r.status, "link": r.link, "cut": r.cut}[kind][i] = int(rest)
         elif kind in ("out", "err"):
             (r.out if kind == "out" else r.err).setdefault(i, []).append(rest)
         elif kind == "probe":
@@ -109,13 +112,10 @@ class Lines(io.RawIOBase):
         return len(data)
 
 
-def source_script(
-    directory: str, save: Sequence[str], codec: codecs.Codec, peers: Sequence[Peer], *, relay: bool
-) -> shell.Script:
-    """The source's side: ``docker save`` through ``dd`` (byte counts for the progress bar) and
-    the compressor into one ``ssh`` per peer (a chain: only the first). Prints the save's
-    status, the compressed size, and per peer its status and last lines (a chain: the relay's
-    own report, which holds every later hop's)."""
+def source_script(directory: str, save: Sequence[str], codec: codecs.Codec, peers: Sequence[Peer]) -> shell.Script:
+    """The source's side of a flat transfer: ``docker save`` through ``dd`` (byte counts for
+    the progress bar) and the compressor into one ``ssh`` per peer. Prints the save's status,
+    the compressed size, and per peer its status and last lines."""
     lines = [
         f"cd -- {shell.quote(directory)} || exit 1",
         "cut -d' ' -f5 /proc/$$/stat > pgid",
@@ -132,46 +132,176 @@ def source_script(
     lines.append('echo "forge-link wire $(cat wire)"')
     for p in peers:
         i = p.index
-        if relay:
-            lines += [f'wait "$p{i}"; echo "forge-link link {i} $?"', f"cat out{i}"]
-        else:
-            lines += [
-                f'wait "$p{i}"; echo "forge-link host {i} $?"',
-                f"head -n 5 out{i} | sed 's/^/forge-link out {i} /'",
-            ]
-        lines.append(f"tail -n 5 err{i} | sed 's/^/forge-link err {i} /'")
+        lines += [
+            f'wait "$p{i}"; echo "forge-link host {i} $?"',
+            f"head -n 5 out{i} | sed 's/^/forge-link out {i} /'",
+            f"tail -n 5 err{i} | sed 's/^/forge-link err {i} /'",
+        ]
     lines.append("rm -f pgid")
     return shell.render(["bash", "-c", "\n".join(lines)])
 
 
-def relay_script(directory: str, index: int, nxt: Peer | None, load: shell.Script) -> str:
-    """A hop of a chain (run as its key's forced command): its stdin into its own load and, at
-    once, to the next hop (``tee -p``: a next hop that fails is dropped, the load goes on; a
-    load that fails, the passing on goes on). Prints its own status and last lines, then the
-    next hop's report."""
+#: A next hop this many bytes behind what its hop has received (and a quarter of it) is cut
+#: out of the chain: it goes on loading from its hop alone, and the hop sends to the one after
+#: it too. Pipes, ssh's window and the sockets hold a few MB: far less than this.
+LAG_BYTES = 32 << 20
+
+# A chain's hop (the source too) keeps what it receives in ``spool``, in its private
+# directory; its own load and its sending on each read that file as it grows (``tail -f``
+# until the writer, $R, ends), so neither waits for the other and a slow next hop holds up
+# no one before it. ``forward NEXT SPARE GEN`` sends to the next hop; with a spare (the hop
+# after that one), ``watch`` compares what was received with what ``dd`` passed to the next
+# hop and, once the next hop falls LAG bytes (and a quarter) behind, sends from the start of
+# the spool to the spare as well, one generation up: the spare's newer instance stops the
+# older one (fed by the slow hop, which then only loads). The report of the forward goes to
+# stdout: the next hop's (or, cut, only its own lines, then the spare's; a spare that did
+# not load leaves the next hop's whole report: every ``host`` line comes from the load it
+# names, whichever way it travelled).
+_CHAIN_FUNCTIONS = r"""
+follow() { tail -c +1 -s 0.2 --pid="$R" -f spool; }
+sent() {
+  local n
+  n=$(tr '\r' '\n' < "sent$1" 2>/dev/null | tail -n 1)
+  n=${n%% *}
+  case "$n" in ''|*[!0-9]*) n=0 ;; esac
+  echo "$n"
+}
+report() {
+  echo "forge-link link $1 $2"
+  tail -n 5 "err$1" | sed "s/^/forge-link err $1 /"
+}
+watch() {
+  local got behind rc
+  while kill -0 "$4" 2>/dev/null; do
+    sleep 1
+    got=$(stat -c %s spool) || return
+    behind=$(( got - $(sent "$1") ))
+    if [ "$behind" -gt @LAG@ ] && [ $(( behind * 4 )) -gt "$got" ] && mkdir decided 2>/dev/null; then
+      echo "$behind" > "cut$1"
+      follow | "link$2" "$(( $3 + 1 ))" > "out$2" 2> "err$2"
+      rc=$?
+      { report "$2" "$rc"; cat "out$2"; } > "report$2"
+      return
+    fi
+  done
+}
+forward() {
+  local p w rc
+  follow | dd bs=1M status=progress 2> "sent$1" | "link$1" "$3" > "out$1" 2> "err$1" &
+  p=$!
+  w=
+  if [ -n "$2" ]; then
+    watch "$1" "$2" "$3" "$p" < /dev/null > /dev/null 2>&1 &
+    w=$!
+  fi
+  wait "$p"
+  rc=$?
+  if [ -n "$w" ]; then
+    if mkdir decided 2>/dev/null; then kill "$w" 2>/dev/null; fi
+    wait "$w"
+  fi
+  report "$1" "$rc"
+  if [ -e "cut$1" ] && grep -q "^forge-link host $2 " "report$2"; then
+    grep -E "^forge-link (host|out|err) $1 " "out$1"
+    echo "forge-link cut $1 $(cat "cut$1")"
+    cat "report$2"
+  else
+    cat "out$1"
+  fi
+}
+"""
+
+
+def _chain_functions(directory: str, links: Sequence[Peer]) -> list[str]:
+    """The chain's shell functions, and one ``linkN GEN`` per hop this one can send to."""
+    lines = [_CHAIN_FUNCTIONS.replace("@LAG@", str(int(LAG_BYTES))).strip("\n")]
+    for p in links:
+        ssh = shell.render(hostlink.ssh_argv(directory, p))
+        lines.append(f'link{p.index}() {{ {ssh} forge-load "$1"; }}')
+    return lines
+
+
+def _forward(nxt: Peer | None, spare: Peer | None, gen: str) -> list[str]:
+    if nxt is None:
+        return []
+    other = str(spare.index) if spare else "''"
+    return [f"forward {nxt.index} {other} {gen} > forward.out & F=$!"]
+
+
+def chain_source_script(
+    directory: str, save: Sequence[str], codec: codecs.Codec, first: Peer, spare: Peer | None
+) -> shell.Script:
+    """The source's side of a chain: ``docker save | dd | COMPRESS`` into its spool, sent on
+    to the first hop (with the second as its spare). Prints the save's status, the compressed
+    size, then the chain's report."""
+    save_stages = [shell.render(save), "dd bs=1M status=progress 2>&3"]
+    if codec.compress:
+        save_stages.append(shell.render(codec.compress))
+    lines = [
+        f"cd -- {shell.quote(directory)} || exit 1",
+        "cut -d' ' -f5 /proc/$$/stat > pgid",
+        *_chain_functions(directory, [p for p in (first, spare) if p is not None]),
+        "exec 3>&1",
+        ": > spool || exit 1",
+        "( " + " | ".join(save_stages) + ' >> spool; echo "${PIPESTATUS[0]}" > saved ) & R=$!',
+        *_forward(first, spare, "0"),
+        'wait "$R"',
+        'echo "forge-link save $(cat saved)"',
+        'echo "forge-link wire $(stat -c %s spool)"',
+        'wait "$F"',
+        "cat forward.out",
+        "rm -f pgid",
+    ]
+    return shell.render(["bash", "-c", "\n".join(lines)])
+
+
+# A hop's start: its generation from what the hop before asked for (``forge-load GEN``), its
+# own directory, and the rule between instances on one hop: the newest generation goes on,
+# older ones are stopped (each writes its group, then its generation, then looks: of two
+# starting at once, at least one sees the other).
+_HOP_START = r"""
+g=0
+case "$SSH_ORIGINAL_COMMAND" in
+  "forge-load "[0-9]|"forge-load "[0-9][0-9]) g=${SSH_ORIGINAL_COMMAND#forge-load } ;;
+esac
+run=$(mktemp -d run.XXXXXXXX) || exit 1
+cd -- "$run" || exit 1
+cut -d' ' -f5 /proc/$$/stat > pgid
+echo "$g" > gen
+for o in ../run.*; do
+  [ "$o" = "../$run" ] && continue
+  og=$(cat "$o/gen" 2>/dev/null)
+  op=$(cat "$o/pgid" 2>/dev/null)
+  case "$og" in ''|*[!0-9]*) continue ;; esac
+  if [ "$og" -gt "$g" ]; then exit 0; fi
+  case "$op" in ''|*[!0-9]*) continue ;; esac
+  if [ "$og" -lt "$g" ]; then kill -TERM -- "-$op" 2>/dev/null; fi
+done
+: > spool || exit 1
+exec 3<&0
+cat <&3 >> spool & R=$!
+exec 3<&-
+"""
+
+
+def relay_script(directory: str, index: int, nxt: Peer | None, spare: Peer | None, load: shell.Script) -> str:
+    """A hop of a chain (run as its key's forced command): what it receives into its spool,
+    loaded from there and, at once, sent on from there to the next hop (with the one after as
+    a spare: see ``LAG_BYTES``). A next hop that fails does not stop the load, nor a load that
+    fails the sending on. Prints its own status and last lines, then the next hop's report."""
     lines = [
         "set -o pipefail",
         f"cd -- {shell.quote(directory)} || exit 1",
-        "cut -d' ' -f5 /proc/$$/stat > pgid",
-    ]
-    feed = "cat"
-    if nxt is not None:
-        ssh = shell.render(hostlink.ssh_argv(directory, nxt, "forge-load"))
-        lines += ["mkfifo next || exit 1", f"{ssh} < next > out 2> err & p=$!"]
-        feed = "tee -p next"
-    lines += [
-        f"{feed} | {load} > load.out 2> load.err",
+        _HOP_START.strip("\n"),
+        *_chain_functions(directory, [p for p in (nxt, spare) if p is not None]),
+        *_forward(nxt, spare, '"$g"'),
+        f"follow | {load} > load.out 2> load.err",
         "rc=$?",
         f'echo "forge-link host {index} $rc"',
         f"head -n 5 load.out | sed 's/^/forge-link out {index} /'",
         f"tail -n 5 load.err | sed 's/^/forge-link err {index} /'",
     ]
     if nxt is not None:
-        i = nxt.index
-        lines += [
-            f'wait "$p"; echo "forge-link link {i} $?"',
-            f"tail -n 5 err | sed 's/^/forge-link err {i} /'",
-            "cat out",
-        ]
+        lines += ['wait "$F"', "cat forward.out"]
     lines += ["rm -f pgid", 'exit "$rc"']
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from forge import inventory
+from forge.images import linkscripts
 from forge.lab.netns import nsenter
 from forge.progress import NoProgress
 from tests.lab.envkit import forge_from_a_terminal
@@ -274,11 +275,12 @@ def test_a_target_killed_mid_relay_is_cut_out_and_the_rest_are_served_after(
     ref = images.on_top(images.base(), "v1", os.urandom(16 << 20))
 
     def kill_middle() -> int:  # gpu3, the second hop: every process of its relay
-        pgid_file = _relay_dir_of(1) / "pgid"
+        hop = _relay_dir_of(1)
         deadline = time.monotonic() + 20  # each hop connects to the next as it starts: not all at once
-        while not (pgid_file.exists() and pgid_file.read_text().strip()) and time.monotonic() < deadline:
+        while not (files := [f for f in hop.glob("run.*/pgid") if f.read_text().strip()]):
+            assert time.monotonic() < deadline, "the second hop never started"
             time.sleep(0.05)
-        pgid = int(pgid_file.read_text())
+        pgid = int(files[0].read_text())
         os.killpg(pgid, signal.SIGKILL)
         return pgid
 
@@ -293,6 +295,31 @@ def test_a_target_killed_mid_relay_is_cut_out_and_the_rest_are_served_after(
     for h in ("gpu2", "gpu3", "gpu4"):
         assert images.same(h, ref)
         assert images.leftovers(h) == []
+    assert _placed(lab) == ([], [])
+
+
+@pytest.mark.parametrize("slow", ["gpu2", "gpu3"])
+def test_a_slow_hop_is_cut_out_of_the_chain_and_the_hops_after_it_are_sent_to_around_it(
+    lab: Any, inv: inventory.Inventory, images: Images, monkeypatch: pytest.MonkeyPatch, slow: str
+) -> None:
+    """gpu2 is the first hop (cut by the source), gpu3 the middle one (cut by gpu2): its link
+    is shaped to a trickle, so the hop before it falls behind sending to it."""
+    monkeypatch.setattr(linkscripts, "LAG_BYTES", 6 << 20)
+    ref = images.on_top(images.base(), "v1", os.urandom(24 << 20))
+    with shaped(lab, slow, "16mbit"):
+        slow_before = _sent_by(lab, slow)
+        report = sync(inv, ref, ["gpu2", "gpu3", "gpu4"], via="relay")
+        slow_sent = _sent_by(lab, slow) - slow_before
+    for h in ("gpu2", "gpu3", "gpu4"):
+        r = report.results[h]
+        assert r.ok and r.value.via == "relay", (h, r.reason)
+        assert images.same(h, ref) and images.leftovers(h) == []
+    wire = report.results["gpu4"].value.wire_bytes
+    assert wire > 20 << 20
+    cut = report.results[slow].value
+    assert cut.note.startswith("cut out of the chain (") and "MiB behind" in cut.note, cut
+    assert [h for h in ("gpu2", "gpu3", "gpu4") if report.results[h].value.note] == [slow]
+    assert slow_sent < wire / 2, (slow_sent, wire)  # the hops after it were not fed through it
     assert _placed(lab) == ([], [])
 
 

@@ -4,6 +4,7 @@ that place and remove it, run by a real shell on a scratch home directory."""
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import subprocess
 from pathlib import Path
@@ -184,19 +185,32 @@ def test_progress_comes_from_dd_counts_and_other_output_is_kept_bounded() -> Non
 def test_a_chain_sends_one_copy_and_each_hop_passes_it_on_while_loading() -> None:
     from forge.images import codec as codecs
 
-    peers = [Peer(i, f"gpu{i}", f"10.0.0.{i}", 22, "u", "ssh-ed25519", "AAAA") for i in range(3)]
+    peers = [Peer(i, f"gpu{i}", f"10.0.0.{i}", 22, "u", "ssh-ed25519", "AAAA") for i in range(4)]
     zstd = codecs.CODECS["zstd"]
-    flat = linkscripts.source_script("/tmp/forge-link.a", ["docker", "save", "sha256:x"], zstd, peers, relay=False)
-    chain = linkscripts.source_script("/tmp/forge-link.a", ["docker", "save", "sha256:x"], zstd, peers[:1], relay=True)
-    assert "tee -p f0 f1 f2" in flat and flat.count(" forge-load ") == 3
-    assert "tee -p f0 |" in chain and chain.count(" forge-load ") == 1 and "cat out0" in chain
-    middle = linkscripts.relay_script("/tmp/forge-link.b", 1, peers[2], LOAD)
-    last = linkscripts.relay_script("/tmp/forge-link.c", 2, None, LOAD)
-    assert f"tee -p next | {LOAD} > load.out" in middle and "HostKeyAlias=forge-link-2" in middle
-    assert f"cat | {LOAD} > load.out" in last and "ssh" not in last
-    for script in (middle, last):
+    save = ["docker", "save", "sha256:x"]
+    flat = linkscripts.source_script("/tmp/forge-link.a", save, zstd, peers)
+    assert "tee -p f0 f1 f2 f3" in flat and flat.count(" forge-load ") == 4
+    chain = linkscripts.chain_source_script("/tmp/forge-link.a", save, zstd, peers[0], peers[1])
+    assert "forward 0 1 0 > forward.out" in chain and "link0()" in chain and "link1()" in chain
+    middle = linkscripts.relay_script("/tmp/forge-link.b", 1, peers[2], peers[3], LOAD)
+    before_last = linkscripts.relay_script("/tmp/forge-link.c", 2, peers[3], None, LOAD)
+    last = linkscripts.relay_script("/tmp/forge-link.d", 3, None, None, LOAD)
+    assert f"follow | {LOAD} > load.out" in middle and 'forward 2 3 "$g"' in middle
+    assert "HostKeyAlias=forge-link-2" in middle and "HostKeyAlias=forge-link-3" in middle
+    assert "forward 3 '' \"$g\"" in before_last and "link2()" not in before_last
+    assert f"follow | {LOAD} > load.out" in last and "ssh" not in last and "forward " not in last.split("}")[-1]
+    assert "-gt 33554432 ]" in middle  # the lag that cuts a hop out
+    for script in (middle, before_last, last):
         assert script.startswith("set -o pipefail\n") and 'exit "$rc"' in script
         assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0  # it parses
+    for script in (flat, chain):
+        assert subprocess.run(["bash", "-n", "-c", shlex.split(script)[2]]).returncode == 0
+
+
+def test_a_cut_hop_is_reported_with_how_far_behind_it_was() -> None:
+    lines = ["forge-link link 1 0", "forge-link host 1 0", "forge-link cut 1 40000000", "forge-link cut 2 x"]
+    r = linkscripts.parse_report(lines)
+    assert r.cut == {1: 40000000} and r.status == {1: 0} and r.link == {1: 0}
 
 
 def test_the_registry_name_of_an_image_is_its_first_tag_under_the_namespace() -> None:
@@ -211,3 +225,20 @@ def test_the_registry_name_of_an_image_is_its_first_tag_under_the_namespace() ->
     assert registry.remote_name(reg, ("ubuntu",), "sha256:x")[1] == "latest"
     assert registry.remote_name(reg, ("ghcr.io/org/img:v1",), "sha256:x")[0] == "registry.lab:5000/forge/org/img"
     assert registry.remote_name(reg, (), "sha256:" + "b" * 64) == ("registry.lab:5000/forge/image", "id-bbbbbbbbbbbb")
+
+
+def test_a_hop_without_room_for_the_relays_copy_of_the_stream_says_so_and_keeps_nothing(tmp_path: Path) -> None:
+    env_tmp = tmp_path / "tmp"
+    env_tmp.mkdir()
+    r = subprocess.run(
+        ["sh", "-c", hostlink.make_keys("0123456789abcdef", [1], spool_bytes=1 << 60)],
+        env={"TMPDIR": str(env_tmp), "PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        input="",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 4 and r.stdout == ""
+    assert f"not enough space in {env_tmp} for the relay's copy of the stream" in r.stderr
+    assert "MiB free, 1099511627776 MiB needed" in r.stderr
+    assert list(env_tmp.iterdir()) == []
