@@ -16,6 +16,10 @@ host). Targets: gpu2..gpu9. Rows, in one run:
 - eight targets `--from gpu1`: through the client, straight from gpu1 (`--via direct`), relay,
   and through the lab's registry on the data host (push, then eight pulls at once; its link
   shaped too; the registry is emptied first, so the push sends every layer);
+- eight targets `--from gpu1` along a chain whose second hop (gpu3) has a slow link
+  (`--slow-rate`, both ways): once with the slow hop left in the chain (its cut-out disabled),
+  once as forge runs (it is cut out and the chain goes around it); for these, when each
+  target's load finished (its image appearing in its daemon's image store, polled).
 
 each with its time, the bytes that crossed the client's link (the bridge's counters: the
 client's only way into the lab) and the lab machine's CPU use over the row (all its cores:
@@ -29,6 +33,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,12 +45,14 @@ from bench_sync import LAB, docker, image_id, sock, veth  # noqa: E402
 
 from forge import inventory  # noqa: E402
 from forge.fleet import Pool  # noqa: E402
+from forge.images import linkscripts  # noqa: E402
 from forge.images.sync import SyncReport, sync_image  # noqa: E402
 from forge.inventory import Host  # noqa: E402
 
 REF = "forge-bench/topology:v2"
 BRIDGE = "forgelab0"
 TARGETS = [f"gpu{i}" for i in range(2, 10)]
+SLOW = "gpu3"  # the second hop of a chain
 HERE = Host(name="here", address="localhost", local=True, docker_host=sock("gpu1"), command_timeout=3600)
 
 
@@ -115,14 +122,39 @@ def _cpu() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
-def row(name: str, fn: Callable[[], SyncReport]) -> dict[str, object]:
+class Loaded(threading.Thread):
+    """When each target's load finished: its image's config appearing in its daemon's image
+    store (a file test every 50 ms: no CPU to speak of)."""
+
+    def __init__(self, image: str) -> None:
+        super().__init__(daemon=True)
+        hexid = image.split(":", 1)[1]
+        self.files = {h: LAB / "hosts" / h / "docker/image/overlay2/imagedb/content/sha256" / hexid for h in TARGETS}
+        self.at: dict[str, float] = {}
+        self.started = time.monotonic()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            for h, f in self.files.items():
+                if h not in self.at and f.exists():
+                    self.at[h] = time.monotonic() - self.started
+
+
+def row(name: str, fn: Callable[[], SyncReport], *, loads: bool = False) -> dict[str, object]:
     wipe()
+    watch = Loaded(image_id("gpu1", REF)) if loads else None
+    if watch:
+        watch.start()
     tx0, rx0 = _bridge_bytes()
     busy0, total0 = _cpu()
     me0 = resource.getrusage(resource.RUSAGE_SELF)
     t = time.monotonic()
     report = fn()
     dt = time.monotonic() - t
+    if watch:
+        watch.stop.set()
+        watch.join()
     me1 = resource.getrusage(resource.RUSAGE_SELF)
     busy1, total1 = _cpu()
     tx1, rx1 = _bridge_bytes()
@@ -140,6 +172,8 @@ def row(name: str, fn: Callable[[], SyncReport]) -> dict[str, object]:
         "forge_cpu": (me1.ru_utime - me0.ru_utime) + (me1.ru_stime - me0.ru_stime),
         "wire": wire,
         "via": ",".join(vias),
+        "loaded": dict(watch.at) if watch else {},
+        "notes": {r.host.name: r.value.note for r in report.results if r.value is not None and r.value.note},
     }
     print(f"{name}: {dt:.1f} s via {out['via']}, out {out['out'] / 1e6:.1f} MB, in {out['in'] / 1e6:.1f} MB, "
           f"cpu {out['cpu']:.0%}", file=sys.stderr)  # fmt: skip
@@ -151,6 +185,7 @@ def main() -> None:
     ap.add_argument("--rate", default="20mbit", help="every link's rate (tc tbf)")
     ap.add_argument("--size-mb", type=int, default=100, help="MB of real files in the image")
     ap.add_argument("--random-mb", type=int, default=30, help="MB of random data in it (weights: incompressible)")
+    ap.add_argument("--slow-rate", default="5mbit", help="the slow hop's link (gpu3), both ways")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (tc, the lab's sockets)")
@@ -183,6 +218,18 @@ def main() -> None:
             row("8 targets --from gpu1, relay", run(gpu1, hosts, "relay")),
             row("8 targets --from gpu1, registry (push + 8 pulls)", run(gpu1, hosts, "registry")),
         ]
+        slow = f"gpu3 at {args.slow_rate}"
+        _tbf([], veth(SLOW), args.slow_rate)
+        _tbf(_ns(SLOW), "eth0", args.slow_rate)
+        lag = linkscripts.LAG_BYTES
+        try:
+            linkscripts.LAG_BYTES = 1 << 62  # never cut: the chain waits for its slowest hop
+            name = f"8 targets --from gpu1, relay, {slow}, left in the chain"
+            rows.append(row(name, run(gpu1, hosts, "relay"), loads=True))
+        finally:
+            linkscripts.LAG_BYTES = lag
+        name = f"8 targets --from gpu1, relay, {slow}, cut out (forge)"
+        rows.append(row(name, run(gpu1, hosts, "relay"), loads=True))
     finally:
         shape(None)
         wipe()
@@ -204,6 +251,18 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace) -> None:
         print(
             f"| {r['name']} | {r['via']} | {s:.1f} s | {s / one:.2f}x | {out / 1e6:.1f} MB ({out / copy:.2f} copies) "
             f"| {inn / 1e6:.1f} MB | {float(r['cpu']):.0%} | {float(r['forge_cpu']):.1f} s |"  # type: ignore[arg-type]
+        )
+    print("\n| a slow hop in the chain | the other 7 loaded by | vs one target | the slow hop loaded at | note |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        loaded: dict[str, float] = r["loaded"]  # type: ignore[assignment]
+        if not loaded:
+            continue
+        others = max(t for h, t in loaded.items() if h != SLOW)
+        notes: dict[str, str] = r["notes"]  # type: ignore[assignment]
+        print(
+            f"| {r['name']} | {others:.1f} s | {others / one:.2f}x | {loaded.get(SLOW, float('nan')):.1f} s "
+            f"| {notes.get(SLOW, '') or 'none'} |"
         )
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from forge.inventory import Host
 from forge.transport.base import Command, CommandResult, Transport
+from forge.transport.deferred import defer_invoke
+
+defer_invoke()  # before anything here imports paramiko
 
 
 def connect(host: Host) -> Transport:

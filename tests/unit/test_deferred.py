@@ -1,0 +1,43 @@
+"""paramiko's import of invoke is deferred until a ``Match exec`` line needs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def _fresh(code: str) -> str:
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=True)
+    return r.stdout
+
+
+def test_forge_ssh_does_not_import_invoke_until_a_match_exec_runs() -> None:
+    out = _fresh(
+        """
+        import sys
+        import forge.transport.ssh
+        import paramiko
+        print(type(sys.modules["invoke"]).__name__, "invoke.collection" in sys.modules)
+        config = paramiko.SSHConfig.from_text("Match exec true\\n  User fromexec\\nHost *\\n  Port 2222\\n")
+        print(config.lookup("h")["user"], config.lookup("h")["port"])
+        print(type(sys.modules["invoke"]).__name__, "invoke.collection" in sys.modules)
+        config = paramiko.SSHConfig.from_text("Match exec false\\n  User fromexec\\n")
+        print(config.lookup("h").get("user"))
+        """
+    )
+    assert out.split("\n")[:4] == ["_Deferred False", "fromexec 2222", "module True", "None"]
+
+
+def test_an_invoke_already_imported_is_left_as_it_is() -> None:
+    out = _fresh(
+        """
+        import sys
+        import invoke
+        import forge.transport.ssh
+        print(sys.modules["invoke"] is invoke, type(invoke).__name__)
+        from invoke import task
+        print(callable(task))
+        """
+    )
+    assert out.split("\n")[:2] == ["True module", "True"]
