@@ -69,7 +69,9 @@ DOCKER_FORMAT = " ".join(_FORMAT_FIELDS)
 # - in that second stage, a command substitution captures the process query while the GPU
 #   query, started in the background inside it, prints its section straight to fd 3 (the
 #   script's stdout); the substitution's exit status is the GPU query's;
-# - pids, the ps list and the cgroup lines are built with parameter expansion and `read`.
+# - pids, the ps list and the cgroup lines are built with parameter expansion and `read`;
+# - the whole answer is captured and written at once: one SSH data message instead of a
+#   dozen small ones, each of which costs forge (decryption, a thread switch) and sshd.
 # GOMAXPROCS=1: the docker CLI is a Go program whose start-up is most of what `docker ps`
 # costs; one scheduler thread is enough for one request and spares ~2 ms of CPU per call.
 _SCRIPT = r"""M=@@forge-gpu-probe
@@ -84,7 +86,7 @@ containers() {
   fi
   echo "$M end"
 }
-containers "$@" | {
+all=$(containers "$@" | {
   exec 3>&1
   out=$(
     {
@@ -141,7 +143,8 @@ containers "$@" | {
   echo "$M status 0"
   echo "$M containers"
   exec cat
-}
+})
+printf '%s\n' "$all"
 """
 
 # Docker's cgroup paths: v2 + systemd ("/system.slice/docker-<id>.scope"), v2 + cgroupfs and

@@ -84,6 +84,17 @@ def test_failed_command_is_a_result_not_an_exception(inv: inventory.Inventory) -
         r.check()
 
 
+def test_much_output_on_both_streams_at_once_is_read_whole(inv: inventory.Inventory) -> None:
+    """Both outputs are read in one thread: neither may fill its window while the other is
+    waited on (8 MiB each, interleaved, past SSH's window of 2 MiB)."""
+    script = "for i in $(seq 64); do head -c 131072 /dev/zero | tr '\\0' o; head -c 65536 /dev/zero >&2; done; exit 3"
+    with connect(inv.hosts[0]) as t:
+        r = t.run(["sh", "-c", script], timeout=60)
+    assert r.exit_status == 3
+    assert len(r.stdout) == 64 * 131072 and set(r.stdout) == {"o"}
+    assert r.stderr and set(r.stderr) == {"\0"}  # its tail, bounded
+
+
 def test_parallel_results_with_one_host_down(lab: Any, inv: inventory.Inventory) -> None:
     # One host with sshd stopped (refused), one address where nothing answers (timeout).
     ghost = replace(inv.hosts[0], name="ghost", address="10.77.0.250", ssh_alias=None, connect_timeout=2.0)
