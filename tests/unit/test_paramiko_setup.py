@@ -1,4 +1,5 @@
-"""paramiko's import of invoke is deferred until a ``Match exec`` line needs it."""
+"""What forge changes in how paramiko is loaded and connects: invoke imported only when a
+``Match exec`` line needs it; AES-GCM offered first."""
 
 from __future__ import annotations
 
@@ -41,3 +42,22 @@ def test_an_invoke_already_imported_is_left_as_it_is() -> None:
         """
     )
     assert out.split("\n")[:2] == ["True module", "True"]
+
+
+def test_forges_ssh_connections_offer_aes_gcm_first_and_keep_the_other_ciphers() -> None:
+    import socket
+
+    import paramiko
+
+    from forge.transport import ssh
+
+    a, b = socket.socketpair()
+    try:
+        t = ssh._transport(a)
+        offered = t.get_security_options().ciphers
+        assert offered[:2] == ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+        assert sorted(offered) == sorted(paramiko.Transport._preferred_ciphers)
+        t.close()
+    finally:
+        a.close()
+        b.close()
