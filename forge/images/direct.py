@@ -4,12 +4,13 @@ The client only steers: it places a transfer key per target (:mod:`forge.images.
 has the source probe each target through it, then runs one script on the source per group of
 targets that take the same compression::
 
-    docker save ID | dd status=progress | COMPRESS | tee -p fifo0 fifo1 ... | wc -c
-    ssh <target 0's key, pinned host key> < fifo0      (target: forced decompress | docker load)
-    ssh <target 1's key, pinned host key> < fifo1
+    docker save ID | dd status=progress | COMPRESS > spool
+    tail -f spool | ssh <target 0's key, pinned host key>   (target: forced decompress | docker load)
+    tail -f spool | ssh <target 1's key, pinned host key>
     ...
 
-``tee -p`` drops a target whose connection ended and goes on feeding the others. What comes
+Each target follows the spool (in the source's private directory) at its own pace: a slow one
+holds up no other, and one whose connection ended leaves the others be. What comes
 back to the client is a few lines: ``dd``'s byte counts (the progress bar), each target's exit
 status and the last lines of its output. The client then checks on each target, over its own
 connection, that the image arrived whole with the expected ID, and only then tags it; a target
@@ -224,7 +225,7 @@ class Transfer:
         s, held = holder.session, holder.held
         indexes = [h.peer.index for h in held]
         known = hostlink.known_hosts([h.peer for h in held]).encode()
-        spool = self.src.image.size_bytes if self.relay else 0  # a chain's hops keep the stream
+        spool = self.src.image.size_bytes  # the source and a chain's hops keep the stream there
         r = s.run(hostlink.make_keys(self.token, indexes, spool_bytes=spool), stdin=known, timeout=120)
         if not r.ok:
             raise LinkError(s.name, _tail(r.stderr) or f"status {r.exit_status}")

@@ -2,8 +2,10 @@
 
 No key of the user leaves the client and no agent is forwarded. Instead, for one transfer:
 
-- on the **source**, a private directory (``mktemp -d``, mode 0700) with one new ed25519 key
-  pair per target, made there by ``ssh-keygen`` (the private keys never travel), and a
+- on the **source**, a private directory (``mktemp -d`` in ``$TMPDIR`` or ``/var/tmp``, mode
+  0700; on disk, where ``/tmp`` may be memory, for it also holds the compressed stream while
+  the transfer runs) with one new ed25519 key pair per target (a chain's hop: the next two),
+  made there by ``ssh-keygen`` (the private keys never travel), and a
   known_hosts file holding each target's host key *as forge verified it* on its own connection
   to that target, each under an alias (``HostKeyAlias``) so that only that key is accepted for
   that target, whatever address the source reaches it by;
@@ -152,11 +154,11 @@ def parse_keys(stdout: str, token: str, indexes: Sequence[int]) -> tuple[str, li
 # of the keys to make (none: only the directory); stdin: the known_hosts text of the hops the
 # keys reach. Prints the directory, then one public key per line.
 _MAKE_KEYS = r"""
-for t in ssh ssh-keygen mkfifo tee dd tail stat; do
+for t in ssh ssh-keygen dd tail stat; do
   command -v "$t" >/dev/null || { echo "no $t here" >&2; exit 3; }
 done
 umask 077
-d=$(mktemp -d "${TMPDIR:-/tmp}/forge-link.XXXXXXXX") || exit 1
+d=$(mktemp -d "${TMPDIR:-/var/tmp}/forge-link.XXXXXXXX") || exit 1
 free=$(df -Pk -- "$d" | awk 'NR == 2 { print $4 }')
 case "$free" in ''|*[!0-9]*) free=0 ;; esac
 if [ "$2" -gt 0 ] && [ "$free" -lt "$2" ]; then

@@ -114,22 +114,19 @@ class Lines(io.RawIOBase):
 
 def source_script(directory: str, save: Sequence[str], codec: codecs.Codec, peers: Sequence[Peer]) -> shell.Script:
     """The source's side of a flat transfer: ``docker save`` through ``dd`` (byte counts for
-    the progress bar) and the compressor into one ``ssh`` per peer. Prints the save's status,
-    the compressed size, and per peer its status and last lines."""
+    the progress bar) and the compressor into its spool, and one ``ssh`` per peer following
+    the spool, each at its own pace (a slow target holds up no other). Prints the save's
+    status, the compressed size, and per peer its status and last lines."""
     lines = [
         f"cd -- {shell.quote(directory)} || exit 1",
         "cut -d' ' -f5 /proc/$$/stat > pgid",
-        "mkfifo " + " ".join(f"f{p.index}" for p in peers) + " || exit 1",
+        _FOLLOW,
+        *_spool_save(save, codec),
     ]
     for p in peers:
         ssh = shell.render(hostlink.ssh_argv(directory, p, "forge-load"))
-        lines.append(f"{ssh} < f{p.index} > out{p.index} 2> err{p.index} & p{p.index}=$!")
-    stages = [shell.render(save), "dd bs=1M status=progress 2>&3"]
-    if codec.compress:
-        stages.append(shell.render(codec.compress))
-    stages += ["tee -p " + " ".join(f"f{p.index}" for p in peers), "wc -c > wire"]
-    lines += ["exec 3>&1", " | ".join(stages), 'echo "forge-link save ${PIPESTATUS[0]}"']
-    lines.append('echo "forge-link wire $(cat wire)"')
+        lines.append(f"follow | {ssh} > out{p.index} 2> err{p.index} & p{p.index}=$!")
+    lines += _saved()
     for p in peers:
         i = p.index
         lines += [
@@ -139,6 +136,26 @@ def source_script(directory: str, save: Sequence[str], codec: codecs.Codec, peer
         ]
     lines.append("rm -f pgid")
     return shell.render(["bash", "-c", "\n".join(lines)])
+
+
+_FOLLOW = 'follow() { tail -c +1 -s 0.2 --pid="$R" -f spool; }'
+
+
+def _spool_save(save: Sequence[str], codec: codecs.Codec) -> list[str]:
+    """``docker save | dd | COMPRESS`` into ``spool`` in the background ($R), its status
+    kept (``follow``, :data:`_FOLLOW`, reads the spool as it grows, until the save ends)."""
+    stages = [shell.render(save), "dd bs=1M status=progress 2>&3"]
+    if codec.compress:
+        stages.append(shell.render(codec.compress))
+    return [
+        "exec 3>&1",
+        ": > spool || exit 1",
+        "( " + " | ".join(stages) + ' >> spool; echo "${PIPESTATUS[0]}" > saved ) & R=$!',
+    ]
+
+
+def _saved() -> list[str]:
+    return ['wait "$R"', 'echo "forge-link save $(cat saved)"', 'echo "forge-link wire $(stat -c %s spool)"']
 
 
 #: A next hop this many bytes behind what its hop has received (and a quarter of it) is cut
@@ -158,7 +175,6 @@ LAG_BYTES = 32 << 20
 # not load leaves the next hop's whole report: every ``host`` line comes from the load it
 # names, whichever way it travelled).
 _CHAIN_FUNCTIONS = r"""
-follow() { tail -c +1 -s 0.2 --pid="$R" -f spool; }
 sent() {
   local n
   n=$(tr '\r' '\n' < "sent$1" 2>/dev/null | tail -n 1)
@@ -214,7 +230,7 @@ forward() {
 
 def _chain_functions(directory: str, links: Sequence[Peer]) -> list[str]:
     """The chain's shell functions, and one ``linkN GEN`` per hop this one can send to."""
-    lines = [_CHAIN_FUNCTIONS.replace("@LAG@", str(int(LAG_BYTES))).strip("\n")]
+    lines = [_FOLLOW, _CHAIN_FUNCTIONS.replace("@LAG@", str(int(LAG_BYTES))).strip("\n")]
     for p in links:
         ssh = shell.render(hostlink.ssh_argv(directory, p))
         lines.append(f'link{p.index}() {{ {ssh} forge-load "$1"; }}')
@@ -234,20 +250,13 @@ def chain_source_script(
     """The source's side of a chain: ``docker save | dd | COMPRESS`` into its spool, sent on
     to the first hop (with the second as its spare). Prints the save's status, the compressed
     size, then the chain's report."""
-    save_stages = [shell.render(save), "dd bs=1M status=progress 2>&3"]
-    if codec.compress:
-        save_stages.append(shell.render(codec.compress))
     lines = [
         f"cd -- {shell.quote(directory)} || exit 1",
         "cut -d' ' -f5 /proc/$$/stat > pgid",
         *_chain_functions(directory, [p for p in (first, spare) if p is not None]),
-        "exec 3>&1",
-        ": > spool || exit 1",
-        "( " + " | ".join(save_stages) + ' >> spool; echo "${PIPESTATUS[0]}" > saved ) & R=$!',
+        *_spool_save(save, codec),
         *_forward(first, spare, "0"),
-        'wait "$R"',
-        'echo "forge-link save $(cat saved)"',
-        'echo "forge-link wire $(stat -c %s spool)"',
+        *_saved(),
         'wait "$F"',
         "cat forward.out",
         "rm -f pgid",

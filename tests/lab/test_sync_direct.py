@@ -2,7 +2,7 @@
 transfer key per target; the client only steers (forge/images/direct.py, hostlink.py).
 
 The lab's hosts share this machine's file system, so every host's ~/.ssh/authorized_keys is
-the same file and every host's /tmp the same directory: one look sees what was placed on any.
+the same file and every host's /var/tmp the same directory: one look sees what was placed on any.
 The bytes through the client are counted on the lab's bridge (the client's only way into the
 lab); host-to-host traffic is bridged between ports and never crosses it.
 """
@@ -13,6 +13,7 @@ import os
 import pwd
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,10 +40,10 @@ def _authorized_keys(lab: Any) -> Path:
 
 
 def _placed(lab: Any) -> tuple[list[str], list[Path]]:
-    """Transfer keys in the user's authorized_keys, transfer directories in /tmp."""
+    """Transfer keys in the user's authorized_keys, transfer directories in /var/tmp."""
     keys = _authorized_keys(lab)
     lines = [ln for ln in keys.read_text().splitlines() if "forge-link-" in ln] if keys.exists() else []
-    return lines, sorted(Path("/tmp").glob("forge-link.*"))
+    return lines, sorted(Path("/var/tmp").glob("forge-link.*"))
 
 
 def _client_bytes(lab: Any) -> int:
@@ -101,7 +102,7 @@ class OnFirstBytes(NoProgress):
 def _kill_source_transfer() -> int:
     """SIGKILL every process of the source's transfer (its process group, as the transfer
     recorded it), as a crash of the source would end them. Returns the group."""
-    (pgid_file,) = Path("/tmp").glob("forge-link.*/pgid")
+    (pgid_file,) = Path("/var/tmp").glob("forge-link.*/pgid")
     pgid = int(pgid_file.read_text())
     os.killpg(pgid, signal.SIGKILL)
     return pgid
@@ -190,6 +191,41 @@ def test_a_host_key_other_than_the_one_forge_verified_is_refused(
     assert _placed(lab) == ([], [])
 
 
+def test_a_slow_target_holds_up_no_other_target_of_a_direct_transfer(
+    lab: Any, inv: inventory.Inventory, images: Images
+) -> None:
+    """Each target follows the source's spool at its own pace: gpu2 and gpu4 have loaded the
+    whole image while gpu3, behind a trickle of a link, has received less than half of it
+    (with one pipe feeding all three, they could be at most the pipes' and the sockets'
+    buffers ahead of it)."""
+    ref = images.on_top(images.base(), "v1", os.urandom(32 << 20))
+    image = images.image_id(SOURCE, ref)
+    assert image is not None
+    done: dict[str, Any] = {}
+
+    def send() -> None:
+        done["report"] = sync(inv, ref, ["gpu2", "gpu3", "gpu4"], via="direct")
+
+    with shaped(lab, "gpu3", "8mbit"):
+        before = _received_by(lab, "gpu3")
+        worker = threading.Thread(target=send)
+        worker.start()
+        deadline = time.monotonic() + 120
+        while not all(images.image_id(h, image) for h in ("gpu2", "gpu4")):
+            assert worker.is_alive() and time.monotonic() < deadline, "gpu2 and gpu4 never loaded it on their own"
+            time.sleep(0.2)
+        slow_got = _received_by(lab, "gpu3") - before
+        worker.join(300)
+    report = done["report"]
+    for h in ("gpu2", "gpu3", "gpu4"):
+        assert report.results[h].ok and report.results[h].value.via == "direct", report.results[h].reason
+        assert images.same(h, ref)
+    wire = report.results["gpu3"].value.wire_bytes
+    assert wire > 32 << 20
+    assert slow_got < wire / 2, (slow_got, wire)
+    assert _placed(lab) == ([], [])
+
+
 def test_a_source_killed_mid_stream_leaves_no_image_no_key_and_a_rerun_completes(
     lab: Any, inv: inventory.Inventory, images: Images
 ) -> None:
@@ -216,7 +252,9 @@ def test_ctrl_c_mid_transfer_stops_the_source_and_takes_back_its_keys(lab: Any, 
     with shaped(lab, "gpu4"):
         run = forge_from_a_terminal(*args, env=env)
         deadline = time.monotonic() + 60
-        while run.poll() is None and not list(Path("/tmp").glob("forge-link.*/f0")) and time.monotonic() < deadline:
+        while (
+            run.poll() is None and not list(Path("/var/tmp").glob("forge-link.*/spool")) and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         time.sleep(1.0)  # in the transfer
         os.killpg(run.pid, signal.SIGINT)
@@ -231,6 +269,12 @@ def test_ctrl_c_mid_transfer_stops_the_source_and_takes_back_its_keys(lab: Any, 
 
 
 # --------------------------------------------------------------------------- the relay
+
+
+def _received_by(lab: Any, host: str) -> int:
+    """Bytes the lab's bridge has sent into ``host`` (its veth's bridge end transmits them)."""
+    veth = lab.lab.config.host(host).veth
+    return int((Path("/sys/class/net") / veth / "statistics" / "tx_bytes").read_text())
 
 
 def _sent_by(lab: Any, host: str) -> int:
@@ -261,7 +305,7 @@ def test_a_relay_sends_one_copy_from_the_source_and_every_target_gets_it(
 def _relay_dir_of(index: int) -> Path:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        for d in Path("/tmp").glob("forge-link.*"):
+        for d in Path("/var/tmp").glob("forge-link.*"):
             relay = d / "relay"
             if relay.exists() and f'echo "forge-link host {index} $rc"' in relay.read_text():
                 return d
