@@ -185,7 +185,12 @@ def _show_run(run: ImageRun, *, quiet: bool) -> None:
     output.echo(output.table([_table_row(o) for o in run.outcomes], headers))
     for o in run.outcomes:
         if o.note:
-            output.echo(f"{o.host}: sent through this machine: {o.note}", err=True)
+            output.echo(f"{o.host}: {_noted(o)}", err=True)
+
+
+def _noted(o: Outcome) -> str:
+    """A host's note: why it came through this machine, or what happened on its way."""
+    return f"sent through this machine: {o.note}" if o.via == "client" else o.note
 
 
 def _how(report: SyncReport) -> str:
@@ -221,7 +226,9 @@ def _log_line(o: Outcome) -> str:
         detail += f" read={o.read}" if o.read else ""
         detail += f" via={o.via}" if o.via else ""
     line = f"{_stamp()} forge sync {o.image} {o.host} ok {o.action} {detail} {o.seconds:.1f}s".replace("  ", " ")
-    return line + (f" (through this machine: {o.note})" if o.note else "")
+    if not o.note:
+        return line
+    return line + (f" (through this machine: {o.note})" if o.via == "client" else f" ({o.note})")
 
 
 def _show_check(statuses: list[Status], *, as_json: bool, quiet: bool) -> None:

@@ -385,6 +385,9 @@ class Transfer:
         if i in report.cut:
             behind = f"{report.cut[i] >> 20} MiB behind"
             note = f"cut out of the chain ({behind}): loaded on its own, the hops after it sent to around it"
+        elif i in report.slow:
+            behind = f"{report.slow[i] >> 20} MiB behind"
+            note = f"slow ({behind}) but the way around it did not answer: the hops after it waited for it"
         return HostSync(
             s.name,
             "send",

@@ -26,7 +26,7 @@ from forge.images.hostlink import Peer
 
 _LOADED = re.compile(r"^Loaded image ID: (sha256:[0-9a-f]{64})$")
 _PROGRESS = re.compile(rb"^(\d+) bytes")
-_LINE = re.compile(r"^forge-link (?:(save|wire) (\d+)|(host|link|cut|out|err|probe) (\d+) ?(.*))$")
+_LINE = re.compile(r"^forge-link (?:(save|wire) (\d+)|(host|link|cut|slow|out|err|probe) (\d+) ?(.*))$")
 _KEEP_LINES = 400
 
 
@@ -42,6 +42,7 @@ class Report:
     probe: dict[int, str] = field(default_factory=dict)
     link: dict[int, int] = field(default_factory=dict)  # a chain: the exit of the ssh to a hop
     cut: dict[int, int] = field(default_factory=dict)  # a chain: hops cut out, bytes behind
+    slow: dict[int, int] = field(default_factory=dict)  # a chain: too slow, but no way around them
     tar: int = 0  # archive bytes read from docker save (dd's count)
 
 
@@ -60,8 +61,8 @@ def parse_report(lines: Sequence[str]) -> Report:
             r.wire = int(m.group(2))
             continue
         kind, i, rest = m.group(3), int(m.group(4)), printable(m.group(5))
-        if kind in ("host", "link", "cut") and rest.isdigit():
-            {"host": r.status, "link": r.link, "cut": r.cut}[kind][i] = int(rest)
+        if kind in ("host", "link", "cut", "slow") and rest.isdigit():
+            {"host": r.status, "link": r.link, "cut": r.cut, "slow": r.slow}[kind][i] = int(rest)
         elif kind in ("out", "err"):
             (r.out if kind == "out" else r.err).setdefault(i, []).append(rest)
         elif kind == "probe":
@@ -222,6 +223,7 @@ forward() {
     echo "forge-link cut $1 $(cat "cut$1")"
     cat "report$2"
   else
+    [ -e "cut$1" ] && echo "forge-link slow $1 $(cat "cut$1")"
     cat "out$1"
   fi
 }

@@ -60,7 +60,7 @@ class HostSync:
     image_id: str | None = None  # the image's ID on that host
     incomplete: bool = False  # loaded but hidden (containerd store): send again, everything
     via: str = "client"  # the bytes' way: "client" (through this machine) or "direct" (source to host)
-    note: str = ""  # why a host was served through the client when direct was asked for
+    note: str = ""  # why it came through the client when another way was asked; or a chain's word on it
 
 
 @dataclass

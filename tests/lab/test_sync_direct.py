@@ -367,6 +367,24 @@ def test_a_slow_hop_is_cut_out_of_the_chain_and_the_hops_after_it_are_sent_to_ar
     assert _placed(lab) == ([], [])
 
 
+def test_a_slow_hop_whose_way_around_is_blocked_stays_in_the_chain_and_every_target_is_served(
+    lab: Any, inv: inventory.Inventory, images: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gpu2 cuts gpu3 out but cannot reach gpu4 (its spare): the chain stays as it was."""
+    monkeypatch.setattr(linkscripts, "LAG_BYTES", 6 << 20)
+    ref = images.on_top(images.base(), "v1", os.urandom(16 << 20))
+    with shaped(lab, "gpu3", "24mbit"), unreachable(lab, "gpu2", "gpu4"):
+        report = sync(inv, ref, ["gpu2", "gpu3", "gpu4"], via="relay")
+    for h in ("gpu2", "gpu3", "gpu4"):
+        r = report.results[h]
+        assert r.ok and r.value.via == "relay", (h, r.reason)
+        assert images.same(h, ref) and images.leftovers(h) == []
+    notes = {h: report.results[h].value.note for h in ("gpu2", "gpu3", "gpu4")}
+    assert notes["gpu3"].startswith("slow (") and "the way around it did not answer" in notes["gpu3"], notes
+    assert notes["gpu2"] == notes["gpu4"] == "", notes
+    assert _placed(lab) == ([], [])
+
+
 def test_a_relay_from_this_machine_or_through_it_when_it_cannot_reach_the_hosts(
     lab: Any, inv: inventory.Inventory, images: Images
 ) -> None:

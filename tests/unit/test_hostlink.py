@@ -210,7 +210,8 @@ def test_a_chain_sends_one_copy_and_each_hop_passes_it_on_while_loading() -> Non
 def test_a_cut_hop_is_reported_with_how_far_behind_it_was() -> None:
     lines = ["forge-link link 1 0", "forge-link host 1 0", "forge-link cut 1 40000000", "forge-link cut 2 x"]
     r = linkscripts.parse_report(lines)
-    assert r.cut == {1: 40000000} and r.status == {1: 0} and r.link == {1: 0}
+    assert r.cut == {1: 40000000} and r.status == {1: 0} and r.link == {1: 0} and r.slow == {}
+    assert linkscripts.parse_report(["forge-link slow 3 9000000"]).slow == {3: 9000000}
 
 
 def test_the_registry_name_of_an_image_is_its_first_tag_under_the_namespace() -> None:

@@ -173,3 +173,25 @@ def test_the_way_each_host_was_sent_to_and_why_not_the_asked_one_are_reported(
     assert quiet[1].endswith("(through this machine: gpu1 cannot reach it over SSH: Connection refused\\x1b[2J)")
     rows = json.loads(_run(inv, "--json", "ok:1").output)["results"]
     assert [(r["via"], bool(r["note"])) for r in rows] == [("direct", False), ("client", True)]
+
+
+def test_a_hop_cut_out_of_a_chain_is_said_as_it_is_not_as_sent_through_this_machine(
+    inv: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cut = "cut out of the chain (40 MiB behind): loaded on its own, the hops after it sent to around it"
+
+    def fake(ref: str, *, source: Host, targets: list[Host], via: str = "client", **kw: Any) -> SyncReport:
+        results = tuple(
+            HostResult(h, value=HostSync(h.name, "send", layers_total=1, layers_sent=1, via="relay", note=cut))
+            for h in targets
+            if h is not source
+        )
+        return SyncReport(ref, IMAGE, ("ok:1",), FleetResult(results), read="save")
+
+    monkeypatch.setattr(runs, "sync_image", fake)
+    table = CliRunner().invoke(cli, ["-i", inv, "sync", "--via", "relay", "ok:1"])
+    assert table.exit_code == 0, table.output
+    assert "loaded (relay)" in table.stdout
+    assert f": {cut}" in table.stderr and "through this machine" not in table.stderr
+    quiet = _run(inv, "--quiet", "--via", "relay", "ok:1").output.splitlines()
+    assert quiet[0].endswith(f" via=relay 0.0s ({cut})"), quiet[0]
