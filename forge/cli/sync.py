@@ -190,7 +190,7 @@ def _show_run(run: ImageRun, *, quiet: bool) -> None:
 
 def _noted(o: Outcome) -> str:
     """A host's note: why it came through this machine, or what happened on its way."""
-    return f"sent through this machine: {o.note}" if o.via == "client" else o.note
+    return f"sent through this machine: {o.note}" if o.via == "client" else o.note or ""
 
 
 def _how(report: SyncReport) -> str:
