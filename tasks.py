@@ -110,18 +110,30 @@ def lint(c: Context) -> None:
     _run(c, PY, "-m", "mypy")
 
 
+#: The benchmarks, as docs/benchmarks.md reports them. ``all`` runs them one after the other
+#: in one go, so that every figure comes from the same machine state and regressions show.
+BENCHES = {
+    "sync": ["bench/bench_sync.py"],
+    "topology": ["bench/bench_topology.py", "--rate", "20mbit", "--size-mb", "100", "--random-mb", "30"],
+    "gpus": ["bench/bench_gpus.py", "--hosts", "64", "--repeat", "3", "--latency", "10"],
+    "startup": ["bench/bench_gpus.py", "--hosts", "2", "--repeat", "9", "--startup"],
+}
+
+
 @task(
     help={
-        "which": "sync (forge sync vs bzip2, ~9 min), gpus (16-host probe) or topology "
-        "(direct, relay, registry on shaped links, ~12 min; needs `forge lab up --hosts 9`)"
+        "which": "sync (forge sync vs bzip2, ~9 min), topology (direct, relay, registry on shaped links, "
+        "~15 min), gpus (64 hosts 10 ms away, its own lab), startup (forge --version, one-host forge gpus), "
+        "or all of them in that order; sync and topology need `forge lab up --hosts 9`"
     }
 )
 def bench(c: Context, which: str = "sync") -> None:
     """Run a benchmark against a lab (as root); results go in docs/benchmarks.md."""
-    scripts = {"sync": "bench/bench_sync.py", "gpus": "bench/bench_gpus.py", "topology": "bench/bench_topology.py"}
-    if which not in scripts:
-        raise SystemExit(f"unknown benchmark {which!r}: choose from {', '.join(scripts)}")
-    _run(c, PY, scripts[which])
+    if which != "all" and which not in BENCHES:
+        raise SystemExit(f"unknown benchmark {which!r}: choose from {', '.join(BENCHES)} or all")
+    for name in BENCHES if which == "all" else [which]:
+        print(f"\n## {name}: {' '.join(BENCHES[name])}", flush=True)
+        _run(c, PY, *BENCHES[name])
 
 
 @task(help={"images": "also load the base and compiler images the dev image builds from (default: on)"})

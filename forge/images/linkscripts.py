@@ -159,18 +159,21 @@ def _saved() -> list[str]:
     return ['wait "$R"', 'echo "forge-link save $(cat saved)"', 'echo "forge-link wire $(stat -c %s spool)"']
 
 
-#: A next hop this many bytes behind what its hop has received (and a quarter of it) is cut
-#: out of the chain: it goes on loading from its hop alone, and the hop sends to the one after
-#: it too. Pipes, ssh's window and the sockets hold a few MB: far less than this.
-LAG_BYTES = 32 << 20
+#: A next hop is cut out of the chain when, over the last ``LAG_WINDOW_S`` seconds, it took
+#: less than half the rate at which its hop has been receiving, and is more than ``LAG_BYTES``
+#: behind: it goes on loading from its hop alone, and the hop sends to the one after it too.
+#: Rates, not a lag alone: a connection that took a moment to open is behind by that moment's
+#: bytes at any speed, but not slower.
+LAG_BYTES = 16 << 20
+LAG_WINDOW_S = 3
 
 # A chain's hop (the source too) keeps what it receives in ``spool``, in its private
 # directory; its own load and its sending on each read that file as it grows (``tail -f``
 # until the writer, $R, ends), so neither waits for the other and a slow next hop holds up
 # no one before it. ``forward NEXT SPARE GEN`` sends to the next hop; with a spare (the hop
-# after that one), ``watch`` compares what was received with what ``dd`` passed to the next
-# hop and, once the next hop falls LAG bytes (and a quarter) behind, sends from the start of
-# the spool to the spare as well, one generation up: the spare's newer instance stops the
+# after that one), ``watch`` samples each second what was received and what ``dd`` passed to
+# the next hop and, once the next hop is too slow (see ``LAG_BYTES``), sends from the start
+# of the spool to the spare as well, one generation up: the spare's newer instance stops the
 # older one (fed by the slow hop, which then only loads). The report of the forward goes to
 # stdout: the next hop's (or, cut, only its own lines, then the spare's; a spare that did
 # not load leaves the next hop's whole report: every ``host`` line comes from the load it
@@ -188,12 +191,21 @@ report() {
   tail -n 5 "err$1" | sed "s/^/forge-link err $1 /"
 }
 watch() {
-  local got behind rc
+  local got sent behind rc t=0 took=1 earlier rate_out rate_in
+  local -a past=()
   while kill -0 "$4" 2>/dev/null; do
     sleep 1
+    t=$(( t + 1 ))
     got=$(stat -c %s spool) || return
-    behind=$(( got - $(sent "$1") ))
-    if [ "$behind" -gt @LAG@ ] && [ $(( behind * 4 )) -gt "$got" ] && mkdir decided 2>/dev/null; then
+    if kill -0 "$R" 2>/dev/null; then took=$t; fi
+    sent=$(sent "$1")
+    past+=("$sent")
+    behind=$(( got - sent ))
+    [ "${#past[@]}" -gt @WINDOW@ ] || continue
+    earlier=${past[$(( ${#past[@]} - 1 - @WINDOW@ ))]}
+    rate_out=$(( (sent - earlier) / @WINDOW@ ))
+    rate_in=$(( got / took ))
+    if [ "$behind" -gt @LAG@ ] && [ $(( rate_out * 2 )) -lt "$rate_in" ] && mkdir decided 2>/dev/null; then
       echo "$behind" > "cut$1"
       follow | "link$2" "$(( $3 + 1 ))" > "out$2" 2> "err$2"
       rc=$?
@@ -232,7 +244,8 @@ forward() {
 
 def _chain_functions(directory: str, links: Sequence[Peer]) -> list[str]:
     """The chain's shell functions, and one ``linkN GEN`` per hop this one can send to."""
-    lines = [_FOLLOW, _CHAIN_FUNCTIONS.replace("@LAG@", str(int(LAG_BYTES))).strip("\n")]
+    functions = _CHAIN_FUNCTIONS.replace("@LAG@", str(int(LAG_BYTES))).replace("@WINDOW@", str(int(LAG_WINDOW_S)))
+    lines = [_FOLLOW, functions.strip("\n")]
     for p in links:
         ssh = shell.render(hostlink.ssh_argv(directory, p))
         lines.append(f'link{p.index}() {{ {ssh} forge-load "$1"; }}')

@@ -350,7 +350,7 @@ def test_a_slow_hop_is_cut_out_of_the_chain_and_the_hops_after_it_are_sent_to_ar
     is shaped to a trickle, so the hop before it falls behind sending to it."""
     monkeypatch.setattr(linkscripts, "LAG_BYTES", 6 << 20)
     ref = images.on_top(images.base(), "v1", os.urandom(24 << 20))
-    with shaped(lab, slow, "16mbit"):
+    with shaped(lab, slow, "8mbit"):
         slow_before = _sent_by(lab, slow)
         report = sync(inv, ref, ["gpu2", "gpu3", "gpu4"], via="relay")
         slow_sent = _sent_by(lab, slow) - slow_before
@@ -373,7 +373,7 @@ def test_a_slow_hop_whose_way_around_is_blocked_stays_in_the_chain_and_every_tar
     """gpu2 cuts gpu3 out but cannot reach gpu4 (its spare): the chain stays as it was."""
     monkeypatch.setattr(linkscripts, "LAG_BYTES", 6 << 20)
     ref = images.on_top(images.base(), "v1", os.urandom(16 << 20))
-    with shaped(lab, "gpu3", "24mbit"), unreachable(lab, "gpu2", "gpu4"):
+    with shaped(lab, "gpu3", "8mbit"), unreachable(lab, "gpu2", "gpu4"):
         report = sync(inv, ref, ["gpu2", "gpu3", "gpu4"], via="relay")
     for h in ("gpu2", "gpu3", "gpu4"):
         r = report.results[h]
