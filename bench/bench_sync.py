@@ -21,7 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -47,7 +49,7 @@ def sock(host: str) -> str:
     return f"unix://{LAB}/hosts/{host}/docker.sock"
 
 
-def docker(host: str, *args: str, stdin: object = None, check: bool = True) -> str:
+def docker(host: str, *args: str, stdin: Any = None, check: bool = True) -> str:
     r = subprocess.run(["docker", "-H", sock(host), *args], stdin=stdin, capture_output=True, text=True, check=False)
     if check and r.returncode:
         raise SystemExit(f"docker {' '.join(args)} on {host}: {r.stderr}")
@@ -127,7 +129,7 @@ def wipe(host: str, *refs: str) -> None:
         docker(host, "image", "rm", "-f", base, check=False)
 
 
-def timed(fn) -> float:  # type: ignore[no-untyped-def]
+def timed(fn: Callable[[], object]) -> float:
     t = time.monotonic()
     fn()
     return time.monotonic() - t
@@ -152,7 +154,7 @@ def forge_sync(inv: inventory.Inventory, ref: str, hosts: list[str], read: str =
 def store_read_alone(ref: str) -> float:
     """Writing the load archive from gpu1's layer store to nowhere (what forge reads as root)."""
     with Pool() as pool:
-        store, why = open_store(SOURCE, pool.get(SOURCE))
+        store, why = open_store(pool.get(SOURCE))
         if store is None:
             raise SystemExit(f"cannot read the layer store: {why}")
         image = inspect_image(pool.get(SOURCE), ref)

@@ -143,7 +143,7 @@ class Loaded(threading.Thread):
 
 def row(name: str, fn: Callable[[], SyncReport], *, loads: bool = False) -> dict[str, object]:
     wipe()
-    watch = Loaded(image_id("gpu1", REF)) if loads else None
+    watch = Loaded(image_id("gpu1", REF) or "sha256:none") if loads else None
     if watch:
         watch.start()
     tx0, rx0 = _bridge_bytes()

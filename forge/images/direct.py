@@ -170,7 +170,7 @@ class Transfer:
         self.progress.note(f"{self.src.host.name}: {what} {len(group)} target(s): placing keys")
         failures = dict(self._each(holders, self._prepare))
         if failures:
-            return self._give_up(group, failures, "cannot hold a transfer key")
+            return self._give_up(group, failures, "cannot set up the transfer (keys, room for the stream)")
         keys: dict[str, list[str]] = {}
         codec_of = {h.name: h.codec for h in group}
         for holder in holders:
