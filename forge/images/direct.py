@@ -153,11 +153,15 @@ class Transfer:
         return hops
 
     def _holders(self, group: list[_Hop]) -> list[_Holder]:
-        """Who holds the keys to which hops: the source all of them, or in a chain each host
-        the next one's (and each target of a chain its relay script)."""
+        """Who holds the keys to which hops: the source all of them, or in a chain the source
+        the first hop's and each target the next two (the next, and a spare around it), and
+        its relay script."""
         if not self.relay:
             return [_Holder(self.source, group)]
-        chain = [_Holder(self.source, group[:2], chain=True)]
+        # The source holds no spare: what it sends is made on the spot, as fast as its CPU
+        # goes, so it cannot tell a slow first hop from its own uplink (each hop after it
+        # compares its next hop with what arrives over the network).
+        chain = [_Holder(self.source, group[:1], chain=True)]
         for i, hop in enumerate(group):
             chain.append(_Holder(self.pool.get(hop.plan.host), group[i + 1 : i + 3], hop, chain=True))
         return chain
@@ -325,8 +329,7 @@ class Transfer:
         failure: str | None = None
         directory, save = self.dirs[self.source.name], self.source.docker("save", self.src.image.id)
         if self.relay:
-            spare = group[1].peer if len(group) > 1 else None
-            script = linkscripts.chain_source_script(directory, save, codec, group[0].peer, spare)
+            script = linkscripts.chain_source_script(directory, save, codec, group[0].peer)
         else:
             script = linkscripts.source_script(directory, save, codec, [h.peer for h in group])
         try:

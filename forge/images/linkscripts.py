@@ -3,7 +3,7 @@
 - :func:`source_script`: the source's side of a flat transfer (``docker save | dd | compress |
   tee -p`` into one ``ssh`` per target);
 - :func:`chain_source_script`: the source's side of a chain (the same into a spool file, sent
-  on to the first hop, with the second as its spare);
+  on to the first hop);
 - :func:`relay_script`: a chain's hop, run as its transfer keys' forced command;
 - :func:`parse_report`: their ``forge-link ...`` lines, read as untrusted text; :class:`Lines`
   collects them from the source's stdout with ``dd``'s byte counts for the progress bar.
@@ -259,18 +259,17 @@ def _forward(nxt: Peer | None, spare: Peer | None, gen: str) -> list[str]:
     return [f"forward {nxt.index} {other} {gen} > forward.out & F=$!"]
 
 
-def chain_source_script(
-    directory: str, save: Sequence[str], codec: codecs.Codec, first: Peer, spare: Peer | None
-) -> shell.Script:
+def chain_source_script(directory: str, save: Sequence[str], codec: codecs.Codec, first: Peer) -> shell.Script:
     """The source's side of a chain: ``docker save | dd | COMPRESS`` into its spool, sent on
-    to the first hop (with the second as its spare). Prints the save's status, the compressed
-    size, then the chain's report."""
+    to the first hop. No spare: the source makes the stream as fast as its CPU goes, faster
+    than any link, so a first hop slower than that is no sign of a slow hop. Prints the save's
+    status, the compressed size, then the chain's report."""
     lines = [
         f"cd -- {shell.quote(directory)} || exit 1",
         "cut -d' ' -f5 /proc/$$/stat > pgid",
-        *_chain_functions(directory, [p for p in (first, spare) if p is not None]),
+        *_chain_functions(directory, [first]),
         *_spool_save(save, codec),
-        *_forward(first, spare, "0"),
+        *_forward(first, None, "0"),
         *_saved(),
         'wait "$F"',
         "cat forward.out",

@@ -190,8 +190,8 @@ def test_a_chain_sends_one_copy_and_each_hop_passes_it_on_while_loading() -> Non
     save = ["docker", "save", "sha256:x"]
     flat = linkscripts.source_script("/tmp/forge-link.a", save, zstd, peers)
     assert flat.count("follow | ssh ") == 4 and flat.count(" forge-load ") == 4 and "tee" not in flat
-    chain = linkscripts.chain_source_script("/tmp/forge-link.a", save, zstd, peers[0], peers[1])
-    assert "forward 0 1 0 > forward.out" in chain and "link0()" in chain and "link1()" in chain
+    chain = linkscripts.chain_source_script("/tmp/forge-link.a", save, zstd, peers[0])
+    assert "forward 0 '' 0 > forward.out" in shlex.split(chain)[2] and "link1()" not in chain and "link0()" in chain
     middle = linkscripts.relay_script("/tmp/forge-link.b", 1, peers[2], peers[3], LOAD)
     before_last = linkscripts.relay_script("/tmp/forge-link.c", 2, peers[3], None, LOAD)
     last = linkscripts.relay_script("/tmp/forge-link.d", 3, None, None, LOAD)
