@@ -139,7 +139,9 @@ def source_script(directory: str, save: Sequence[str], codec: codecs.Codec, peer
     return shell.render(["bash", "-c", "\n".join(lines)])
 
 
-_FOLLOW = 'follow() { tail -c +1 -s 0.2 --pid="$R" -f spool; }'
+#: ``tail`` looks at the writer every 50 ms once the file stops growing: in a chain each hop's
+#: end waits on it, one hop after the other.
+_FOLLOW = 'follow() { tail -c +1 -s 0.05 --pid="$R" -f spool; }'
 
 
 def _spool_save(save: Sequence[str], codec: codecs.Codec) -> list[str]:
@@ -164,7 +166,7 @@ def _saved() -> list[str]:
 #: behind: it goes on loading from its hop alone, and the hop sends to the one after it too.
 #: Rates, not a lag alone: a connection that took a moment to open is behind by that moment's
 #: bytes at any speed, but not slower.
-LAG_BYTES = 16 << 20
+LAG_BYTES = 8 << 20
 LAG_WINDOW_S = 3
 
 # A chain's hop (the source too) keeps what it receives in ``spool``, in its private

@@ -199,7 +199,7 @@ def test_a_chain_sends_one_copy_and_each_hop_passes_it_on_while_loading() -> Non
     assert "HostKeyAlias=forge-link-2" in middle and "HostKeyAlias=forge-link-3" in middle
     assert "forward 3 '' \"$g\"" in before_last and "link2()" not in before_last
     assert f"follow | {LOAD} > load.out" in last and "ssh" not in last and "forward " not in last.split("}")[-1]
-    assert "-gt 16777216 ]" in middle and "-gt 3 ]" in middle  # what cuts a hop out
+    assert "-gt 8388608 ]" in middle and "-gt 3 ]" in middle  # what cuts a hop out
     for script in (middle, before_last, last):
         assert script.startswith("set -o pipefail\n") and 'exit "$rc"' in script
         assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0  # it parses
