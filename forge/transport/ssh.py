@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import select
 import socket
 import subprocess
 import threading
@@ -280,17 +279,14 @@ class SSHTransport(Transport):
             # The remote side ends the command too when it runs past its time (with a margin):
             # closing the channel alone leaves it running on the host.
             chan.exec_command(with_timeout(script, timeout))
-            if source is None:  # both outputs read in this thread: no thread to start per command
-                chan.shutdown_write()
-                status = self._drain_both(chan, sink, stderr, deadline, late)
+            readers = [threading.Thread(target=_read_stderr, args=(chan, stderr), daemon=True)]
+            if source is not None:
+                readers.append(threading.Thread(target=_feed, args=(chan, source, errors), daemon=True))
             else:
-                readers = [
-                    threading.Thread(target=_read_stderr, args=(chan, stderr), daemon=True),
-                    threading.Thread(target=_feed, args=(chan, source, errors), daemon=True),
-                ]
-                for t in readers:
-                    t.start()
-                status = self._drain(chan, sink, readers, deadline, late)
+                chan.shutdown_write()
+            for t in readers:
+                t.start()
+            status = self._drain(chan, sink, readers, deadline, late)
         except (paramiko.SSHException, EOFError, OSError) as e:
             self.close()
             raise ConnectError(self.name, f"the SSH connection broke while running a command: {e}") from e
@@ -302,30 +298,6 @@ class SSHTransport(Transport):
                 raise err
             raise ConnectError(self.name, f"sending data failed: {err}") from err
         return CommandResult(self.name, script, status, "", stderr.text(), time.monotonic() - started)
-
-    def _drain_both(
-        self, chan: paramiko.Channel, sink: Any, stderr: OutputLimit, deadline: float | None, late: str
-    ) -> int:
-        """Read the command's stdout into ``sink`` and its stderr into ``stderr`` until it ends
-        (the channel's EOF covers both); its exit status. Waits with ``select`` on the channel,
-        which paramiko makes readable when either output has data or the channel ends."""
-        while True:
-            while chan.recv_ready():
-                data = chan.recv(_CHUNK)
-                if sink is not None:
-                    sink.write(data)
-            while chan.recv_stderr_ready():
-                stderr.write(chan.recv_stderr(_CHUNK))
-            if chan.eof_received or chan.closed:
-                if not (chan.recv_ready() or chan.recv_stderr_ready()):
-                    break
-                continue
-            left = _remaining(deadline)
-            if not select.select([chan], [], [], left)[0] and deadline is not None and time.monotonic() >= deadline:
-                raise CommandTimeout(self.name, late)
-        if not chan.status_event.wait(_remaining(deadline)):
-            raise CommandTimeout(self.name, late)
-        return chan.recv_exit_status()
 
     def _drain(
         self, chan: paramiko.Channel, sink: Any, readers: list[threading.Thread], deadline: float | None, late: str
