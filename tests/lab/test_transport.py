@@ -85,8 +85,8 @@ def test_failed_command_is_a_result_not_an_exception(inv: inventory.Inventory) -
 
 
 def test_much_output_on_both_streams_at_once_is_read_whole(inv: inventory.Inventory) -> None:
-    """Both outputs are read in one thread: neither may fill its window while the other is
-    waited on (8 MiB each, interleaved, past SSH's window of 2 MiB)."""
+    """Both outputs at once, interleaved, past SSH's window of 2 MiB (8 MiB on stdout, 4 MiB
+    on stderr): neither may fill its window while the other is waited on."""
     script = "for i in $(seq 64); do head -c 131072 /dev/zero | tr '\\0' o; head -c 65536 /dev/zero >&2; done; exit 3"
     with connect(inv.hosts[0]) as t:
         r = t.run(["sh", "-c", script], timeout=60)
