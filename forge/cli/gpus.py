@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -29,6 +28,7 @@ from forge.cli.gpuviews import (
     user_rows,
 )
 from forge.cli.main import DURATION, State, pass_state
+from forge.cli.signals import SignalFlag, wait_any
 from forge.durations import format_duration
 from forge.errors import ExitCode
 from forge.gpu.holders import Holder, holders_of
@@ -366,7 +366,7 @@ def _wait_then_show(
 def _wait(
     view: View,
     probe: Callable[[], list[HostReport]],
-    stop: threading.Event,
+    stop: SignalFlag,
     line: output.StatusLine,
     *,
     interval: float,
@@ -395,7 +395,7 @@ def _wait(
     return reports, found[0]
 
 
-def _watch_lines(view: View, probe: Callable[[], list[HostReport]], stop: threading.Event, interval: float) -> None:
+def _watch_lines(view: View, probe: Callable[[], list[HostReport]], stop: SignalFlag, interval: float) -> None:
     """Frames one after the other (not a terminal: a file, a pipe, JSON)."""
     while not stop.is_set():
         reports = probe()
@@ -410,7 +410,7 @@ def _watch_line(interval: float) -> str:
     return f"forge gpus — {datetime.now():%H:%M:%S} — every {interval:g} s, Ctrl-C to stop"
 
 
-def _watch_in_place(view: View, probe: Callable[[], list[HostReport]], stop: threading.Event, interval: float) -> None:
+def _watch_in_place(view: View, probe: Callable[[], list[HostReport]], stop: SignalFlag, interval: float) -> None:
     """Frames drawn in place on the terminal; a resize lays the last one out again at once."""
     with Screen(sys.stdout) as screen:
         while not stop.is_set():
@@ -420,8 +420,9 @@ def _watch_in_place(view: View, probe: Callable[[], list[HostReport]], stop: thr
             frame = functools.partial(_frame, view, reports, _watch_line(interval))
             screen.draw(frame)
             deadline = time.monotonic() + interval
-            while not stop.is_set() and time.monotonic() < deadline:
-                if screen.resized.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                wait_any([stop, screen.resized], left)
+                if screen.resized.is_set() and not stop.is_set():
                     screen.draw(frame)
 
 

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from types import FrameType
@@ -21,6 +20,7 @@ from typing import Any, TextIO
 import click
 
 from forge.cli import output
+from forge.cli.signals import SignalFlag
 from forge.gpu.holders import holders_of
 from forge.gpu.model import Gpu
 from forge.gpu.survey import HostReport
@@ -160,11 +160,12 @@ class Screen:
     """``--watch`` on a terminal: frames drawn in place on the alternate screen (as ``top``
     and ``watch`` do), one write per frame, each line cleared to its end and the rest of the
     screen below the frame cleared: no flicker. A resize (SIGWINCH) wakes the loop to lay the
-    last frame out again for the new size. Leaving restores the screen and the cursor."""
+    last frame out again for the new size (a flag its handler sets without a lock: see
+    forge/cli/signals.py). Leaving restores the screen and the cursor."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.resized = threading.Event()
+        self.resized = SignalFlag()
         self._old: Any = None
 
     def __enter__(self) -> Screen:
@@ -178,6 +179,7 @@ class Screen:
 
     def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGWINCH, self._old)
+        self.resized.close()
         self.out.write("\x1b[?25h\x1b[?1049l")
         self.out.flush()
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from forge.cli.signals import SignalFlag
 from forge.progress import NoProgress
 
 # What a terminal would act on instead of showing: C0 and C1 controls (escape sequences that
@@ -135,27 +136,38 @@ class HostCounter(NoProgress):
 
 
 class Interrupt:
-    """Ctrl-C for a loop that redraws (``--watch``): the first one sets an event the loop checks
-    (and runs ``on_first`` in a thread, e.g. to cut the work in flight short); a second one
+    """Ctrl-C for a loop that redraws (``--watch``): the first one sets a flag the loop checks
+    (and has ``on_first`` run in a thread, e.g. to cut the work in flight short); a second one
     interrupts at once. Without it, a KeyboardInterrupt raised in the middle of the thread
-    pool's own lock handling ended in "RuntimeError: release unlocked lock"."""
+    pool's own lock handling ended in "RuntimeError: release unlocked lock". The handler takes
+    no lock (see forge/cli/signals.py): the thread that runs ``on_first`` is started beforehand
+    and waits for the flag."""
 
     def __init__(self, on_first: Any = None) -> None:
-        self.event = threading.Event()
+        self.event = SignalFlag()
         self.on_first = on_first
         self._old: Any = None
+        self._leaving = False
+        self._runner: threading.Thread | None = None
 
     def _handler(self, signum: int, frame: Any) -> None:
         import signal
 
         signal.signal(signal.SIGINT, self._old)  # the next Ctrl-C interrupts at once
         self.event.set()
-        if self.on_first is not None:
-            threading.Thread(target=self.on_first, daemon=True).start()
 
-    def __enter__(self) -> threading.Event:
+    def _run_on_first(self) -> None:
+        while not self.event.wait() and not self._leaving:
+            pass
+        if self.event.is_set() and self.on_first is not None:
+            self.on_first()
+
+    def __enter__(self) -> SignalFlag:
         import signal
 
+        if self.on_first is not None:
+            self._runner = threading.Thread(target=self._run_on_first, name="forge-interrupt", daemon=True)
+            self._runner.start()
         self._old = signal.signal(signal.SIGINT, self._handler)
         return self.event
 
@@ -164,3 +176,9 @@ class Interrupt:
 
         if signal.getsignal(signal.SIGINT) == self._handler:
             signal.signal(signal.SIGINT, self._old)
+        self._leaving = True
+        self.event.wake()
+        if self._runner is not None and not self.event.is_set():
+            self._runner.join()  # it returns at once; after a Ctrl-C it may still be in on_first
+        if not self.event.is_set():
+            self.event.close()  # after a Ctrl-C the process ends: the runner may still hold it

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from forge.durations import format_duration
 from forge.errors import ExitCode, ForgeError
@@ -20,6 +20,14 @@ from forge.gpu.model import HostGpus, ProbeStatus
 
 S = TypeVar("S")  # a snapshot of the fleet
 R = TypeVar("R")  # what fit
+
+
+class Stop(Protocol):
+    """What ends a wait early: a ``threading.Event``, or a flag a signal handler sets."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 class WaitTimedOut(ForgeError):
@@ -47,7 +55,7 @@ def wait_until(
     *,
     interval: float,
     timeout: float | None = None,
-    stop: threading.Event | None = None,
+    stop: Stop | None = None,
     on_wait: Callable[[Waiting[S]], None] | None = None,
     what: str = "the request",
     clock: Callable[[], float] = time.monotonic,

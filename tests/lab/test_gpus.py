@@ -427,7 +427,8 @@ def _pty_size(fd: int, rows: int, cols: int) -> None:
 
 def test_watch_on_a_terminal_fits_the_screen_and_follows_a_resize(lab: Any) -> None:
     """Issue 15: on a terminal too small for a row per GPU, one line per host; frames drawn in
-    place on the alternate screen; a resize lays the frame out again; Ctrl-C restores it."""
+    place on the alternate screen; a resize lays the frame out again, after a burst of them too;
+    Ctrl-C restores it."""
     import os
     import select
     import signal
@@ -463,6 +464,14 @@ def test_watch_on_a_terminal_fits_the_screen_and_follows_a_resize(lab: Any) -> N
         second = frame_with(b"STATE", mark)  # the same frame, now a row per GPU, long before the next probe
         rows = [line for line in second.split(b"\n") if line.startswith(lab.hosts[0].encode())]
         assert len(rows) == 4
+        for _ in range(300):  # a window dragged: resizes in a burst (a handler that took a lock hung here)
+            proc.send_signal(signal.SIGWINCH)
+            if select.select([master], [], [], 0.002)[0]:
+                seen += os.read(master, 65536)
+        mark = len(seen)
+        _pty_size(master, 15, 120)
+        proc.send_signal(signal.SIGWINCH)
+        assert b"STATE" not in frame_with(b"HOLDERS", mark)  # still answering: back to a line per host
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
         while select.select([master], [], [], 0.5)[0]:
