@@ -16,9 +16,10 @@ host). Targets: gpu2..gpu9. Rows, in one run:
 - eight targets `--from gpu1`: through the client, straight from gpu1 (`--via direct`), relay,
   and through the lab's registry on the data host (push, then eight pulls at once; its link
   shaped too; the registry is emptied first, so the push sends every layer);
-- eight targets `--from gpu1` along a chain whose second hop (gpu3) has a slow link
-  (`--slow-rate`, both ways): once with the slow hop left in the chain (its cut-out disabled),
-  once as forge runs (it is cut out and the chain goes around it); for these, when each
+- eight targets `--from gpu1` along a chain whose second hop (gpu3), then whose first hop
+  (gpu2), has a slow link (`--slow-rate`, both ways): once with the slow hop left in the chain
+  (its cut-out disabled), once as forge runs (it is cut out and the chain goes around it;
+  the first hop only after the source's trial showed its own uplink is not the limit); for these, when each
   target's load finished (its image appearing in its daemon's image store, polled).
 
 each with its time, the bytes that crossed the client's link (the bridge's counters: the
@@ -53,6 +54,7 @@ REF = "forge-bench/topology:v2"
 BRIDGE = "forgelab0"
 TARGETS = [f"gpu{i}" for i in range(2, 10)]
 SLOW = "gpu3"  # the second hop of a chain
+SLOW_FIRST = "gpu2"  # its first hop
 HERE = Host(name="here", address="localhost", local=True, docker_host=sock("gpu1"), command_timeout=3600)
 
 
@@ -218,22 +220,35 @@ def main() -> None:
             row("8 targets --from gpu1, relay", run(gpu1, hosts, "relay")),
             row("8 targets --from gpu1, registry (push + 8 pulls)", run(gpu1, hosts, "registry")),
         ]
-        slow = f"gpu3 at {args.slow_rate}"
-        _tbf([], veth(SLOW), args.slow_rate)
-        _tbf(_ns(SLOW), "eth0", args.slow_rate)
-        lag = linkscripts.LAG_BYTES
-        try:
-            linkscripts.LAG_BYTES = 1 << 62  # never cut: the chain waits for its slowest hop
-            name = f"8 targets --from gpu1, relay, {slow}, left in the chain"
-            rows.append(row(name, run(gpu1, hosts, "relay"), loads=True))
-        finally:
-            linkscripts.LAG_BYTES = lag
-        name = f"8 targets --from gpu1, relay, {slow}, cut out (forge)"
-        rows.append(row(name, run(gpu1, hosts, "relay"), loads=True))
+        for hop, where in ((SLOW, "second hop"), (SLOW_FIRST, "first hop")):
+            rows += slow_hop_rows(hop, where, args.slow_rate, run(gpu1, hosts, "relay"), args.rate)
     finally:
         shape(None)
         wipe()
     report(rows, args)
+
+
+def slow_hop_rows(
+    hop: str, where: str, slow_rate: str, go: Callable[[], SyncReport], rate: str
+) -> list[dict[str, object]]:
+    """The relay with ``hop``'s link slow both ways: left in the chain (its cut-out disabled),
+    then as forge runs it; the link shaped back to ``rate`` after."""
+    slow = f"{hop} ({where}) at {slow_rate}"
+    _tbf([], veth(hop), slow_rate)
+    _tbf(_ns(hop), "eth0", slow_rate)
+    lag = linkscripts.LAG_BYTES
+    rows = []
+    try:
+        linkscripts.LAG_BYTES = 1 << 62  # never cut: the chain waits for its slowest hop
+        rows.append(row(f"8 targets --from gpu1, relay, {slow}, left in the chain", go, loads=True))
+    finally:
+        linkscripts.LAG_BYTES = lag
+    rows.append(row(f"8 targets --from gpu1, relay, {slow}, cut out (forge)", go, loads=True))
+    for r in rows:
+        r["slow"] = hop
+    _tbf([], veth(hop), rate)
+    _tbf(_ns(hop), "eth0", rate)
+    return rows
 
 
 def report(rows: list[dict[str, object]], args: argparse.Namespace) -> None:
@@ -258,11 +273,12 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace) -> None:
         loaded: dict[str, float] = r["loaded"]  # type: ignore[assignment]
         if not loaded:
             continue
-        others = max(t for h, t in loaded.items() if h != SLOW)
+        slow = str(r["slow"])
+        others = max(t for h, t in loaded.items() if h != slow)
         notes: dict[str, str] = r["notes"]  # type: ignore[assignment]
         print(
-            f"| {r['name']} | {others:.1f} s | {others / one:.2f}x | {loaded.get(SLOW, float('nan')):.1f} s "
-            f"| {notes.get(SLOW, '') or 'none'} |"
+            f"| {r['name']} | {others:.1f} s | {others / one:.2f}x | {loaded.get(slow, float('nan')):.1f} s "
+            f"| {notes.get(slow, '') or 'none'} |"
         )
 
 

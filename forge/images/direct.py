@@ -24,8 +24,9 @@ whose transfer key is forced to run a relay script in its own private directory:
 so each target loads and passes the bytes on at once, and one copy crosses each link; neither
 its load nor the next hop holds up what it receives. Each holder (the source, each target) also
 has a spare key to the hop after next, used when the next one falls behind
-(:data:`forge.images.linkscripts.LAG_BYTES`): the slow hop is cut out of the chain (it goes on
-loading alone) and the chain goes on around it. A hop that dies ends the chain after it (the
+(:data:`forge.images.linkscripts.LAG_BYTES`; the source first checks, with a short trial
+stream to the spare, that the limit is not its own uplink): the slow hop is cut out of the
+chain (it goes on loading alone) and the chain goes on around it. A hop that dies ends the chain after it (the
 hops before it go on); the targets the chain did not serve are the caller's to send to after.
 Each hop prints its own status and last lines, then the next hop's report, so the source's
 output holds the whole chain's.
@@ -158,10 +159,9 @@ class Transfer:
         its relay script."""
         if not self.relay:
             return [_Holder(self.source, group)]
-        # The source holds no spare: what it sends is made on the spot, as fast as its CPU
-        # goes, so it cannot tell a slow first hop from its own uplink (each hop after it
-        # compares its next hop with what arrives over the network).
-        chain = [_Holder(self.source, group[:1], chain=True)]
+        # The source's spare is only used after a trial showed its uplink is not the limit
+        # (forge.images.linkscripts.TRIAL_S).
+        chain = [_Holder(self.source, group[:2], chain=True)]
         for i, hop in enumerate(group):
             chain.append(_Holder(self.pool.get(hop.plan.host), group[i + 1 : i + 3], hop, chain=True))
         return chain
@@ -329,7 +329,8 @@ class Transfer:
         failure: str | None = None
         directory, save = self.dirs[self.source.name], self.source.docker("save", self.src.image.id)
         if self.relay:
-            script = linkscripts.chain_source_script(directory, save, codec, group[0].peer)
+            spare = group[1].peer if len(group) > 1 else None
+            script = linkscripts.chain_source_script(directory, save, codec, group[0].peer, spare)
         else:
             script = linkscripts.source_script(directory, save, codec, [h.peer for h in group])
         try:

@@ -167,19 +167,33 @@ def _saved() -> list[str]:
 #: Rates, not a lag alone: a connection that took a moment to open is behind by that moment's
 #: bytes at any speed, but not slower.
 LAG_BYTES = 8 << 20
+#: What the source's trial asks of its spare: take the stream and throw it away.
+RATE = "forge-rate"
 LAG_WINDOW_S = 3
+
+#: The source tries its spare this long before it cuts its first hop out: see ``faster`` below.
+TRIAL_S = 2
 
 # A chain's hop (the source too) keeps what it receives in ``spool``, in its private
 # directory; its own load and its sending on each read that file as it grows (``tail -f``
 # until the writer, $R, ends), so neither waits for the other and a slow next hop holds up
-# no one before it. ``forward NEXT SPARE GEN`` sends to the next hop; with a spare (the hop
-# after that one), ``watch`` samples each second what was received and what ``dd`` passed to
-# the next hop and, once the next hop is too slow (see ``LAG_BYTES``), sends from the start
+# no one before it. ``forward NEXT SPARE GEN [TRIAL]`` sends to the next hop; with a spare (the
+# hop after that one), ``watch`` samples each second what was received and what ``dd`` passed
+# to the next hop and, once the next hop is too slow (see ``LAG_BYTES``), sends from the start
 # of the spool to the spare as well, one generation up: the spare's newer instance stops the
 # older one (fed by the slow hop, which then only loads). The report of the forward goes to
 # stdout: the next hop's (or, cut, only its own lines, then the spare's; a spare that did
 # not load leaves the next hop's whole report: every ``host`` line comes from the load it
 # names, whichever way it travelled).
+#
+# The source (TRIAL set) makes the stream faster than any link, so its first hop always looks
+# slow beside it: the limit may be the source's own uplink, and going around would only send
+# two copies up it. So the source first tries (``faster``, once): for ``TRIAL_S`` seconds it
+# also sends the spool to the spare, which throws it away (``forge-rate``). The trial's rate is
+# what its ``dd`` says it copied and in how long (it may send the whole spool before the time
+# is up); the first hop's, what its ``dd`` wrote meanwhile (``wchar`` in /proc: exact at any
+# moment). The first hop is cut out only if the spare took more than twice its rate: an uplink
+# that is the limit shares itself about evenly between the two.
 _CHAIN_FUNCTIONS = r"""
 sent() {
   local n
@@ -192,8 +206,32 @@ report() {
   echo "forge-link link $1 $2"
   tail -n 5 "err$1" | sed "s/^/forge-link err $1 /"
 }
+wrote() {
+  local n
+  n=$(awk '/^wchar:/ {print $2}' "/proc/$(cat "$1" 2>/dev/null)/io" 2>/dev/null)
+  case "$n" in ''|*[!0-9]*) n=0 ;; esac
+  echo "$n"
+}
+faster() {
+  local p d t0 t1 a0 a1 n secs
+  t0=$(date +%s%N); a0=$(wrote "dd$1")
+  ( follow | { echo "$BASHPID" > trial.pid; exec dd bs=1M 2> trial.dd; } |
+    { echo "$BASHPID" > trial.ssh; "rate$2" > /dev/null 2>&1; } ) &
+  p=$!
+  sleep @TRIAL@
+  d=$(cat trial.pid 2>/dev/null)
+  case "$d" in ''|*[!0-9]*) ;; *) kill -USR1 "$d" 2>/dev/null && sleep 0.2; kill "$d" 2>/dev/null ;; esac
+  d=$(cat trial.ssh 2>/dev/null)
+  case "$d" in ''|*[!0-9]*) ;; *) kill "$d" 2>/dev/null ;; esac
+  wait "$p"
+  t1=$(date +%s%N); a1=$(wrote "dd$1")
+  read -r n secs < <(sed -n 's/^\([0-9]*\) bytes.* copied, \([0-9.]*\) s.*/\1 \2/p' trial.dd | tail -n 1)
+  echo "${n:-0} ${secs:-0} $(( a1 - a0 )) $(( (t1 - t0) / 1000000 ))" > "trial$2"
+  awk -v n="${n:-0}" -v s="${secs:-0}" -v a="$(( a1 - a0 ))" -v ms="$(( (t1 - t0) / 1000000 ))" \
+    'BEGIN { exit !(n > 0 && s > 0 && ms > 0 && n / s > 2 * a * 1000 / ms) }'
+}
 watch() {
-  local got sent behind rc t=0 took=1 earlier rate_out rate_in
+  local got sent behind rc t=0 took=1 earlier rate_out rate_in tried=
   local -a past=()
   while kill -0 "$4" 2>/dev/null; do
     sleep 1
@@ -207,7 +245,13 @@ watch() {
     earlier=${past[$(( ${#past[@]} - 1 - @WINDOW@ ))]}
     rate_out=$(( (sent - earlier) / @WINDOW@ ))
     rate_in=$(( got / took ))
-    if [ "$behind" -gt @LAG@ ] && [ $(( rate_out * 2 )) -lt "$rate_in" ] && mkdir decided 2>/dev/null; then
+    [ "$behind" -gt @LAG@ ] && [ $(( rate_out * 2 )) -lt "$rate_in" ] || continue
+    if [ -n "$5" ]; then
+      [ -z "$tried" ] || continue
+      tried=1
+      faster "$1" "$2" || continue
+    fi
+    if mkdir decided 2>/dev/null; then
       echo "$behind" > "cut$1"
       follow | "link$2" "$(( $3 + 1 ))" > "out$2" 2> "err$2"
       rc=$?
@@ -218,11 +262,12 @@ watch() {
 }
 forward() {
   local p w rc
-  follow | dd bs=1M status=progress 2> "sent$1" | "link$1" "$3" > "out$1" 2> "err$1" &
+  follow | { echo "$BASHPID" > "dd$1"; exec dd bs=1M status=progress 2> "sent$1"; } |
+    "link$1" "$3" > "out$1" 2> "err$1" &
   p=$!
   w=
   if [ -n "$2" ]; then
-    watch "$1" "$2" "$3" "$p" < /dev/null > /dev/null 2>&1 &
+    watch "$1" "$2" "$3" "$p" "$4" < /dev/null > /dev/null 2>&1 &
     w=$!
   fi
   wait "$p"
@@ -246,32 +291,38 @@ forward() {
 
 def _chain_functions(directory: str, links: Sequence[Peer]) -> list[str]:
     """The chain's shell functions, and one ``linkN GEN`` per hop this one can send to."""
+    if not links:  # the last hop only loads
+        return [_FOLLOW]
     functions = _CHAIN_FUNCTIONS.replace("@LAG@", str(int(LAG_BYTES))).replace("@WINDOW@", str(int(LAG_WINDOW_S)))
+    functions = functions.replace("@TRIAL@", str(int(TRIAL_S)))
     lines = [_FOLLOW, functions.strip("\n")]
     for p in links:
         ssh = shell.render(hostlink.ssh_argv(directory, p))
         lines.append(f'link{p.index}() {{ {ssh} forge-load "$1"; }}')
+        lines.append(f"rate{p.index}() {{ exec {ssh} {RATE}; }}")  # in a pipeline's subshell
     return lines
 
 
-def _forward(nxt: Peer | None, spare: Peer | None, gen: str) -> list[str]:
+def _forward(nxt: Peer | None, spare: Peer | None, gen: str, *, trial: bool = False) -> list[str]:
     if nxt is None:
         return []
     other = str(spare.index) if spare else "''"
-    return [f"forward {nxt.index} {other} {gen} > forward.out & F=$!"]
+    return [f"forward {nxt.index} {other} {gen}{' trial' if trial else ''} > forward.out & F=$!"]
 
 
-def chain_source_script(directory: str, save: Sequence[str], codec: codecs.Codec, first: Peer) -> shell.Script:
+def chain_source_script(
+    directory: str, save: Sequence[str], codec: codecs.Codec, first: Peer, spare: Peer | None
+) -> shell.Script:
     """The source's side of a chain: ``docker save | dd | COMPRESS`` into its spool, sent on
-    to the first hop. No spare: the source makes the stream as fast as its CPU goes, faster
-    than any link, so a first hop slower than that is no sign of a slow hop. Prints the save's
+    to the first hop, with the second as a spare that a slow first hop is cut out for once a
+    trial showed the source's uplink is not the limit (see ``TRIAL_S``). Prints the save's
     status, the compressed size, then the chain's report."""
     lines = [
         f"cd -- {shell.quote(directory)} || exit 1",
         "cut -d' ' -f5 /proc/$$/stat > pgid",
-        *_chain_functions(directory, [first]),
+        *_chain_functions(directory, [p for p in (first, spare) if p is not None]),
         *_spool_save(save, codec),
-        *_forward(first, None, "0"),
+        *_forward(first, spare, "0", trial=True),
         *_saved(),
         'wait "$F"',
         "cat forward.out",
@@ -316,6 +367,7 @@ def relay_script(directory: str, index: int, nxt: Peer | None, spare: Peer | Non
     fails the sending on. Prints its own status and last lines, then the next hop's report."""
     lines = [
         "set -o pipefail",
+        f'if [ "$SSH_ORIGINAL_COMMAND" = {RATE} ]; then exec cat > /dev/null; fi',
         f"cd -- {shell.quote(directory)} || exit 1",
         _HOP_START.strip("\n"),
         *_chain_functions(directory, [p for p in (nxt, spare) if p is not None]),

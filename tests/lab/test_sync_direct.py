@@ -67,6 +67,18 @@ def shaped(lab: Any, host: str, rate: str = "24mbit") -> Iterator[None]:
 
 
 @contextmanager
+def shaped_out(lab: Any, host: str, rate: str) -> Iterator[None]:
+    """Traffic out of ``host`` limited to ``rate`` (tbf on its own end of the link): its uplink."""
+    ns = nsenter(lab.lab.config.host(host).netns)
+    tbf = ["tbf", "rate", rate, "burst", "32kb", "latency", "400ms"]
+    subprocess.run([*ns, "tc", "qdisc", "replace", "dev", "eth0", "root", *tbf], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run([*ns, "tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
+
+
+@contextmanager
 def unreachable(lab: Any, src: str, dst: str) -> Iterator[None]:
     """``src`` cannot open connections to ``dst``'s SSH port (a firewall between them)."""
     rule = ["OUTPUT", "-d", lab.lab.address(dst), "-p", "tcp", "--dport", "22", "-j", "REJECT"]
@@ -329,7 +341,7 @@ def test_a_target_killed_mid_relay_is_cut_out_and_the_rest_are_served_after(
         return pgid
 
     killer = OnFirstBytes(kill_middle)
-    with shaped(lab, "gpu2", "16mbit"):  # seconds to pass through the first hop
+    with shaped_out(lab, SOURCE, "16mbit"):  # seconds to pass (the source's uplink: no hop is slow)
         report = sync(inv, ref, ["gpu2", "gpu3", "gpu4"], via="relay", progress=killer)
     killer.check()
     two, three, four = (report.results[h] for h in ("gpu2", "gpu3", "gpu4"))
@@ -364,6 +376,54 @@ def test_a_slow_hop_is_cut_out_of_the_chain_and_the_hops_after_it_are_sent_to_ar
     assert cut.note.startswith("cut out of the chain (") and "MiB behind" in cut.note, cut
     assert [h for h in ("gpu2", "gpu3", "gpu4") if report.results[h].value.note] == [slow]
     assert slow_sent < wire / 2, (slow_sent, wire)  # the hops after it were not fed through it
+    assert _placed(lab) == ([], [])
+
+
+def test_a_slow_first_hop_is_cut_out_once_a_trial_shows_the_source_uplink_is_not_the_limit(
+    lab: Any, inv: inventory.Inventory, images: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gpu2, the first hop, behind a trickle of a link: the source's trial stream to gpu3 (its
+    spare) goes more than twice as fast, so the source cuts gpu2 out and feeds gpu3 itself."""
+    slow = "gpu2"
+    monkeypatch.setattr(linkscripts, "LAG_BYTES", 6 << 20)
+    ref = images.on_top(images.base(), "v1", os.urandom(24 << 20))
+    with shaped(lab, slow, "8mbit"):
+        slow_before = _sent_by(lab, slow)
+        report = sync(inv, ref, ["gpu2", "gpu3", "gpu4"], via="relay")
+        slow_sent = _sent_by(lab, slow) - slow_before
+    for h in ("gpu2", "gpu3", "gpu4"):
+        r = report.results[h]
+        assert r.ok and r.value.via == "relay", (h, r.reason)
+        assert images.same(h, ref) and images.leftovers(h) == []
+    wire = report.results["gpu4"].value.wire_bytes
+    assert wire > 20 << 20
+    cut = report.results[slow].value
+    assert cut.note.startswith("cut out of the chain (") and "MiB behind" in cut.note, cut
+    assert [h for h in ("gpu2", "gpu3", "gpu4") if report.results[h].value.note] == [slow]
+    assert slow_sent < wire / 2, (slow_sent, wire)  # the hops after it were not fed through it
+    assert _placed(lab) == ([], [])
+
+
+def test_a_source_whose_own_uplink_is_the_limit_cuts_no_hop_out(
+    lab: Any, inv: inventory.Inventory, images: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gpu1's uplink is the narrow part: its first hop takes the stream slower than gpu1 makes
+    it, but the trial to the spare gets no more (the two share the uplink): no cut, one copy
+    (and the trial's few seconds) out of gpu1."""
+    monkeypatch.setattr(linkscripts, "LAG_BYTES", 6 << 20)
+    ref = images.on_top(images.base(), "v1", os.urandom(24 << 20))
+    with shaped_out(lab, SOURCE, "16mbit"):
+        before = _sent_by(lab, SOURCE)
+        report = sync(inv, ref, ["gpu2", "gpu3", "gpu4"], via="relay")
+        sent = _sent_by(lab, SOURCE) - before
+    for h in ("gpu2", "gpu3", "gpu4"):
+        r = report.results[h]
+        assert r.ok and r.value.via == "relay", (h, r.reason)
+        assert r.value.note == "", (h, r.value.note)
+        assert images.same(h, ref) and images.leftovers(h) == []
+    wire = report.results["gpu4"].value.wire_bytes
+    assert wire > 20 << 20
+    assert sent < 1.4 * wire, (sent, wire)  # one copy, and the trial: not two copies
     assert _placed(lab) == ([], [])
 
 

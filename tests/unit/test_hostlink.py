@@ -190,21 +190,37 @@ def test_a_chain_sends_one_copy_and_each_hop_passes_it_on_while_loading() -> Non
     save = ["docker", "save", "sha256:x"]
     flat = linkscripts.source_script("/tmp/forge-link.a", save, zstd, peers)
     assert flat.count("follow | ssh ") == 4 and flat.count(" forge-load ") == 4 and "tee" not in flat
-    chain = linkscripts.chain_source_script("/tmp/forge-link.a", save, zstd, peers[0])
-    assert "forward 0 '' 0 > forward.out" in shlex.split(chain)[2] and "link1()" not in chain and "link0()" in chain
+    chain = linkscripts.chain_source_script("/tmp/forge-link.a", save, zstd, peers[0], peers[1])
+    assert "forward 0 1 0 trial > forward.out" in shlex.split(chain)[2]  # the source tries its spare first
+    assert "link0()" in chain and "link1()" in chain and "rate1()" in chain and "link2()" not in chain
+    alone = linkscripts.chain_source_script("/tmp/forge-link.a", save, zstd, peers[0], None)
+    assert "forward 0 '' 0 trial > forward.out" in shlex.split(alone)[2] and "link1()" not in alone
     middle = linkscripts.relay_script("/tmp/forge-link.b", 1, peers[2], peers[3], LOAD)
     before_last = linkscripts.relay_script("/tmp/forge-link.c", 2, peers[3], None, LOAD)
     last = linkscripts.relay_script("/tmp/forge-link.d", 3, None, None, LOAD)
     assert f"follow | {LOAD} > load.out" in middle and 'forward 2 3 "$g"' in middle
     assert "HostKeyAlias=forge-link-2" in middle and "HostKeyAlias=forge-link-3" in middle
     assert "forward 3 '' \"$g\"" in before_last and "link2()" not in before_last
-    assert f"follow | {LOAD} > load.out" in last and "ssh" not in last and "forward " not in last.split("}")[-1]
+    assert f"follow | {LOAD} > load.out" in last and "ssh" not in last and "forward" not in last  # it only loads
     assert "-gt 8388608 ]" in middle and "-gt 3 ]" in middle  # what cuts a hop out
     for script in (middle, before_last, last):
         assert script.startswith("set -o pipefail\n") and 'exit "$rc"' in script
         assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0  # it parses
-    for script in (flat, chain):
+    for script in (flat, chain, alone):
         assert subprocess.run(["bash", "-n", "-c", shlex.split(script)[2]]).returncode == 0
+
+
+def test_a_hop_asked_for_a_trial_throws_the_stream_away_and_starts_nothing(tmp_path: Path) -> None:
+    """The source's trial (``forge-rate``) reaches the spare's relay script: the bytes go to
+    /dev/null, no instance of the hop starts (none stops the one the chain feeds)."""
+    script = linkscripts.relay_script(str(tmp_path), 2, None, None, "cat > loaded")
+    env = {**os.environ, "SSH_ORIGINAL_COMMAND": linkscripts.RATE}
+    r = subprocess.run(["bash", "-c", script], input=b"x" * 3_000_000, env=env, capture_output=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == b"" and list(tmp_path.iterdir()) == []
+    env["SSH_ORIGINAL_COMMAND"] = "forge-load 0"  # the same script loads otherwise
+    r = subprocess.run(["bash", "-c", script], input=b"x" * 1000, env=env, capture_output=True, timeout=60)
+    assert b"forge-link host 2 0" in r.stdout
+    assert [p.name[:4] for p in tmp_path.iterdir()] == ["run."]
 
 
 def test_a_cut_hop_is_reported_with_how_far_behind_it_was() -> None:
