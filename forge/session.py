@@ -54,6 +54,9 @@ class HostSession(Transport):
     ) -> CommandResult:
         return self.transport.run(command, timeout=timeout, stdin=stdin, check=check)
 
+    def run_again(self, command: Command, *, timeout: float | None = None) -> CommandResult:
+        return self.transport.run_again(command, timeout=timeout)
+
     def stream(
         self,
         command: Command,

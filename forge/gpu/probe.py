@@ -395,9 +395,9 @@ def _first(text: str) -> str:
 def probe_host(s: HostSession, *, timeout: float) -> HostGpus:
     """Run the probe on one host and parse it. Transport errors (connect, timeout) propagate:
     the fleet layer collects them per host."""
-    result = s.run(probe_command(s.docker_words), timeout=timeout)
+    result = s.run_again(probe_command(s.docker_words), timeout=timeout)
     found = parse_probe(result.host or s.name, result)
     if found.ok and any(g.mig_enabled for g in found.gpus):  # one more round trip, MIG hosts only
-        mig_result = s.run(["sh", "-c", mig.MIG_SCRIPT], timeout=timeout)
+        mig_result = s.run_again(["sh", "-c", mig.MIG_SCRIPT], timeout=timeout)
         found = parse_probe(result.host or s.name, result, mig_result)
     return found

@@ -125,6 +125,12 @@ class Transport(abc.ABC):
         Returned stdout is empty when ``sink`` is given; stderr is always captured.
         """
 
+    def run_again(self, command: Command, *, timeout: float | None = None) -> CommandResult:
+        """Run a command that is run over and over on this connection (a probe, each round of
+        ``--watch``): the same result as :meth:`run`, but a transport may serve it from a
+        loop it keeps on the host (:mod:`forge.transport.kept`)."""
+        return self.run(command, timeout=timeout)
+
     @abc.abstractmethod
     def close(self) -> None:
         """Close the connection; a later command opens a new one."""

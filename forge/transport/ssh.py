@@ -25,16 +25,27 @@ from typing import IO, Any, cast
 
 import paramiko
 
+from forge import shell
 from forge.errors import CommandTimeout, ConnectError, ForgeError, HostKeyError, shown
 from forge.inventory import Host
-from forge.transport import hostkeys, openssh
-from forge.transport.base import Command, CommandResult, OutputLimit, Transport, to_script, with_timeout
+from forge.transport import hostkeys, kept, openssh
+from forge.transport.base import (
+    MAX_OUTPUT,
+    MAX_STDERR,
+    Command,
+    CommandResult,
+    OutputLimit,
+    Transport,
+    to_script,
+    with_timeout,
+)
 from forge.transport.route import Hop, Route, resolve
 
 _CHUNK = 1 << 20
 # paramiko logs a failed handshake (e.g. no SSH banner) with its traceback from its own thread;
 # without a handler Python prints that to stderr. forge reports the error itself.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+log = logging.getLogger(__name__)
 
 
 #: Why an SSH server refused to open a forwarded connection (RFC 4254, section 5.1).
@@ -66,6 +77,9 @@ class SSHTransport(Transport):
         self._route: Route | None = None
         self._lock = threading.Lock()
         self._streams: set[subprocess.Popen[bytes]] = set()  # ssh processes of running streams
+        self._kept: dict[str, kept.KeptLoop] = {}  # commands run again, by their script
+        self._asked: set[str] = set()  # scripts run_again has seen (a loop from the second run on)
+        self._unkept: set[str] = set()  # scripts whose loop broke: run the usual way from then on
 
     # ------------------------------------------------------------------ connection
 
@@ -193,6 +207,7 @@ class SSHTransport(Transport):
     def close(self) -> None:
         with self._lock:
             streams = list(self._streams)
+            self._kept = {}  # their channels end with the connection
             self._close_clients()
         for proc in streams:  # a closed transport ends its streams too
             openssh.end(proc)
@@ -231,6 +246,59 @@ class SSHTransport(Transport):
         result = self._exec(command, source=source, sink=sink, timeout=timeout)
         result = dataclasses.replace(result, stdout=sink.text())
         return result.check() if check else result
+
+    def run_again(self, command: Command, *, timeout: float | None = None) -> CommandResult:
+        """From its second run on, a command is served by a loop kept on the host
+        (:mod:`forge.transport.kept`): one message each way instead of a channel's dozen. A loop
+        that breaks is dropped and the command run the usual way (from then on)."""
+        script = to_script(command)
+        timeout = self.host.command_timeout if timeout is None else timeout
+        wrapped = with_timeout(script, timeout)
+        with self._lock:
+            again = wrapped in self._asked and wrapped not in self._unkept
+            self._asked.add(wrapped)
+            loop = self._kept.get(wrapped)
+        if not again:
+            return self.run(command, timeout=timeout)
+        started = time.monotonic()
+        deadline = started + timeout if timeout else None
+        try:
+            if loop is None:
+                loop = self._keep(wrapped)
+            if not loop.lock.acquire(blocking=False):  # in use by another caller
+                return self.run(command, timeout=timeout)
+            try:
+                late = f"`{shown(script)}` ran past its timeout of {timeout:g} s"
+                status, out, err = loop.call(deadline, late, limit=MAX_OUTPUT + MAX_STDERR)
+            finally:
+                loop.lock.release()
+        except CommandTimeout:
+            self._drop(wrapped)
+            raise
+        except (kept.KeptReplyError, paramiko.SSHException, EOFError, OSError) as e:
+            log.debug("%s: the kept loop broke (%s); running the command anew", self.name, e)
+            self._drop(wrapped, broken=True)
+            return self.run(command, timeout=timeout)
+        stdout, stderr = OutputLimit(self.name), OutputLimit(self.name, keep="tail")
+        stdout.write(out)
+        stderr.write(err)
+        return CommandResult(self.name, script, status, stdout.text(), stderr.text(), time.monotonic() - started)
+
+    def _keep(self, wrapped: shell.Script) -> kept.KeptLoop:
+        chan = self._channel(self.host.connect_timeout)
+        chan.exec_command(kept.loop_command(wrapped))
+        loop = kept.KeptLoop(self.name, chan)
+        with self._lock:
+            self._kept[wrapped] = loop
+        return loop
+
+    def _drop(self, wrapped: str, *, broken: bool = False) -> None:
+        with self._lock:
+            loop = self._kept.pop(wrapped, None)
+            if broken:
+                self._unkept.add(wrapped)
+        if loop is not None:
+            loop.close()
 
     def stream(
         self,

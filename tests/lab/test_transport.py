@@ -301,3 +301,70 @@ def test_output_beyond_the_bound_is_an_error_and_the_connection_lives_on(
         with pytest.raises(base.OutputTooLarge, match="more than 1 MiB"):
             t.run(["head", "-c", str(32 << 20), "/dev/zero"], timeout=60)
         assert t.run(["echo", "still here"], check=True).stdout == "still here\n"
+
+
+# --------------------------------------------------------------------------- run_again
+
+
+def _loops_on_host(t: Any, marker: str) -> list[int]:
+    """Pids of the kept loops serving a command that holds ``marker`` (the lab's hosts share
+    this machine's processes; ``[f]`` keeps pgrep's own command line from matching)."""
+    r = t.run(["pgrep", "-f", f"[f]orge-kept .*{marker}"])
+    return [int(p) for p in r.stdout.split()]
+
+
+def test_a_command_run_again_is_served_by_a_kept_loop_with_the_same_result(inv: inventory.Inventory) -> None:
+    marker = f"forge-again-{time.monotonic_ns()}"
+    # It prints a line shaped like the loop's reply header: read as output all the same.
+    script = ["sh", "-c", f'echo "0123456789abcdef 0 5 0"; echo {marker} >&2; printf "%s" "$FORGE_LAB_HOST"; exit 3']
+    with connect(inv.hosts[0]) as t:
+        plain = t.run(script, timeout=30)
+        first = t.run_again(script, timeout=30)  # the usual way: a one-off is not kept
+        assert _loops_on_host(t, marker) == []
+        again = [t.run_again(script, timeout=30) for _ in range(3)]
+        assert len(_loops_on_host(t, marker)) == 1  # one loop served the later runs
+        for r in (first, *again):
+            assert (r.exit_status, r.stdout, r.stderr) == (plain.exit_status, plain.stdout, plain.stderr)
+        assert (plain.exit_status, plain.stdout) == (3, f"0123456789abcdef 0 5 0\n{inv.hosts[0].name}")
+    deadline = time.monotonic() + 10
+    with connect(inv.hosts[0]) as t:
+        while _loops_on_host(t, marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _loops_on_host(t, marker) == []  # the loop ended with the connection
+
+
+def test_a_kept_loop_killed_on_the_host_is_replaced_by_the_usual_way(inv: inventory.Inventory) -> None:
+    marker = f"forge-again-{time.monotonic_ns()}"
+    script = ["sh", "-c", f"echo {marker}"]
+    with connect(inv.hosts[0]) as t:
+        for _ in range(2):
+            t.run_again(script, timeout=30)
+        (loop,) = _loops_on_host(t, marker)
+        t.run(["kill", str(loop)], check=True)
+        for _ in range(3):  # the broken loop is dropped; the command runs as a one-off from then on
+            assert t.run_again(script, timeout=30).stdout == f"{marker}\n"
+        assert _loops_on_host(t, marker) == []
+
+
+def test_a_kept_command_past_its_timeout_is_a_timeout_and_ends_on_the_host(inv: inventory.Inventory) -> None:
+    from forge.errors import CommandTimeout
+    from forge.transport.base import REMOTE_GRACE_S
+
+    marker = f"/tmp/forge-again-{time.monotonic_ns()}"
+    script = ["sh", "-c", f"[ -e {marker}.go ] && {{ sleep 300 & echo $! > {marker}.pid; wait; }}; echo ok"]
+    with connect(inv.hosts[0]) as t:
+        assert t.run_again(script, timeout=1).stdout == "ok\n"
+        assert t.run_again(script, timeout=1).stdout == "ok\n"  # served by the loop
+        t.run(["touch", f"{marker}.go"], check=True)
+        with pytest.raises(CommandTimeout):
+            t.run_again(script, timeout=1)
+        deadline = time.monotonic() + REMOTE_GRACE_S + 8
+        while time.monotonic() < deadline:
+            if not t.run(["sh", "-c", f'kill -0 "$(cat {marker}.pid)"'], timeout=10).ok:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the timed-out command's child still runs on the host")
+        t.run(["rm", "-f", f"{marker}.go"], check=True)
+        assert t.run_again(script, timeout=1).stdout == "ok\n"  # a new loop, after the timed-out one
+        t.run(["rm", "-f", f"{marker}.pid"])
