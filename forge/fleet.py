@@ -94,6 +94,29 @@ class Pool:
         self._connector = connector
         self._transports: dict[str, HostSession] = {}
         self._lock = threading.Lock()
+        self._executors: dict[int, cf.ThreadPoolExecutor] = {}
+
+    def executor(self, workers: int) -> tuple[cf.ThreadPoolExecutor, bool]:
+        """Threads for a fleet operation, and whether they are kept for the next one. Kept
+        only for calls from the main thread (``--watch`` rounds: a thread pool started per
+        round cost ~0.1 ms a host); a call from one of their threads gets its own (waiting
+        on the pool it runs in could wait for ever)."""
+        if threading.current_thread() is not threading.main_thread():
+            return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forge-host"), False
+        with self._lock:
+            ex = self._executors.get(workers)
+            if ex is None:
+                ex = self._executors[workers] = cf.ThreadPoolExecutor(workers, thread_name_prefix="forge-host")
+            return ex, True
+
+    def drop_executor(self, ex: cf.ThreadPoolExecutor) -> None:
+        """Stop keeping ``ex`` (a host in it ran past the operation's deadline and still holds
+        a thread): the next operation starts its own."""
+        with self._lock:
+            for k, v in list(self._executors.items()):
+                if v is ex:
+                    del self._executors[k]
+        ex.shutdown(wait=False, cancel_futures=True)
 
     def get(self, host: Host) -> HostSession:
         with self._lock:
@@ -105,8 +128,11 @@ class Pool:
     def close(self) -> None:
         with self._lock:
             transports, self._transports = list(self._transports.values()), {}
+            executors, self._executors = list(self._executors.values()), {}
         for t in transports:
             t.close()
+        for ex in executors:
+            ex.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> Pool:
         return self
@@ -152,13 +178,15 @@ def run(
 
     if not hosts:
         return FleetResult(())
-    ex = cf.ThreadPoolExecutor(max_workers=min(concurrency, len(hosts)), thread_name_prefix="forge-host")
+    ex, kept = pool.executor(concurrency)
+    abandoned = True
     try:
         futures = {ex.submit(one, h): h for h in hosts}
         try:
             for fut in cf.as_completed(futures, timeout=deadline_s):
                 r = fut.result()
                 results[r.host.name] = r
+            abandoned = False
         except cf.TimeoutError:
             for fut, h in futures.items():
                 if h.name not in results:
@@ -167,5 +195,8 @@ def run(
                         h, error=HostError(h.name, f"no answer within {deadline_s:g} s"), duration_s=deadline_s or 0.0
                     )
     finally:
-        ex.shutdown(wait=False, cancel_futures=True)
+        if not kept:
+            ex.shutdown(wait=False, cancel_futures=True)
+        elif abandoned:  # a host still holds a thread, or Ctrl-C: do not keep these threads
+            pool.drop_executor(ex)
     return FleetResult(tuple(results[h.name] for h in hosts))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ REMOTE_GRACE_S = 2
 _TIMEOUT_WRAPPER = 'if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 "$1" sh -c "$2"; fi; exec sh -c "$2"'
 
 
+@functools.lru_cache(maxsize=256)  # a probe's, every round
 def with_timeout(script: shell.Script, timeout: float | None) -> shell.Script:
     """``script`` made to end on the host itself a little after ``timeout`` seconds."""
     if not timeout:

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from forge import shell
-from forge.errors import CommandTimeout
 
 #: $1: the command's script. The files live in a private directory, removed when the loop ends
-#: (the channel closed: ``read`` sees the end of its input; or a hang-up).
+#: (the channel closed: ``read`` sees the end of its input; or a hang-up). The reply goes out
+#: in one write (one SSH message where it fits), not the header apart.
 LOOP = r"""
 d=$(mktemp -d) || exit 1
 trap 'rm -rf "$d"' EXIT
@@ -37,8 +37,9 @@ while IFS= read -r n; do
   case "$n" in ''|*[!0-9a-f]*) exit 0 ;; esac
   sh -c "$1" > "$d/o" 2> "$d/e" < /dev/null
   s=$?
-  printf '%s %s %s %s\n' "$n" "$s" "$(wc -c < "$d/o")" "$(wc -c < "$d/e")"
-  cat "$d/o" "$d/e"
+  printf '%s %s %s %s\n' "$n" "$s" "$(wc -c < "$d/o")" "$(wc -c < "$d/e")" > "$d/r"
+  cat "$d/o" "$d/e" >> "$d/r"
+  cat "$d/r"
 done
 """.strip()
 
@@ -109,42 +110,39 @@ class KeptLoop:
         self.lock = threading.Lock()
         self._buf = bytearray()
 
-    def call(self, deadline: float | None, late: str, *, limit: int) -> tuple[int, bytes, bytes]:
-        """One run of the command: its exit status, stdout and stderr. :class:`CommandTimeout`
-        past ``deadline`` (``late`` says what ran late); :class:`KeptReplyError` or the
-        channel's own errors when the loop is broken."""
+    def call(self, deadline: float | None, *, limit: int) -> tuple[int, bytes, bytes]:
+        """One run of the command: its exit status, stdout and stderr. ``TimeoutError`` past
+        ``deadline``; :class:`KeptReplyError` or the channel's own errors when the loop is
+        broken."""
         nonce = new_nonce()
         self.channel.settimeout(_remaining(deadline))
         self.channel.sendall(request(nonce))
-        header = parse_header(self._line(deadline, late), nonce, limit=limit)
-        body = self._exactly(header.stdout_bytes + header.stderr_bytes, deadline, late)
+        header = parse_header(self._line(deadline), nonce, limit=limit)
+        body = self._exactly(header.stdout_bytes + header.stderr_bytes, deadline)
         return header.status, body[: header.stdout_bytes], body[header.stdout_bytes :]
 
     def close(self) -> None:
         self.channel.close()
 
-    def _fill(self, deadline: float | None, late: str) -> None:
+    def _fill(self, deadline: float | None) -> None:
         self.channel.settimeout(_remaining(deadline))
-        try:
-            data = self.channel.recv(1 << 16)
-        except TimeoutError:
-            raise CommandTimeout(self.host, late) from None
+        data = self.channel.recv(1 << 16)  # TimeoutError past the deadline
         if not data:
             raise KeptReplyError("the loop ended")
         self._buf += data
 
-    def _line(self, deadline: float | None, late: str) -> bytes:
+    def _line(self, deadline: float | None) -> bytes:
         while (end := self._buf.find(b"\n")) < 0:
             if len(self._buf) > MAX_HEADER:
                 raise KeptReplyError("no reply header")
-            self._fill(deadline, late)
+            self._fill(deadline)
         line = bytes(self._buf[:end])
         del self._buf[: end + 1]
         return line
 
-    def _exactly(self, n: int, deadline: float | None, late: str) -> bytes:
+    def _exactly(self, n: int, deadline: float | None) -> bytes:
         while len(self._buf) < n:
-            self._fill(deadline, late)
+            self._fill(deadline)
         body = bytes(self._buf[:n])
         del self._buf[:n]
         return body

@@ -268,13 +268,12 @@ class SSHTransport(Transport):
             if not loop.lock.acquire(blocking=False):  # in use by another caller
                 return self.run(command, timeout=timeout)
             try:
-                late = f"`{shown(script)}` ran past its timeout of {timeout:g} s"
-                status, out, err = loop.call(deadline, late, limit=MAX_OUTPUT + MAX_STDERR)
+                status, out, err = loop.call(deadline, limit=MAX_OUTPUT + MAX_STDERR)
             finally:
                 loop.lock.release()
-        except CommandTimeout:
+        except TimeoutError:
             self._drop(wrapped)
-            raise
+            raise CommandTimeout(self.name, f"`{shown(script)}` ran past its timeout of {timeout:g} s") from None
         except (kept.KeptReplyError, paramiko.SSHException, EOFError, OSError) as e:
             log.debug("%s: the kept loop broke (%s); running the command anew", self.name, e)
             self._drop(wrapped, broken=True)

@@ -69,6 +69,39 @@ def test_connections_are_reused_within_a_pool() -> None:
     assert sorted(made) == ["a", "b"]
 
 
+def test_operations_from_the_main_thread_reuse_their_threads_until_a_host_hangs_one() -> None:
+    import threading
+
+    behaviours = {"a": "ok", "b": "ok", "slow": "slow"}
+    seen: list[threading.Thread] = []  # kept alive: no thread's identity is reused
+
+    def who(t: object) -> threading.Thread:
+        seen.append(threading.current_thread())
+        return threading.current_thread()
+
+    with fleet.Pool(lambda h: fake(h.name, behaviours[h.name])) as pool:
+        for _ in range(20):
+            fleet.run(hosts("a", "b"), who, pool=pool, concurrency=2)
+        kept = set(seen)
+        assert len(kept) <= 2  # 20 operations on the same two threads, not 40 new ones
+        res = fleet.run(hosts("slow", "a"), lambda t: t.run(["x"]).stdout, pool=pool, concurrency=2, deadline_s=0.3)
+        assert not res["slow"].ok  # it still holds a thread of those: they are not kept
+        after = {r.value for r in fleet.run(hosts("a", "b"), who, pool=pool, concurrency=2)}
+        assert after and not after & kept
+
+
+def test_an_operation_run_inside_another_gets_its_own_threads() -> None:
+    """A host's work that runs a fleet operation itself (one thread per host at most) must
+    not wait for the threads it is using."""
+    with fleet.Pool(lambda h: fake(h.name, "ok")) as pool:
+
+        def inner(t: object) -> list[str]:
+            return [r.host.name for r in fleet.run(hosts("a", "b"), lambda s: s.name, pool=pool, concurrency=1)]
+
+        res = fleet.run(hosts("a"), inner, pool=pool, concurrency=1, deadline_s=10)
+    assert res["a"].value == ["a", "b"]
+
+
 def test_one_exit_code_rule_for_every_fleet_command() -> None:
     from forge.errors import ExitCode
 
