@@ -122,8 +122,8 @@ BENCHES = {
 
 @task(
     help={
-        "which": "sync (forge sync vs bzip2, ~9 min), topology (direct, relay, registry on shaped links, "
-        "~15 min), gpus (64 hosts 10 ms away, its own lab), startup (forge --version, one-host forge gpus), "
+        "which": "sync (forge sync vs bzip2, ~9 min), topology (direct, relay, registry on shaped links, slow hops, "
+        "~18 min), gpus (64 hosts 10 ms away, its own lab), startup (forge --version, one-host forge gpus), "
         "or all of them in that order; sync and topology need `forge lab up --hosts 9`"
     }
 )

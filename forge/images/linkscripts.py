@@ -167,12 +167,12 @@ def _saved() -> list[str]:
 #: Rates, not a lag alone: a connection that took a moment to open is behind by that moment's
 #: bytes at any speed, but not slower.
 LAG_BYTES = 8 << 20
-#: What the source's trial asks of its spare: take the stream and throw it away.
-RATE = "forge-rate"
 LAG_WINDOW_S = 3
 
 #: The source tries its spare this long before it cuts its first hop out: see ``faster`` below.
 TRIAL_S = 2
+#: What the source's trial asks of its spare: take the stream and throw it away.
+RATE = "forge-rate"
 
 # A chain's hop (the source too) keeps what it receives in ``spool``, in its private
 # directory; its own load and its sending on each read that file as it grows (``tail -f``
