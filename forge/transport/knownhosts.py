@@ -97,8 +97,14 @@ def parse(text: str, source: str = "") -> list[Entry]:
     return entries
 
 
+_parsed: dict[str, tuple[str, list[Entry]]] = {}
+_parsed_lock = threading.Lock()
+
+
 def load(files: Iterable[Path]) -> list[Entry]:
-    """The entries of every readable file, in order; a missing file holds none."""
+    """The entries of every readable file, in order; a missing file holds none. A file whose
+    text is the one parsed last time is not parsed again: every connection of a fleet
+    operation reads the same file, which lists the whole fleet."""
     out: list[Entry] = []
     for f in files:
         try:
@@ -107,7 +113,15 @@ def load(files: Iterable[Path]) -> list[Entry]:
             continue
         except IsADirectoryError:
             continue
-        out += parse(text, str(f))
+        with _parsed_lock:
+            seen = _parsed.get(str(f))
+        if seen is not None and seen[0] == text:
+            out += seen[1]
+            continue
+        entries = parse(text, str(f))
+        with _parsed_lock:
+            _parsed[str(f)] = (text, entries)
+        out += entries
     return out
 
 

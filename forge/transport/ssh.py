@@ -15,12 +15,15 @@ connection) and streams binary data over raw channels.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import logging
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import IO, Any, cast
 
 import paramiko
@@ -151,6 +154,7 @@ class SSHTransport(Transport):
         h = self.host
         client = paramiko.SSHClient()
         entries = hostkeys.prepare(client, hop, host=h.name)
+        pkey, others = _identities(hop.identity_files)
         # With a socket given, the host name and port only name the key to look up.
         name, port = (hop.key_alias, 22) if hop.key_alias else (hop.hostname, hop.port)
         try:
@@ -158,9 +162,8 @@ class SSHTransport(Transport):
                 name,
                 port=port,
                 username=hop.user,
-                key_filename=cast(str, list(hop.identity_files))
-                if hop.identity_files
-                else None,  # paramiko takes a list
+                pkey=pkey,
+                key_filename=cast(str, others) if others else None,  # paramiko takes a list
                 look_for_keys=not hop.identity_files,
                 allow_agent=True,
                 sock=sock,
@@ -401,6 +404,47 @@ def _transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
     options = t.get_security_options()
     options.ciphers = (*[c for c in _GCM if c in options.ciphers], *[c for c in options.ciphers if c not in _GCM])
     return t
+
+
+_keys: dict[str, tuple[bytes, paramiko.PKey | None]] = {}  # path -> (digest of the files, key)
+_keys_lock = threading.Lock()
+
+
+def _identity(path: str) -> paramiko.PKey | None:
+    """The private key (and its certificate) at ``path``, parsed once per process while the
+    files hold the same bytes; None where forge cannot read it without a passphrase (or at
+    all): paramiko and the agent are left to try. paramiko itself reads and parses an identity
+    file up to three times per connection (a key class after the other)."""
+    p = Path(path).expanduser()
+    try:
+        data = p.read_bytes()
+    except OSError:
+        return None
+    try:
+        cert = Path(f"{p}-cert.pub").read_bytes()
+    except OSError:
+        cert = b""
+    digest = hashlib.sha256(len(data).to_bytes(8, "big") + data + cert).digest()  # not the key's bytes
+    with _keys_lock:
+        seen = _keys.get(str(p))
+    if seen is not None and seen[0] == digest:
+        return seen[1]
+    try:
+        key: paramiko.PKey | None = paramiko.PKey.from_path(p)
+    except (paramiko.SSHException, OSError, ValueError, TypeError):
+        key = None  # needs a passphrase, or a type forge's paramiko does not read
+    with _keys_lock:
+        _keys[str(p)] = (digest, key)
+    return key
+
+
+def _identities(files: Sequence[str]) -> tuple[paramiko.PKey | None, list[str]]:
+    """The first identity file forge could read, loaded, and the others by name."""
+    for i, f in enumerate(files):
+        key = _identity(f)
+        if key is not None:
+            return key, [*files[:i], *files[i + 1 :]]
+    return None, list(files)
 
 
 def _via(hop: Hop, host: Host) -> str:

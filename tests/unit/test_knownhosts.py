@@ -88,3 +88,21 @@ def test_append_records_one_line_in_a_private_new_file(tmp_path: Path) -> None:
     knownhosts.append(path, "gpu2", ED, K2)
     assert path.read_text() == f"[10.0.0.1]:2222 {ED} {K1}\ngpu2 {ED} {K2}\n"
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_file_is_parsed_again_only_once_it_changed(tmp_path: Path) -> None:
+    f = tmp_path / "known_hosts"
+    f.write_text(f"gpu1 {ED} {K1}\n")
+    first = knownhosts.load([f, tmp_path / "missing"])
+    assert [e.key for e in first] == [K1]
+    assert knownhosts.load([f]) == first  # unchanged: the same entries, from the parse kept
+    with f.open("a") as out:  # accept-new records a key: the next connection sees it
+        out.write(f"gpu2 {ED} {K2}\n")
+    assert [e.key for e in knownhosts.load([f])] == [K1, K2]
+    f.write_text(f"gpu1 {ED} {K2}\n")
+    g = tmp_path / "other"
+    g.write_text(f"gpu1 {ED} {K1}\n")
+    g.replace(f)  # the same size, perhaps within the same clock tick: told apart by its text
+    assert [e.key for e in knownhosts.load([f])] == [K1]
+    f.write_text(f"gpu1 {ED} {K2}\n")
+    assert [e.key for e in knownhosts.load([f])] == [K2]

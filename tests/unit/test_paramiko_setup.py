@@ -61,3 +61,30 @@ def test_forges_ssh_connections_offer_aes_gcm_first_and_keep_the_other_ciphers()
     finally:
         a.close()
         b.close()
+
+
+def test_an_identity_file_is_read_once_while_it_is_unchanged(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from forge.transport import ssh
+
+    def write(path: Path, password: bytes | None = None) -> None:
+        enc = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+        key = ed25519.Ed25519PrivateKey.generate()
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, enc))
+
+    d = Path(str(tmp_path))
+    plain, locked = d / "id_plain", d / "id_locked"
+    write(plain)
+    write(locked, b"secret")
+    key, others = ssh._identities((str(locked), str(plain)))
+    assert key is not None and key.get_name() == "ssh-ed25519"
+    assert others == [str(locked)]  # left to paramiko (and the agent): forge holds no passphrase
+    assert ssh._identities((str(plain),))[0] is key  # read once
+    write(plain)
+    again, _ = ssh._identities((str(plain),))
+    assert again is not None and again is not key and again.get_base64() != key.get_base64()  # rewritten: read anew
+    assert ssh._identities((str(d / "missing"),)) == (None, [str(d / "missing")])
