@@ -211,6 +211,7 @@ class SSHTransport(Transport):
         with self._lock:
             streams = list(self._streams)
             self._kept = {}  # their channels end with the connection
+            self._unkept = set()  # a loop that broke with it may work on the next one
             self._close_clients()
         for proc in streams:  # a closed transport ends its streams too
             openssh.end(proc)

@@ -344,6 +344,10 @@ def test_a_kept_loop_killed_on_the_host_is_replaced_by_the_usual_way(inv: invent
         for _ in range(3):  # the broken loop is dropped; the command runs as a one-off from then on
             assert t.run_again(script, timeout=30).stdout == f"{marker}\n"
         assert _loops_on_host(t, marker) == []
+        t.close()  # a new connection: the command may be kept again
+        for _ in range(2):
+            assert t.run_again(script, timeout=30).stdout == f"{marker}\n"
+        assert len(_loops_on_host(t, marker)) == 1
 
 
 def test_a_kept_command_past_its_timeout_is_a_timeout_and_ends_on_the_host(inv: inventory.Inventory) -> None:
