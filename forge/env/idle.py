@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from forge.durations import parse_duration
 from forge.env.names import keep_repo
 from forge.gpu.model import HostGpus
+from forge.hostnum import natural
 from forge.inventory import PolicySettings
 from forge.labels import IDLE, IDLE_ENV, IDLE_IMAGE, IDLE_KIND, IDLE_OWNER, IDLE_SINCE
 
@@ -94,11 +95,10 @@ def mark_of(host: str, cols: Sequence[str], now: int) -> Mark | None:
     """One volume (its name, then the values of LABELS) as a mark; None when it is not one."""
     name, subject, kind, since, env, owner, image = cols
     m = _NAME.match(name)
-    if not m or m.group(1) != subject or m.group(2) != kind or not (since.isdigit() and len(since) < 16):
+    when = natural(since, 15)
+    if not m or m.group(1) != subject or m.group(2) != kind or when is None or when > now + 5:
         return None
-    if int(since) > now + 5:
-        return None
-    return Mark(host, name, subject, kind, int(since), env, owner, image)
+    return Mark(host, name, subject, kind, when, env, owner, image)
 
 
 def is_reclaim_image(mark: Mark, env: str, owner: str | None) -> bool:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from forge import shell
 from forge.env.errors import LaunchError
 from forge.env.listing import ENV, GPUS, OWNER, SSH_PORT, USER, USER_NAME, HostListing
+from forge.hostnum import natural
 from forge.session import HostSession
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
@@ -46,10 +47,10 @@ def parse_facts(stdout: str) -> HostFacts:
     """``id -u``, ``id -g``, ``id -un``, ``$HOME``; the name must be a plain user name (it goes
     into labels, ``ssh`` command lines and ``~/.ssh/config``)."""
     lines = stdout.strip().splitlines()[-4:]
-    if len(lines) != 4 or not lines[0].isdigit() or not lines[1].isdigit() or not USER_NAME.match(lines[2]):
+    uid, gid = (natural(n, 10) for n in lines[:2]) if len(lines) == 4 else (None, None)
+    if uid is None or gid is None or not USER_NAME.match(lines[2]):
         raise ValueError(f"unexpected answer to id -u/-g/-un: {stdout[:200]!r}")
-    uid, gid, user, home = lines
-    return HostFacts(int(uid), int(gid), user, home)
+    return HostFacts(uid, gid, lines[2], lines[3])
 
 
 def host_facts(s: HostSession) -> HostFacts:
@@ -142,8 +143,8 @@ def parse_listening(ss_stdout: str) -> set[int]:
         cols = line.split()
         if len(cols) >= 4:
             _, _, port = cols[3].rpartition(":")
-            if port.isdigit():
-                ports.add(int(port))
+            if (number := natural(port, 5)) is not None:
+                ports.add(number)
     return ports
 
 

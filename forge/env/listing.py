@@ -21,6 +21,7 @@ from forge.env import hostvolumes, idle, queue
 from forge.env.idle import Mark
 from forge.env.queue import Ticket
 from forge.errors import CommandFailed, HostError
+from forge.hostnum import natural
 from forge.labels import (  # the env modules name them from here
     CLAIM,
     CLAIM_CONTAINER,
@@ -83,7 +84,8 @@ class Environment:
     def ssh_port(self) -> int | None:
         """The port its label names (kept free for it while it is stopped); a claim only."""
         p = self.container.label(SSH_PORT)
-        return int(p) if p and p.isdigit() and 0 < int(p) < 65536 else None
+        port = natural(p or "", 5)
+        return port if port and port < 65536 else None
 
     @property
     def published_port(self) -> int | None:
@@ -185,7 +187,8 @@ def parse_listing(host: str, stdout: str) -> HostListing:
     line (:func:`forge.env.queue.ticket_of`) and the idle marks (:func:`forge.env.idle.mark_of`)."""
     stdout, _, volumes = stdout.partition(f"\n{VOLUMES_MARK}\n")
     lines = stdout.splitlines()
-    if not lines or not lines[0].strip().isdigit():
+    now = natural(lines[0].strip()) if lines else None
+    if now is None:
         raise ValueError(f"unexpected listing output: {stdout[:200]!r}")
     containers = []
     width = len(_FIXED) + len(LABELS)
@@ -201,7 +204,6 @@ def parse_listing(host: str, stdout: str) -> HostListing:
         cid, name, image, state, status, created, ports = cols[: len(_FIXED)]
         labels = {k: v for k, v in zip(LABELS, cols[len(_FIXED) :], strict=True) if v}
         containers.append(Container(cid, name, image, state, status, parse_created(created), labels, ports))
-    now = int(lines[0])
     tickets, marks = [], []
     split = 1 + len(queue.LABELS)
     for cols in hostvolumes.rows(volumes, VOLUME_LABELS):

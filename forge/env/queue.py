@@ -30,6 +30,7 @@ from typing import Protocol
 from forge.env import hostvolumes
 from forge.errors import ForgeError
 from forge.gpu.model import Gpu
+from forge.hostnum import natural
 from forge.labels import WAIT, WAIT_ENV, WAIT_GPUS, WAIT_MIN_FREE, WAIT_OWNER, WAIT_SINCE, WAIT_UNTIL
 from forge.session import HostSession
 
@@ -75,10 +76,12 @@ def ticket_of(host: str, cols: Sequence[str]) -> Ticket | None:
     """One volume (its name, then the values of LABELS) as a ticket; None when it is not one."""
     name, tid, owner, env, gpus, min_free, since, until = cols
     m = _NAME.match(name)
-    numbers = (gpus, min_free, since, until)
-    if not m or m.group(1) != tid or not all(n.isdigit() and len(n) < 16 for n in numbers):
+    if not m or m.group(1) != tid:
         return None
-    return Ticket(host, name, tid, int(m.group(2)), owner, env, int(gpus), int(min_free), int(since), int(until))
+    match tuple(natural(n, 15) for n in (gpus, min_free, since, until)):
+        case (int(n_gpus), int(free), int(start), int(end)):
+            return Ticket(host, name, tid, int(m.group(2)), owner, env, n_gpus, free, start, end)
+    return None
 
 
 def line(tickets: Iterable[Ticket], now: int) -> list[Ticket]:

@@ -23,13 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from forge.gpu.model import Gpu, GpuProcess
+from forge.hostnum import natural
 
 MARKER = "@@forge-mig"
 #: One round trip, only to hosts with a MIG-enabled GPU: the list, then the full query.
 MIG_SCRIPT = f"nvidia-smi -L 2>&1; echo {MARKER} $?; nvidia-smi -q 2>&1; echo {MARKER} $?"
 
-_GPU_LINE = re.compile(r"^GPU (\d+): .*\(UUID: (GPU-[0-9a-fA-F-]+)\)\s*$")
-_MIG_LINE = re.compile(r"^\s+MIG (\S+)\s+Device\s+(\d+): \(UUID: (MIG-[0-9a-fA-F-]+)\)\s*$")
+_GPU_LINE = re.compile(r"^GPU (\d{1,9}): .*\(UUID: (GPU-[0-9a-fA-F-]+)\)\s*$")
+_MIG_LINE = re.compile(r"^\s+MIG (\S+)\s+Device\s+(\d{1,9}): \(UUID: (MIG-[0-9a-fA-F-]+)\)\s*$")
 _Q_GPU = re.compile(r"^GPU ([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f])\s*$")
 _KV = re.compile(r"^(\s*)([^:]+?)\s*(?::\s*(.*?))?\s*$")  # "key : value", or a section's name
 
@@ -76,12 +77,12 @@ def parse_list(text: str) -> dict[int, list[tuple[int, str, str]]]:
 
 
 def _mib(value: str) -> int | None:
-    m = re.fullmatch(r"(\d+) MiB", value)
-    return int(m.group(1)) if m else None
+    number, unit = value.partition(" ")[::2]
+    return natural(number) if unit == "MiB" else None
 
 
 def _int(value: str) -> int | None:
-    return int(value) if value.isdigit() else None
+    return natural(value)
 
 
 def parse_query(text: str) -> list[QueryGpu]:
@@ -152,7 +153,7 @@ class _QueryReader:
 
 def split(text: str) -> tuple[str, int | None, str, int | None]:
     """The :data:`MIG_SCRIPT` output: (list text, its status, query text, its status)."""
-    parts = re.split(rf"^{MARKER} (\d+)[ \t]*$", text, flags=re.M)
+    parts = re.split(rf"^{MARKER} (\d{{1,9}})[ \t]*$", text, flags=re.M)
     if len(parts) < 5:
         return "", None, "", None
     return parts[0], int(parts[1]), parts[2], int(parts[3])

@@ -23,9 +23,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from forge.errors import ForgeError
 from forge.gpu.model import Gpu, GpuProcess, ProbeStatus
+from forge.hostnum import natural
 
 # Only fields that every driver since the R450 branch (first with MIG) accepts; see
 # help_query_gpu.txt of the H200 capture. memory.reserved is newer, so it is not asked for.
@@ -51,7 +53,8 @@ APP_FIELDS: tuple[str, ...] = ("pid", "process_name", "used_gpu_memory", "gpu_uu
 _FREE_TEXT = ("process_name", "name")
 
 _HEADER_UNIT = re.compile(r"\s*\[[^\]]*\]$")  # "memory.total [MiB]" -> "memory.total"
-_NUMBER = re.compile(r"^(-?\d+(?:\.\d+)?)(?:\s*(?:MiB|%|W|C|MHz))?$")
+# At most 18 digits each side: a host's thousand-digit "number" would read as infinity.
+_NUMBER = re.compile(r"(-?\d{1,18}(?:\.\d{1,18})?)(?:\s*(?:MiB|%|W|C|MHz))?", re.ASCII)
 
 # Exit statuses documented in nvidia-smi(1), RETURN VALUE.
 EXIT_INVALID_ARGUMENT = 2
@@ -81,6 +84,7 @@ def is_not_available(value: str) -> bool:
     return not value or value == "N/A" or (value.startswith("[") and value.endswith("]"))
 
 
+@lru_cache(maxsize=128)
 def canonical_field(name: str) -> str:
     """A field name without its header unit and with nvidia-smi's aliases resolved."""
     name = _HEADER_UNIT.sub("", name.strip())
@@ -130,25 +134,34 @@ def split_rows(text: str, fields: Sequence[str]) -> list[dict[str, str]]:
 
 
 def _text(row: Mapping[str, str], field: str) -> str | None:
+    # Cells come stripped from split_rows: is_not_available() without its strip().
     value = row.get(field)
-    if value is None or is_not_available(value):
+    if not value or value == "N/A" or (value[0] == "[" and value[-1] == "]"):
         return None
     return value
+
+
+def _number(field: str, value: str) -> float:
+    match = _NUMBER.fullmatch(value)
+    if not match:
+        raise NvsmiParseError(f"{field}: expected a number, got {value!r}")
+    return float(match.group(1))
 
 
 def _num(row: Mapping[str, str], field: str) -> float | None:
     value = _text(row, field)
     if value is None:
         return None
-    match = _NUMBER.match(value)
-    if not match:
-        raise NvsmiParseError(f"{field}: expected a number, got {value!r}")
-    return float(match.group(1))
+    whole = natural(value)  # what nounits output mostly is, read without the regex
+    return float(whole) if whole is not None else _number(field, value)
 
 
 def _int(row: Mapping[str, str], field: str) -> int | None:
-    value = _num(row, field)
-    return None if value is None else int(value)
+    value = _text(row, field)
+    if value is None:
+        return None
+    whole = natural(value)
+    return whole if whole is not None else int(_number(field, value))
 
 
 def _required(row: Mapping[str, str], field: str) -> str:

@@ -45,6 +45,7 @@ from forge.gpu.nvsmi import (
     parse_apps,
     parse_gpus,
 )
+from forge.hostnum import natural
 from forge.session import HostSession
 from forge.transport.base import CommandResult
 
@@ -200,8 +201,8 @@ def parse_owners(text: str) -> dict[int, str]:
     owners: dict[int, str] = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[0].isdigit():
-            owners[int(parts[0])] = parts[1]
+        if len(parts) == 2 and (pid := natural(parts[0])) is not None:
+            owners[pid] = parts[1]
     return owners
 
 
@@ -209,10 +210,10 @@ def parse_cgroups(text: str) -> dict[int, str]:
     """``PID <cgroup lines joined>`` lines to ``{pid: docker container id}`` (Docker only)."""
     containers: dict[int, str] = {}
     for line in text.splitlines():
-        pid, _, rest = line.strip().partition(" ")
+        word, _, rest = line.strip().partition(" ")
         match = _DOCKER_CGROUP.search(rest)
-        if pid.isdigit() and match:
-            containers[int(pid)] = match.group(1)
+        if (pid := natural(word)) is not None and match:
+            containers[pid] = match.group(1)
     return containers
 
 
@@ -241,7 +242,8 @@ def parse_containers(text: str) -> tuple[float | None, dict[str, Container]]:
     DOCKER_FORMAT`` lines, to ``(now, {container id: Container})``. Pure; skips lines that
     don't parse (e.g. "permission denied while trying to connect to the Docker daemon")."""
     lines = text.splitlines()
-    now = float(lines[0]) if lines and lines[0].strip().isdigit() else None
+    clock = natural(lines[0].strip()) if lines else None
+    now = None if clock is None else float(clock)
     found: dict[str, Container] = {}
     decoder = json.JSONDecoder()
     for line in lines[1:] if now is not None else lines:

@@ -20,13 +20,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from forge import shell
+from forge.hostnum import natural
 from forge.images import codec as codecs
 from forge.images import hostlink
 from forge.images.hostlink import Peer
 
 _LOADED = re.compile(r"^Loaded image ID: (sha256:[0-9a-f]{64})$")
-_PROGRESS = re.compile(rb"^(\d+) bytes")
-_LINE = re.compile(r"^forge-link (?:(save|wire) (\d+)|(host|link|cut|slow|out|err|probe) (\d+) ?(.*))$")
+_PROGRESS = re.compile(rb"^(\d{1,18}) bytes")
+_LINE = re.compile(
+    r"^forge-link (?:(save|wire) (\d{1,18})|(host|link|cut|slow|out|err|probe) (\d{1,6}) ?(.*))$", re.ASCII
+)
 _KEEP_LINES = 400
 
 
@@ -61,8 +64,8 @@ def parse_report(lines: Sequence[str]) -> Report:
             r.wire = int(m.group(2))
             continue
         kind, i, rest = m.group(3), int(m.group(4)), printable(m.group(5))
-        if kind in ("host", "link", "cut", "slow") and rest.isdigit():
-            {"host": r.status, "link": r.link, "cut": r.cut, "slow": r.slow}[kind][i] = int(rest)
+        if kind in ("host", "link", "cut", "slow") and (number := natural(rest)) is not None:
+            {"host": r.status, "link": r.link, "cut": r.cut, "slow": r.slow}[kind][i] = number
         elif kind in ("out", "err"):
             (r.out if kind == "out" else r.err).setdefault(i, []).append(rest)
         elif kind == "probe":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -261,6 +262,9 @@ def test_labels_planted_by_other_docker_users_never_reach_a_command_line() -> No
     assert bad.user is None and odd.user is None  # not a user name: never passed on
     assert bad.ssh_port == 22 and bad.published_port == 2299  # what docker publishes, not the label
     assert odd.name == "dev\n1000\tforged" and len(listing.containers) == 2
+    for label in ("\u00b2", "9" * 5000, "65536", "0"):  # not a port: none, no exception
+        env = replace(bad, container=replace(bad.container, labels={**bad.container.labels, "forge.ssh_port": label}))
+        assert env.ssh_port is None
 
 
 def test_claim_argv_is_a_never_started_named_container() -> None:
@@ -297,6 +301,7 @@ def test_launch_argv() -> None:
 
 def test_ports() -> None:
     ss = "LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\nLISTEN 0 4096 [::]:2200 [::]:*\nLISTEN 0 5 *:2202 *:*\n"
+    ss += "LISTEN 0 5 *:\u00b2 *:*\nLISTEN 0 5 *:" + "9" * 5000 + " *:*\n"  # not ports: skipped
     assert launch.parse_listening(ss) == {22, 2200, 2202}
     assert launch.choose_port(2200, 2205, {2200, 2202}, skip={2201}) == 2203
     assert launch.choose_port(2200, 2205, set(), fixed=2204) == 2204
@@ -312,6 +317,9 @@ def test_keyscan_parse() -> None:
     assert launch.parse_keyscan(out) == [("ssh-ed25519", "AAAAkey"), ("ecdsa-sha2-nistp256", "BBB")]
     facts = launch.HostFacts(1001, 1002, "alice", "/home/alice")
     assert launch.parse_facts("1001\n1002\nalice\n/home/alice\n") == facts
+    for bad in ("\u00b9\n1002\nalice\n/h\n", "1001\n-1\nalice\n/h\n", "1\n2\n-oX\n/h\n", "1001\nalice\n/h\n"):
+        with pytest.raises(ValueError, match="unexpected answer"):
+            launch.parse_facts(bad)
 
 
 def _access(host: Host = HOST, port: int = 2201, user: str = "alice") -> access.Access:

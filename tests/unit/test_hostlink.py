@@ -161,6 +161,9 @@ def test_the_source_report_is_parsed_strictly() -> None:
         "forge-link out 0 Loaded image ID: sha256:" + "a" * 64,
         "forge-link err 1 ssh: connect to host 10.0.0.3 port 22: Connection refused\x1b[2J",
         "forge-link host 2 x",  # not a status
+        "forge-link host 3 \u00b2",  # isdigit(), but not a number int() reads
+        "forge-link link 3 " + "9" * 5000,  # more digits than int() reads
+        "forge-link wire " + "9" * 5000,
         "forge-link probe 1 forge-link-ok",
         "someone else's line",
     ]

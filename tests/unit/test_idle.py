@@ -44,6 +44,7 @@ def test_marks_are_read_strictly_from_the_hosts_output() -> None:
         volume_line(f"forge-idle-{CID}-idle", OTHER, "idle", "900", "dev", "alice", ""),  # name and subject differ
         volume_line(f"forge-idle-{CID}-idle", CID, "warned", "900", "dev", "alice", ""),  # name and kind differ
         volume_line(f"forge-idle-{CID}-idle", CID, "idle", "-5", "dev", "alice", ""),  # not a time
+        volume_line(f"forge-idle-{CID}-idle", CID, "idle", "\u00b9", "dev", "alice", ""),  # isdigit(), not int()
         volume_line(f"forge-idle-{CID}-idle", CID, "idle", "2000", "dev", "alice", ""),  # in the host's future
         volume_line(f"forge-idle-{CID}-gone", CID, "gone", "900", "dev", "alice", ""),  # not a kind
         volume_line("forge-idle-xyz-idle", "xyz", "idle", "900", "dev", "alice", ""),  # not a subject

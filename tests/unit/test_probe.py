@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,12 @@ from typing import Any
 import pytest
 
 from forge import shell
-from forge.gpu import nvsmi, probe
+from forge.gpu import mig, nvsmi, probe
 from forge.gpu.model import ProbeStatus
 from forge.gpu.policy import FreePolicy, assess, select
 from forge.inventory import Host
 from forge.lab import fake_gpu
+from forge.lab import gpus as lab_gpus
 from forge.session import HostSession
 from forge.transport.base import CommandResult
 from forge.transport.local import LocalTransport
@@ -480,3 +482,59 @@ def test_missing_optional_sections_leave_fields_none() -> None:
 def test_split_sections_ignores_text_outside_sections() -> None:
     stdout = "motd noise\n" + section("gpus", "a\nb\n", 3) + "stray\n" + f"{M} end\nafter end\n"
     assert probe.split_sections(stdout) == {"gpus": probe.Section("a\nb\n", 3)}
+
+
+# ------------------------------------------------------------------- hostile output, number by number
+
+HOSTILE_NUMBERS = (
+    "9" * 400,
+    "9" * 5000,
+    "\u00b2",
+    "\u0663",
+    "nan",
+    "inf",
+    "1e999",
+    "-1",
+    "",
+    "\x1b[2J",
+    "[N/A]",
+    "1_0",
+)
+
+
+def _each_number_replaced(text: str) -> list[str]:
+    """``text`` once for every run of digits in it and every hostile value put in its place."""
+    return [text[: m.start()] + value + text[m.end() :] for m in re.finditer(r"\d+", text) for value in HOSTILE_NUMBERS]
+
+
+def test_no_number_a_host_prints_makes_the_parser_raise() -> None:
+    """A GPU host is shared: whatever its tools print, parse_probe answers (status error at
+    worst) instead of raising, for each number of a real probe's output replaced in turn."""
+    stdout = (
+        section("gpus", GPUS)
+        + section("apps", APPS)
+        + section("owners", "  455 root\n")
+        + section("cgroups", f"455 0::/system.slice/docker-{CID}.scope \n")
+        + section("containers", "1764358000\n" + ctr(CID, env="alice-train", owner="alice"))
+        + f"{M} end\n"
+    )
+    variants = _each_number_replaced(stdout)
+    assert len(variants) > 1000
+    statuses = {probe.parse_probe("gpu1", result(v)).status for v in variants}
+    assert {ProbeStatus.OK, ProbeStatus.ERROR} <= statuses  # a bad number: an answer, not an exception
+
+
+def test_no_number_in_a_mig_answer_makes_the_parser_raise() -> None:
+    state = lab_gpus.with_slice_holder(lab_gpus.with_mig(fake_gpu.default_state("gpu1"), [0]), 0, 3, 4242, 9000)
+    fmt = "--format=csv,noheader,nounits"
+    gpu_csv, _ = fake_gpu.run(["--query-gpu=" + ",".join(nvsmi.GPU_FIELDS), fmt], state)
+    apps_csv, _ = fake_gpu.run(["--query-compute-apps=" + ",".join(nvsmi.APP_FIELDS), fmt], state)
+    stdout = section("gpus", gpu_csv) + section("apps", apps_csv) + f"{M} end\n"
+    listed, _ = fake_gpu.run(["-L"], state)
+    query, _ = fake_gpu.run(["-q"], state)
+    answer = f"{listed}{mig.MARKER} 0\n{query}{mig.MARKER} 0\n"
+    assert len(probe.parse_probe("gpu1", result(stdout), result(answer)).gpus) == 9  # 8 GPUs, one in instances
+    variants = _each_number_replaced(answer)
+    assert len(variants) > 1000
+    for v in variants:
+        assert probe.parse_probe("gpu1", result(stdout), result(v)).status is ProbeStatus.OK

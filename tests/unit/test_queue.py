@@ -35,6 +35,8 @@ def test_tickets_are_read_strictly_from_the_hosts_output() -> None:
         good,
         volume_line(f"forge-wait-{ID_B}-0", ID_C, "bob", "x", "1", "0", "100", "160"),  # the name and ID disagree
         volume_line(f"forge-wait-{ID_B}-0", ID_B, "bob", "x", "-1", "0", "100", "160"),  # not a number
+        volume_line(f"forge-wait-{ID_B}-0", ID_B, "bob", "x", "\u00b2", "0", "100", "160"),  # isdigit(), not int()
+        volume_line(f"forge-wait-{ID_B}-0", ID_B, "bob", "x", "1", "9" * 5000, "100", "160"),  # beyond int()
         volume_line("forge-wait-zz-0", "zz", "bob", "x", "1", "0", "100", "160"),  # not an ID
         volume_line(f"forge-wait-{ID_B}-0", ID_B, "bob", "x", "1", "0", "100"),  # a column short
         "not json\tat all",
