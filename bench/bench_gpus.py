@@ -31,16 +31,19 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from forge import fleet, inventory
 from forge.gpu.nvsmi import GPU_FIELDS
+from forge.gpu.probe import probe_command
 from forge.gpu.survey import survey
 from forge.lab import Lab, LabConfig, latency
 
@@ -121,6 +124,36 @@ def host_cpu_per_call(group: Path, fn: Callable[[], object], n: int) -> tuple[fl
     return (int((group / "cpuacct.usage").read_text()) - usage) / 1e9 / n, (time.process_time() - own) / n
 
 
+def paramiko_alone(targets: list[inventory.Host]) -> None:
+    """A cold probe with paramiko and nothing of forge's, done as cheaply as paramiko allows:
+    the key and the known_hosts file parsed once, and per host, in parallel, a TCP_NODELAY
+    socket, a plain ``SSHClient`` given the key (no agent, no key search), the same probe
+    script, both outputs read, the connection closed. What any tool built on paramiko spends;
+    forge's CPU per host is measured against it."""
+    import paramiko  # after forge's imports: invoke deferred as in forge
+
+    script = str(probe_command())
+    first = targets[0]
+    key = paramiko.PKey.from_path(first.identity_file or "")
+    known = paramiko.HostKeys(first.known_hosts or "")
+
+    def one(h: inventory.Host) -> None:
+        sock = socket.create_connection((h.address, h.port or 22))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = paramiko.SSHClient()
+        for name, keys in known.items():
+            for kind, host_key in keys.items():
+                client.get_host_keys().add(name, kind, host_key)
+        client.connect(h.address, username=h.user, pkey=key, sock=sock, allow_agent=False, look_for_keys=False)
+        _, out, err = client.exec_command(script)
+        out.read(), err.read()
+        assert out.channel.recv_exit_status() == 0
+        client.close()
+
+    with ThreadPoolExecutor(len(targets)) as ex:
+        list(ex.map(one, targets))
+
+
 def timed(fn: Callable[[], object], repeat: int) -> float:
     """Median wall time of ``repeat`` runs, in seconds."""
     samples = []
@@ -129,6 +162,13 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
         fn()
         samples.append(time.perf_counter() - started)
     return statistics.median(samples)
+
+
+#: What any CLI on forge's stack imports before it can probe a host: paramiko (invoke deferred
+#: as forge does) and click. A process that does only this, plus forge's in-process probe, is
+#: the floor for a ``forge gpus`` process.
+IMPORTS = "import forge.transport.deferred as d; d.defer_invoke(); import paramiko, click"
+IMPORTS_ALONE = "python: paramiko and click imported, nothing else"
 
 
 def _python(*args: str, bytecode: bool) -> None:
@@ -163,6 +203,7 @@ def startup(lab: Lab, repeat: int) -> int:
     gpus = ("-m", "forge", "-i", str(lab.inventory_path), "gpus", "--json", one[0].name)
     rows: dict[str, float] = {"forge probe in-process, cold, 1 host": timed(cold_inprocess, repeat)}
     rows["python3 -c pass"] = timed(lambda: _python("-c", "pass", bytecode=True), repeat * 2)
+    rows[IMPORTS_ALONE] = timed(lambda: _python("-c", IMPORTS, bytecode=True), repeat * 2)
     for present in (True, False):
         _bytecode(present)
         label = "bytecode cached" if present else "no bytecode cache"
@@ -176,6 +217,8 @@ def startup(lab: Lab, repeat: int) -> int:
     for name, s in rows.items():
         print(f"| {name} | {s:.3f} |")
     inproc = rows["forge probe in-process, cold, 1 host"]
+    floor = (rows[IMPORTS_ALONE] + inproc) / inproc
+    print(f"| the stack's floor: ({IMPORTS_ALONE} + in-process probe) / in-process probe | {floor:.2f}x |")
     for label in ("bytecode cached", "no bytecode cache"):
         above = rows[f"forge --version ({label})"] - rows["python3 -c pass"]
         ratio = rows[f"forge gpus process, cold, 1 host ({label})"] / inproc
@@ -265,6 +308,7 @@ def run(lab: Lab, repeat: int) -> int:
     splits = {
         "forge probe in-process, cold": median_split(lambda: forge_cold_inprocess(hosts)),
         "forge probe in-process, warm": median_split(lambda: survey(inv, hosts, pool=warm_pool)),
+        "paramiko alone, cold (no forge)": median_split(lambda: paramiko_alone(hosts)),
     }
     probes = 50
     group = host_cgroup(lab, hosts[0].name)
@@ -277,6 +321,7 @@ def run(lab: Lab, repeat: int) -> int:
             lambda: subprocess.run([sys.executable, "-m", "forge", "--version"], check=True, capture_output=True),
             repeat * 2,
         ),
+        IMPORTS_ALONE: timed(lambda: subprocess.run([sys.executable, "-c", IMPORTS], check=True), repeat * 2),
     }
     subprocess.run(["rm", "-rf", control_dir], check=False)
 
@@ -322,6 +367,9 @@ def run(lab: Lab, repeat: int) -> int:
     per_process = results["forge gpus process, cold, 1 host"] / results["forge probe in-process, cold, 1 host"]
     print(f"| forge --version above a bare interpreter | {above * 1000:.0f} ms (goal < 150 ms) |")
     print(f"| forge gpus process / in-process probe, 1 host, cold | {per_process:.2f}x (goal <= 2x) |")
+    inproc = results["forge probe in-process, cold, 1 host"]
+    print(f"| the stack's floor: ({IMPORTS_ALONE} + in-process probe) / in-process probe | "
+          f"{(startup[IMPORTS_ALONE] + inproc) / inproc:.2f}x |")  # fmt: skip
     return 0
 
 
@@ -342,6 +390,10 @@ def print_floor(
         goal = "5" if kind == "cold" else "1"
         print(f"| {kind} | {forge_s:.3f} | {one:.3f} | {cpu_bound:.3f} | {floor:.3f} | {forge_s / floor:.2f}x "
               f"| {own_ms:.2f} (goal <= {goal}) |")  # fmt: skip
+    alone = splits.get("paramiko alone, cold (no forge)")
+    if alone is not None:
+        print(f"| cold, paramiko alone (no forge: the same script, a plain SSHClient per host) | {alone[0]:.3f} "
+              f"| | | | | {alone[2] / n * 1000:.2f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ by :func:`find_inventory`; without one forge manages the local machine only.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tomllib
@@ -315,6 +314,8 @@ def parse(text: str, *, path: Path | None = None) -> Inventory:
 
 
 def _suggest(word: str, candidates: Iterable[str]) -> str | None:
+    import difflib  # only for a broken inventory: not on every command's start-up
+
     candidates = list(candidates)
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     if not close and len(word) >= 3:

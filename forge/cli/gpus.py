@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -35,8 +35,9 @@ from forge.gpu.holders import Holder, holders_of
 from forge.gpu.model import Gpu, GpuProcess, ProbeStatus
 from forge.gpu.policy import Candidate, GpuVerdict, select
 from forge.gpu.survey import HostReport, survey
-from forge.gpu.wait import NeverFits, Waiting, never_fits, wait_until
-from forge.notify import notify
+
+if TYPE_CHECKING:
+    from forge.gpu.wait import Waiting
 
 HEADERS = ["HOST", "GPU", "MODEL", "MEMORY", "UTIL", "HOLDER", "STATE"]
 
@@ -358,6 +359,8 @@ def _wait_then_show(
     with output.Interrupt(on_first=state.pool.close) as stop, output.StatusLine() as line:
         reports, best = _wait(view, probe, stop, line, interval=interval, limit=limit)
     view.show(reports)
+    from forge.notify import notify  # --wait only: not on every probe's start-up
+
     fields = {"host": best.host, "gpus": best.gpu_uuids, "gpu_indexes": best.gpu_indexes}
     if (warning := notify(state.inventory.notify.command, "gpus_free", fields)) is not None:
         output.echo(f"forge: warning: {warning}", err=True)
@@ -374,6 +377,8 @@ def _wait(
 ) -> tuple[list[HostReport], Candidate]:
     """Probe until a host has ``view.want`` free GPUs; the reports that showed them and the
     best host."""
+    from forge.gpu.wait import NeverFits, never_fits, wait_until  # --wait only
+
     want = view.want or 1
 
     def fit(reports: list[HostReport]) -> list[Candidate] | None:

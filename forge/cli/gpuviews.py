@@ -9,7 +9,6 @@ terminal, and not with ``NO_COLOR`` set.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 from collections import Counter, defaultdict
@@ -152,6 +151,8 @@ def fits(gpu_rows: int, height: int) -> bool:
 
 
 def terminal_size() -> tuple[int, int]:
+    import shutil  # a terminal only: not for --json or a pipe
+
     size = shutil.get_terminal_size((100, 40))
     return size.columns, size.lines
 

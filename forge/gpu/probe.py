@@ -35,7 +35,6 @@ from dataclasses import dataclass, replace
 
 from forge import labels, shell
 from forge.dockercli import unavailable
-from forge.gpu import mig
 from forge.gpu.model import Gpu, GpuHold, GpuProcess, HostGpus, ProbeStatus
 from forge.gpu.nvsmi import (
     APP_FIELDS,
@@ -368,6 +367,8 @@ def _with_mig(
 ) -> tuple[tuple[Gpu, ...], tuple[GpuProcess, ...]]:
     """The MIG instances after their GPUs, processes on them pointed at them; as they were when
     the MIG query failed (the GPU itself is never free: it is split)."""
+    from forge.gpu import mig  # hosts with a MIG-enabled GPU only: not on every probe's start-up
+
     list_text, list_rc, query_text, query_rc = mig.split(text)
     if list_rc != 0 or query_rc != 0:
         return gpus, procs
@@ -400,6 +401,8 @@ def probe_host(s: HostSession, *, timeout: float) -> HostGpus:
     result = s.run_again(probe_command(s.docker_words), timeout=timeout)
     found = parse_probe(result.host or s.name, result)
     if found.ok and any(g.mig_enabled for g in found.gpus):  # one more round trip, MIG hosts only
+        from forge.gpu import mig
+
         mig_result = s.run_again(["sh", "-c", mig.MIG_SCRIPT], timeout=timeout)
         found = parse_probe(result.host or s.name, result, mig_result)
     return found
