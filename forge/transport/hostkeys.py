@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from functools import lru_cache
 
 import paramiko
 from paramiko.hostkeys import HostKeyEntry
@@ -85,16 +86,24 @@ def prepare(client: paramiko.SSHClient, hop: Hop, *, host: str) -> list[knownhos
     """Give ``client`` the keys ``hop`` may present and forge's policy for any other key;
     returns the entries read (for :func:`bad_key_error`)."""
     try:
-        entries = knownhosts.load(hop.known_hosts)
+        known = knownhosts.read(hop.known_hosts)
     except OSError as e:
         raise HostKeyError(host, f"cannot read a known_hosts file of {_where(hop, host)}: {e}") from e
     keys = client.get_host_keys()
-    for entry in knownhosts.trusted(entries, hop.lookup):
-        parsed = HostKeyEntry.from_line(f"{hop.lookup} {entry.key_type} {entry.key}")
-        if parsed is not None and parsed.key is not None:
-            keys.add(hop.lookup, entry.key_type, parsed.key)
+    for entry in known.trusted(hop.lookup):
+        key = _host_key(entry.key_type, entry.key)
+        if key is not None:
+            keys.add(hop.lookup, entry.key_type, key)
+    entries = known.entries
     client.set_missing_host_key_policy(_Policy(host, hop, entries))
     return entries
+
+
+@lru_cache(maxsize=1024)
+def _host_key(key_type: str, key: str) -> paramiko.PKey | None:
+    """A known_hosts line's key, parsed once per process (a key object is not changed by use)."""
+    parsed = HostKeyEntry.from_line(f"forge {key_type} {key}")
+    return parsed.key if parsed is not None else None
 
 
 def bad_key_error(

@@ -97,32 +97,76 @@ def parse(text: str, source: str = "") -> list[Entry]:
     return entries
 
 
-_parsed: dict[str, tuple[str, list[Entry]]] = {}
+class _File:
+    """One file's text, its lines parsed, and what they say of each name asked so far."""
+
+    def __init__(self, text: str, entries: list[Entry]) -> None:
+        self.text, self.entries = text, entries
+        self._names: dict[str, tuple[tuple[Entry, ...], frozenset[str]]] = {}
+        self._lock = threading.Lock()
+
+    def lines_for(self, name: str) -> tuple[tuple[Entry, ...], frozenset[str]]:
+        """(the plain lines naming ``name``, the keys revoked for it): every line matched once
+        per name, not once per connection (a hashed line costs an HMAC to match)."""
+        with self._lock:
+            found = self._names.get(name)
+        if found is None:
+            mine = [e for e in self.entries if e.matches(name)]
+            plain = tuple(e for e in mine if e.marker is None)
+            found = (plain, frozenset(e.key for e in mine if e.marker == "revoked"))
+            with self._lock:
+                if len(self._names) >= _NAMES_KEPT:
+                    self._names.clear()
+                self._names[name] = found
+        return found
+
+
+_NAMES_KEPT = 4096  # names looked up per file before the answers kept are dropped
+_parsed: dict[str, _File] = {}
 _parsed_lock = threading.Lock()
 
 
-def load(files: Iterable[Path]) -> list[Entry]:
-    """The entries of every readable file, in order; a missing file holds none. A file whose
-    text is the one parsed last time is not parsed again: every connection of a fleet
-    operation reads the same file, which lists the whole fleet."""
-    out: list[Entry] = []
+@dataclass(frozen=True)
+class Known:
+    """The known_hosts files of a hop as read for one connection."""
+
+    files: tuple[_File, ...]
+
+    @property
+    def entries(self) -> list[Entry]:
+        """Every usable line, file after file."""
+        return [e for f in self.files for e in f.entries]
+
+    def trusted(self, name: str) -> list[Entry]:
+        """:func:`trusted` of :attr:`entries`, from what each file keeps per name."""
+        found = [f.lines_for(name) for f in self.files]
+        revoked = frozenset().union(*(keys for _, keys in found))
+        return [e for plain, _ in found for e in plain if e.key not in revoked]
+
+
+def read(files: Iterable[Path]) -> Known:
+    """Every readable file (a missing one holds nothing). A file whose text is the one read last
+    time is neither parsed nor matched again: every connection of a fleet operation reads the
+    same file, which lists the whole fleet (hashed, on Debian's default ``HashKnownHosts``)."""
+    out: list[_File] = []
     for f in files:
         try:
             text = f.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            continue
-        except IsADirectoryError:
+        except (FileNotFoundError, IsADirectoryError):
             continue
         with _parsed_lock:
             seen = _parsed.get(str(f))
-        if seen is not None and seen[0] == text:
-            out += seen[1]
-            continue
-        entries = parse(text, str(f))
-        with _parsed_lock:
-            _parsed[str(f)] = (text, entries)
-        out += entries
-    return out
+        if seen is None or seen.text != text:
+            seen = _File(text, parse(text, str(f)))
+            with _parsed_lock:
+                _parsed[str(f)] = seen
+        out.append(seen)
+    return Known(tuple(out))
+
+
+def load(files: Iterable[Path]) -> list[Entry]:
+    """The entries of every readable file, in order (see :func:`read`)."""
+    return read(files).entries
 
 
 def lookup_name(hostname: str, port: int, alias: str | None = None) -> str:

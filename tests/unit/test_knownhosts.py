@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from forge.transport import knownhosts
 from forge.transport.knownhosts import Verdict
 
@@ -106,3 +108,29 @@ def test_a_file_is_parsed_again_only_once_it_changed(tmp_path: Path) -> None:
     assert [e.key for e in knownhosts.load([f])] == [K1]
     f.write_text(f"gpu1 {ED} {K2}\n")
     assert [e.key for e in knownhosts.load([f])] == [K2]
+
+
+def test_what_a_file_says_of_a_name_is_matched_once_while_the_file_is_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fleet-wide known_hosts (hashed: an HMAC per line to match) is matched once per name,
+    not once per connection; a revocation in another file still wins, and a changed file is
+    matched anew."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text(f"{HASHED_GPU1} {ED} {K1}\ngpu1 {ED} {K2}\ngpu2 {ED} {K2}\n")
+    b.write_text(f"@revoked gpu1 {ED} {K2}\n")
+    matched: list[str] = []
+    real = knownhosts._pattern_matches
+    monkeypatch.setattr(knownhosts, "_pattern_matches", lambda p, n: matched.append(p) or real(p, n))
+    for name in ("gpu1", "gpu2", "gpu3", "gpu1"):
+        known = knownhosts.read([a, tmp_path / "missing", b])
+        assert known.trusted(name) == knownhosts.trusted(known.entries, name)  # the same answer, kept
+    assert [e.key for e in knownhosts.read([a, b]).trusted("gpu1")] == [K1]  # K2 revoked in b
+    assert [e.key for e in knownhosts.read([a]).trusted("gpu1")] == [K1, K2]
+    matched.clear()
+    for _ in range(3):
+        assert [e.key for e in knownhosts.read([a, b]).trusted("gpu2")] == [K2]
+    assert matched == []  # nothing matched again
+    a.write_text(f"gpu2 {ED} {K1}\n")
+    assert [e.key for e in knownhosts.read([a, b]).trusted("gpu2")] == [K1]
+    assert matched  # the changed file was
