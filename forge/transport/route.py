@@ -76,6 +76,9 @@ class Route:
         return self.hops[:-1]
 
 
+_NO_CONFIG = paramiko.SSHConfig()  # no ~/.ssh/config: one empty config (lookups never change it)
+
+
 @lru_cache(maxsize=16)
 def _parsed(path: str, mtime_ns: int) -> paramiko.SSHConfig:
     try:
@@ -95,13 +98,22 @@ def load_config(path: str | None) -> paramiko.SSHConfig:
     except FileNotFoundError:
         if path:
             raise ConfigError(f"the SSH client config {p} (ssh_config in hosts.toml) does not exist") from None
-        return paramiko.SSHConfig()
+        return _NO_CONFIG
     return _parsed(str(p), st.st_mtime_ns)
 
 
 def resolve(host: Host, config: paramiko.SSHConfig | None = None) -> Route:
-    """The route to ``host``. Pure given the config (and the local user name and home)."""
+    """The route to ``host``. Pure given the config (and the local user name and home), so
+    worked out once per process and config: paramiko's lookup costs about 20 us per ``Host``
+    block of the config (it asks for the local user name at each), 2 ms with a fleet of 100
+    hosts written in ``~/.ssh/config``, on every connection."""
     cfg = config if config is not None else load_config(host.ssh_config)
+    return _resolve(host, cfg, os.path.expanduser("~"), getpass.getuser())
+
+
+@lru_cache(maxsize=1024)
+def _resolve(host: Host, cfg: paramiko.SSHConfig, home: str, local_user: str) -> Route:
+    """:func:`resolve`, kept per host, config, home and local user (what it depends on)."""
     name = host.ssh_target
     opts = cfg.lookup(name)
     target = _hop(

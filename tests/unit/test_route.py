@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 from pathlib import Path
 
 import paramiko
@@ -133,6 +134,24 @@ def test_the_inventorys_ssh_config_is_read_and_a_missing_one_is_an_error(tmp_pat
     assert resolve(Host(name="g", address="", ssh_alias="gpu1", ssh_config=str(path))).target.hostname == "10.9.9.9"
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "nope"))
+
+
+def test_a_route_is_worked_out_once_per_config_and_again_once_the_file_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paramiko's lookup scans every block of the config: a reconnect in the same process
+    (the next task of `invoke deploy`, --watch after a drop) does not pay it again."""
+    path = tmp_path / "ssh_config"
+    path.write_text("Host gpu1\n  HostName 10.9.9.9\n")
+    looked: list[str] = []
+    real = paramiko.SSHConfig.lookup
+    monkeypatch.setattr(paramiko.SSHConfig, "lookup", lambda self, name: looked.append(name) or real(self, name))
+    host = Host(name="g", address="", ssh_alias="gpu1", ssh_config=str(path))
+    routes = [resolve(host) for _ in range(3)]
+    assert looked == ["gpu1"] and routes[0] is routes[2] and routes[0].target.hostname == "10.9.9.9"
+    path.write_text("Host gpu1\n  HostName 10.8.8.8\n")
+    os.utime(path, ns=(1, 1))  # another mtime even within one clock tick
+    assert resolve(host).target.hostname == "10.8.8.8" and looked == ["gpu1", "gpu1"]
 
 
 def test_the_local_user_is_the_default_user() -> None:
