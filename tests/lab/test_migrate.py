@@ -524,6 +524,10 @@ def test_two_users_waiting_first_come_first_served(
     a = waiter(inv, first)
     try:
         in_line(lab, first, a)
+        # The line orders by the second a waiter queued (the host's clock), then by ticket ID:
+        # two waiters within one second are ordered by ID (the same order for everyone). The
+        # second one asks a second later, so that it is behind by the clock, not by chance.
+        time.sleep(1.1)
         b = waiter(other, second)
         in_line(lab, second, b)
         time.sleep(2)  # several looks at the fleet: nobody launches, nobody leaves
@@ -563,6 +567,7 @@ def test_a_waiter_killed_stops_blocking_after_its_timeout(
     in_line(lab, dead, a)
     a.kill()  # kill -9: no chance to leave the line
     a.communicate(timeout=30)
+    time.sleep(1.1)  # behind the dead one by the clock, not by ticket ID (see the test above)
     b = waiter(inv, alive)
     try:
         in_line(lab, alive, b)
