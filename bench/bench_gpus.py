@@ -18,7 +18,10 @@ lab's floor for probing N hosts is max(one host's time, the hosts' CPU for N pro
 forge cannot beat waiting for the slowest host, nor the CPU the hosts themselves spend
 (all lab hosts share this machine's cores). forge's own CPU per host probed, cold and warm,
 is reported apart, and so is its start-up (``forge --version`` against a bare interpreter, a
-``forge gpus`` process for one host against forge's in-process probe of it).
+``forge gpus`` process for one host against forge's in-process probe of it). Two more floors:
+a plain paramiko client doing the same cold probe (:func:`paramiko_alone`), and a process that
+imports paramiko and click and nothing else (:data:`IMPORTS`). The rows of a table are timed in
+turn, round after round (:func:`interleaved`): this VM's speed drifts.
 
 Runs against a separate lab of 16 hosts (root /var/lib/forge-lab-bench, bridge forgebench0,
 10.78.0.0/24), brought up here and taken down at the end unless --keep. Needs root.
@@ -158,20 +161,22 @@ def paramiko_alone(targets: list[inventory.Host]) -> None:
         list(ex.map(one, targets))
 
 
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    """Median wall time of ``repeat`` runs, in seconds."""
-    samples = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median wall time of each, in seconds, run in turn round after round (A B C A B C ...):
+    this VM's speed drifts by a quarter within minutes, and so it moves every row alike."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
-#: What any CLI on forge's stack imports before it can probe a host: paramiko (invoke deferred
-#: as forge does) and click. A process that does only this, plus forge's in-process probe, is
-#: the floor for a ``forge gpus`` process.
-IMPORTS = "import forge.transport.deferred as d; d.defer_invoke(); import paramiko, click"
+#: What any CLI on forge's stack imports before it can probe a host: paramiko (without the
+#: invoke it imports for ``Match exec``, which forge defers) and click. A process that does
+#: only this, plus forge's in-process probe, is the floor for a ``forge gpus`` process.
+IMPORTS = "import sys; sys.modules['invoke'] = None; import paramiko, click"  # no forge module
 IMPORTS_ALONE = "python: paramiko and click imported, nothing else"
 
 
@@ -205,16 +210,19 @@ def startup(lab: Lab, repeat: int) -> int:
             assert all(r.answered for r in survey(inv, one, pool=pool))
 
     gpus = ("-m", "forge", "-i", str(lab.inventory_path), "gpus", "--json", one[0].name)
-    rows: dict[str, float] = {"forge probe in-process, cold, 1 host": timed(cold_inprocess, repeat)}
-    rows["python3 -c pass"] = timed(lambda: _python("-c", "pass", bytecode=True), repeat * 2)
-    rows[IMPORTS_ALONE] = timed(lambda: _python("-c", IMPORTS, bytecode=True), repeat * 2)
-    for present in (True, False):
+    rows: dict[str, float] = {}
+    for present in (True, False):  # each row in turn, round after round, within a cache state
         _bytecode(present)
         label = "bytecode cached" if present else "no bytecode cache"
-        version = functools.partial(_python, "-m", "forge", "--version", bytecode=present)
-        rows[f"forge --version ({label})"] = timed(version, repeat * 2)
-        process = functools.partial(_python, *gpus, bytecode=present)
-        rows[f"forge gpus process, cold, 1 host ({label})"] = timed(process, repeat)
+        fns: dict[str, Callable[[], object]] = {
+            "forge probe in-process, cold, 1 host": cold_inprocess,
+            f"forge gpus process, cold, 1 host ({label})": functools.partial(_python, *gpus, bytecode=present),
+            f"forge --version ({label})": functools.partial(_python, "-m", "forge", "--version", bytecode=present),
+        }
+        if present:
+            fns["python3 -c pass"] = functools.partial(_python, "-c", "pass", bytecode=True)
+            fns[IMPORTS_ALONE] = functools.partial(_python, "-c", IMPORTS, bytecode=True)
+        rows.update({k: v for k, v in interleaved(fns, repeat).items() if k not in rows})
     _bytecode(False)
     print("| start-up | median (s) |")
     print("| --- | --- |")
@@ -294,16 +302,19 @@ def run(lab: Lab, repeat: int) -> int:
     warm_pool = fleet.Pool()
     survey(inv, hosts, pool=warm_pool)  # open forge's connections for the warm probe
 
-    results = {
-        "ssh loop, cold": timed(lambda: loop([], hosts), repeat),
-        "ssh loop, warm (ControlMaster)": timed(lambda: loop(mux, hosts), repeat),
-        "forge gpus process, cold": timed(lambda: forge_process(hosts), repeat),
-        "forge probe in-process, cold": timed(lambda: forge_cold_inprocess(hosts), repeat),
-        "forge probe in-process, warm": timed(lambda: survey(inv, hosts, pool=warm_pool), repeat),
-        "forge gpus process, cold, 1 host": timed(lambda: forge_process(hosts[:1]), repeat),
-        "forge probe in-process, cold, 1 host": timed(lambda: forge_cold_inprocess(hosts[:1]), repeat),
-        "forge probe in-process, warm, 1 host": timed(lambda: survey(inv, hosts[:1], pool=warm_pool), repeat),
-    }
+    results = interleaved(
+        {
+            "ssh loop, cold": lambda: loop([], hosts),
+            "ssh loop, warm (ControlMaster)": lambda: loop(mux, hosts),
+            "forge gpus process, cold": lambda: forge_process(hosts),
+            "forge probe in-process, cold": lambda: forge_cold_inprocess(hosts),
+            "forge probe in-process, warm": lambda: survey(inv, hosts, pool=warm_pool),
+            "forge gpus process, cold, 1 host": lambda: forge_process(hosts[:1]),
+            "forge probe in-process, cold, 1 host": lambda: forge_cold_inprocess(hosts[:1]),
+            "forge probe in-process, warm, 1 host": lambda: survey(inv, hosts[:1], pool=warm_pool),
+        },
+        repeat,
+    )
 
     def median_split(fn: Callable[[], object]) -> tuple[float, ...]:
         runs = [cpu_split(fn) for _ in range(repeat)]
@@ -319,14 +330,16 @@ def run(lab: Lab, repeat: int) -> int:
     one_host = host_cpu_per_call(group, lambda: survey(inv, hosts[:1], pool=warm_pool), probes) if group else None
     one_cold = host_cpu_per_call(group, lambda: forge_cold_inprocess(hosts[:1]), 10) if group else None
     warm_pool.close()
-    startup = {
-        "python3 -c pass": timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), repeat * 2),
-        "forge --version": timed(
-            lambda: subprocess.run([sys.executable, "-m", "forge", "--version"], check=True, capture_output=True),
-            repeat * 2,
-        ),
-        IMPORTS_ALONE: timed(lambda: subprocess.run([sys.executable, "-c", IMPORTS], check=True), repeat * 2),
-    }
+    startup = interleaved(
+        {
+            "python3 -c pass": lambda: subprocess.run([sys.executable, "-c", "pass"], check=True),
+            "forge --version": lambda: subprocess.run(
+                [sys.executable, "-m", "forge", "--version"], check=True, capture_output=True
+            ),
+            IMPORTS_ALONE: lambda: subprocess.run([sys.executable, "-c", IMPORTS], check=True),
+        },
+        repeat * 2,
+    )
     subprocess.run(["rm", "-rf", control_dir], check=False)
 
     n = len(hosts)
