@@ -101,8 +101,13 @@ def prepare(client: paramiko.SSHClient, hop: Hop, *, host: str) -> list[knownhos
 
 @lru_cache(maxsize=1024)
 def _host_key(key_type: str, key: str) -> paramiko.PKey | None:
-    """A known_hosts line's key, parsed once per process (a key object is not changed by use)."""
-    parsed = HostKeyEntry.from_line(f"forge {key_type} {key}")
+    """A known_hosts line's key, parsed once per process (a key object is not changed by use);
+    None for a line whose base64 holds no valid key of its type, which OpenSSH skips too (the
+    key classes raise whatever their library raises: nacl's ValueError, SSHException...)."""
+    try:
+        parsed = HostKeyEntry.from_line(f"forge {key_type} {key}")
+    except Exception:  # noqa: BLE001 - any parse failure of the line's bytes
+        return None
     return parsed.key if parsed is not None else None
 
 

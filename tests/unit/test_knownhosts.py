@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
+import paramiko
 import pytest
 
-from forge.transport import knownhosts
+from forge.transport import hostkeys, knownhosts
 from forge.transport.knownhosts import Verdict
+from forge.transport.route import Hop
 
 K1 = "AAAAC3NzaC1lZDI1NTE5AAAAINchO8A+Y0gZZTci5QI4QoqrEW3c5OvyFzjIgIj/EP9V"
 K2 = "AAAAC3NzaC1lZDI1NTE5AAAAIMLOBMq/JKHpoNWrj9jKTX+fp9VQfh6jLLrQulL8QIeJ"
@@ -134,3 +137,15 @@ def test_what_a_file_says_of_a_name_is_matched_once_while_the_file_is_unchanged(
     a.write_text(f"gpu2 {ED} {K1}\n")
     assert [e.key for e in knownhosts.read([a, b]).trusted("gpu2")] == [K1]
     assert matched  # the changed file was
+
+
+def test_a_line_whose_key_does_not_parse_is_skipped_as_openssh_skips_it(tmp_path: Path) -> None:
+    """Valid base64 holding no valid key (a truncated ed25519 blob) made paramiko's key class
+    raise nacl's ValueError out of the connection; the host's other line is used."""
+    truncated = base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x03abc").decode()
+    path = tmp_path / "known_hosts"
+    path.write_text(f"gpu1 {ED} {truncated}\ngpu1 {ED} {K1}\n")
+    hop = Hop(label="gpu1", hostname="gpu1", port=22, user="u", known_hosts=(path,))
+    client = paramiko.SSHClient()
+    hostkeys.prepare(client, hop, host="gpu1")
+    assert [k.get_base64() for k in client.get_host_keys().lookup("gpu1").values()] == [K1]
