@@ -80,8 +80,11 @@ class NvsmiParseError(ForgeError):
 
 def is_not_available(value: str) -> bool:
     """``[N/A]``, ``[Not Supported]``, any ``[...]`` placeholder, ``N/A`` or an empty cell."""
-    value = value.strip()
-    return not value or value == "N/A" or (value.startswith("[") and value.endswith("]"))
+    return _placeholder(value.strip())
+
+
+def _placeholder(value: str) -> bool:
+    return not value or value == "N/A" or (value[0] == "[" and value[-1] == "]")
 
 
 @lru_cache(maxsize=128)
@@ -134,11 +137,8 @@ def split_rows(text: str, fields: Sequence[str]) -> list[dict[str, str]]:
 
 
 def _text(row: Mapping[str, str], field: str) -> str | None:
-    # Cells come stripped from split_rows: is_not_available() without its strip().
-    value = row.get(field)
-    if not value or value == "N/A" or (value[0] == "[" and value[-1] == "]"):
-        return None
-    return value
+    value = row.get(field)  # cells come stripped from split_rows
+    return None if value is None or _placeholder(value) else value
 
 
 def _number(field: str, value: str) -> float:

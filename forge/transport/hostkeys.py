@@ -49,12 +49,12 @@ def _files(hop: Hop) -> str:
 class _Policy(paramiko.MissingHostKeyPolicy):
     """Called by paramiko for a key it was not given: unknown or revoked."""
 
-    def __init__(self, host: str, hop: Hop, entries: list[knownhosts.Entry]) -> None:
-        self.host, self.hop, self.entries = host, hop, entries
+    def __init__(self, host: str, hop: Hop, known: knownhosts.Known) -> None:
+        self.host, self.hop, self.known = host, hop, known
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         hop = self.hop
-        found = knownhosts.check(self.entries, hop.lookup, key.get_name(), key.get_base64())
+        found = knownhosts.check(self.known.entries, hop.lookup, key.get_name(), key.get_base64())
         if found.verdict is knownhosts.Verdict.REVOKED:
             raise revoked_error(self.host, hop, key)
         if found.verdict is knownhosts.Verdict.CHANGED:  # a key type paramiko was not given
@@ -82,9 +82,9 @@ class _Policy(paramiko.MissingHostKeyPolicy):
         )
 
 
-def prepare(client: paramiko.SSHClient, hop: Hop, *, host: str) -> list[knownhosts.Entry]:
+def prepare(client: paramiko.SSHClient, hop: Hop, *, host: str) -> knownhosts.Known:
     """Give ``client`` the keys ``hop`` may present and forge's policy for any other key;
-    returns the entries read (for :func:`bad_key_error`)."""
+    returns the files read (for :func:`bad_key_error`)."""
     try:
         known = knownhosts.read(hop.known_hosts)
     except OSError as e:
@@ -94,9 +94,8 @@ def prepare(client: paramiko.SSHClient, hop: Hop, *, host: str) -> list[knownhos
         key = _host_key(entry.key_type, entry.key)
         if key is not None:
             keys.add(hop.lookup, entry.key_type, key)
-    entries = known.entries
-    client.set_missing_host_key_policy(_Policy(host, hop, entries))
-    return entries
+    client.set_missing_host_key_policy(_Policy(host, hop, known))  # every line read only for a key not given
+    return known
 
 
 @lru_cache(maxsize=1024)
@@ -111,11 +110,9 @@ def _host_key(key_type: str, key: str) -> paramiko.PKey | None:
     return parsed.key if parsed is not None else None
 
 
-def bad_key_error(
-    host: str, hop: Hop, e: paramiko.BadHostKeyException, entries: list[knownhosts.Entry]
-) -> HostKeyError:
+def bad_key_error(host: str, hop: Hop, e: paramiko.BadHostKeyException, known: knownhosts.Known) -> HostKeyError:
     """paramiko found the hop's name with another key: revoked, or changed."""
-    found = knownhosts.check(entries, hop.lookup, e.key.get_name(), e.key.get_base64())
+    found = knownhosts.check(known.entries, hop.lookup, e.key.get_name(), e.key.get_base64())
     if found.verdict is knownhosts.Verdict.REVOKED:
         return revoked_error(host, hop, e.key)
     return changed_error(host, hop, e.key, found.known)

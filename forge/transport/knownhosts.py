@@ -111,9 +111,7 @@ class _File:
         with self._lock:
             found = self._names.get(name)
         if found is None:
-            mine = [e for e in self.entries if e.matches(name)]
-            plain = tuple(e for e in mine if e.marker is None)
-            found = (plain, frozenset(e.key for e in mine if e.marker == "revoked"))
+            found = _lines_for(self.entries, name)
             with self._lock:
                 if len(self._names) >= _NAMES_KEPT:
                     self._names.clear()
@@ -139,9 +137,7 @@ class Known:
 
     def trusted(self, name: str) -> list[Entry]:
         """:func:`trusted` of :attr:`entries`, from what each file keeps per name."""
-        found = [f.lines_for(name) for f in self.files]
-        revoked = frozenset().union(*(keys for _, keys in found))
-        return [e for plain, _ in found for e in plain if e.key not in revoked]
+        return _unrevoked([f.lines_for(name) for f in self.files])
 
 
 def read(files: Iterable[Path]) -> Known:
@@ -162,11 +158,6 @@ def read(files: Iterable[Path]) -> Known:
                 _parsed[str(f)] = seen
         out.append(seen)
     return Known(tuple(out))
-
-
-def load(files: Iterable[Path]) -> list[Entry]:
-    """The entries of every readable file, in order (see :func:`read`)."""
-    return read(files).entries
 
 
 def lookup_name(hostname: str, port: int, alias: str | None = None) -> str:
@@ -205,8 +196,19 @@ def check(entries: Sequence[Entry], name: str, key_type: str, key: str) -> Check
 
 def trusted(entries: Sequence[Entry], name: str) -> list[Entry]:
     """The plain, unrevoked lines for ``name``: the keys a connection may accept."""
-    revoked = {e.key for e in entries if e.marker == "revoked" and e.matches(name)}
-    return [e for e in entries if e.marker is None and e.key not in revoked and e.matches(name)]
+    return _unrevoked([_lines_for(entries, name)])
+
+
+def _lines_for(entries: Sequence[Entry], name: str) -> tuple[tuple[Entry, ...], frozenset[str]]:
+    """(the plain lines naming ``name``, the keys revoked for it) among ``entries``."""
+    mine = [e for e in entries if e.matches(name)]
+    return tuple(e for e in mine if e.marker is None), frozenset(e.key for e in mine if e.marker == "revoked")
+
+
+def _unrevoked(found: Sequence[tuple[tuple[Entry, ...], frozenset[str]]]) -> list[Entry]:
+    """The plain lines of every file whose key no file revokes."""
+    revoked = frozenset().union(*(keys for _, keys in found))
+    return [e for plain, _ in found for e in plain if e.key not in revoked]
 
 
 def append(path: Path, name: str, key_type: str, key: str) -> None:

@@ -153,7 +153,7 @@ class SSHTransport(Transport):
     def _login(self, hop: Hop, sock: Any) -> paramiko.SSHClient:
         h = self.host
         client = paramiko.SSHClient()
-        entries = hostkeys.prepare(client, hop, host=h.name)
+        known = hostkeys.prepare(client, hop, host=h.name)
         pkey, others = _identities(hop.identity_files)
         # With a socket given, the host name and port only name the key to look up.
         name, port = (hop.key_alias, 22) if hop.key_alias else (hop.hostname, hop.port)
@@ -177,7 +177,7 @@ class SSHTransport(Transport):
             raise
         except paramiko.BadHostKeyException as e:
             client.close()
-            raise hostkeys.bad_key_error(h.name, hop, e, entries) from e
+            raise hostkeys.bad_key_error(h.name, hop, e, known) from e
         except paramiko.AuthenticationException as e:
             client.close()
             raise ConnectError(

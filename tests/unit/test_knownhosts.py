@@ -80,10 +80,10 @@ def test_comments_blank_and_broken_lines_are_skipped() -> None:
     assert [(e.patterns, e.source) for e in entries] == [(("gpu1",), "kh:6")]
 
 
-def test_load_reads_files_in_order_and_skips_missing_ones(tmp_path: Path) -> None:
+def test_read_reads_files_in_order_and_skips_missing_ones(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     a.write_text(f"gpu1 {ED} {K1}\n")
-    entries = knownhosts.load([tmp_path / "missing", a, b, tmp_path])
+    entries = knownhosts.read([tmp_path / "missing", a, b, tmp_path]).entries
     assert [e.source for e in entries] == [f"{a}:1"]
 
 
@@ -98,19 +98,19 @@ def test_append_records_one_line_in_a_private_new_file(tmp_path: Path) -> None:
 def test_a_file_is_parsed_again_only_once_it_changed(tmp_path: Path) -> None:
     f = tmp_path / "known_hosts"
     f.write_text(f"gpu1 {ED} {K1}\n")
-    first = knownhosts.load([f, tmp_path / "missing"])
-    assert [e.key for e in first] == [K1]
-    assert knownhosts.load([f]) == first  # unchanged: the same entries, from the parse kept
+    first = knownhosts.read([f, tmp_path / "missing"])
+    assert [e.key for e in first.entries] == [K1]
+    assert knownhosts.read([f]).files[0] is first.files[0]  # unchanged: the parse kept, not redone
     with f.open("a") as out:  # accept-new records a key: the next connection sees it
         out.write(f"gpu2 {ED} {K2}\n")
-    assert [e.key for e in knownhosts.load([f])] == [K1, K2]
+    assert [e.key for e in knownhosts.read([f]).entries] == [K1, K2]
     f.write_text(f"gpu1 {ED} {K2}\n")
     g = tmp_path / "other"
     g.write_text(f"gpu1 {ED} {K1}\n")
     g.replace(f)  # the same size, perhaps within the same clock tick: told apart by its text
-    assert [e.key for e in knownhosts.load([f])] == [K1]
+    assert [e.key for e in knownhosts.read([f]).entries] == [K1]
     f.write_text(f"gpu1 {ED} {K2}\n")
-    assert [e.key for e in knownhosts.load([f])] == [K2]
+    assert [e.key for e in knownhosts.read([f]).entries] == [K2]
 
 
 def test_what_a_file_says_of_a_name_is_matched_once_while_the_file_is_unchanged(
