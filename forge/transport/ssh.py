@@ -83,6 +83,7 @@ class SSHTransport(Transport):
         self._kept: dict[str, kept.KeptLoop] = {}  # commands run again, by their script
         self._asked: set[str] = set()  # scripts run_again has seen (a loop from the second run on)
         self._unkept: set[str] = set()  # scripts whose loop broke: run the usual way from then on
+        self._opening: set[str] = set()  # scripts whose loop a caller is starting now
 
     # ------------------------------------------------------------------ connection
 
@@ -262,7 +263,12 @@ class SSHTransport(Transport):
             again = wrapped in self._asked and wrapped not in self._unkept
             self._asked.add(wrapped)
             loop = self._kept.get(wrapped)
-        if not again:
+            # One caller starts the loop; another asking meanwhile runs its command the usual
+            # way (two starting at once would each leave a loop on the host).
+            opening = again and loop is None and wrapped not in self._opening
+            if opening:
+                self._opening.add(wrapped)
+        if not again or (loop is None and not opening):
             return self.run(command, timeout=timeout)
         started = time.monotonic()
         deadline = started + timeout if timeout else None
@@ -281,19 +287,34 @@ class SSHTransport(Transport):
         except (kept.KeptReplyError, paramiko.SSHException, EOFError, OSError) as e:
             log.debug("%s: the kept loop broke (%s); running the command anew", self.name, e)
             self._drop(wrapped, broken=True)
-            return self.run(command, timeout=timeout)
+            try:
+                return self.run(command, timeout=timeout)
+            except ConnectError:
+                # A loop that ended while its request was on the way can take the connection
+                # with it (see kept.KeptLoop.call: paramiko's send and close race, and sshd
+                # hangs up). A command run again may run again: once more, on a new connection.
+                log.debug("%s: the connection ended with the kept loop; connecting again", self.name)
+                return self.run(command, timeout=timeout)
         stdout, stderr = OutputLimit(self.name), OutputLimit(self.name, keep="tail")
         stdout.write(out)
         stderr.write(err)
         return CommandResult(self.name, script, status, stdout.text(), stderr.text(), time.monotonic() - started)
 
     def _keep(self, wrapped: shell.Script) -> kept.KeptLoop:
-        chan = self._channel(self.host.connect_timeout)
-        chan.exec_command(kept.loop_command(wrapped))
-        loop = kept.KeptLoop(self.name, chan)
-        with self._lock:
-            self._kept[wrapped] = loop
-        return loop
+        try:
+            chan = self._channel(self.host.connect_timeout)
+            try:
+                chan.exec_command(kept.loop_command(wrapped))
+            except BaseException:
+                chan.close()
+                raise
+            loop = kept.KeptLoop(self.name, chan)
+            with self._lock:
+                self._kept[wrapped] = loop
+            return loop
+        finally:
+            with self._lock:
+                self._opening.discard(wrapped)
 
     def _drop(self, wrapped: str, *, broken: bool = False) -> None:
         with self._lock:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -333,6 +335,38 @@ def test_a_command_run_again_is_served_by_a_kept_loop_with_the_same_result(inv: 
         assert _loops_on_host(t, marker) == []  # the loop ended with the connection
 
 
+def test_callers_running_a_command_at_once_start_one_kept_loop(inv: inventory.Inventory) -> None:
+    """Callers that all find no loop yet (threads sharing a connection: forge serve's
+    requests) start one between them; the others run their command the usual way meanwhile.
+    (Each started a loop, and all but one were closed again when dropped: a channel and a
+    shell on the host per caller.)"""
+    marker = f"forge-again-{time.monotonic_ns()}"
+    script = ["sh", "-c", f"echo {marker}"]
+    with connect(inv.hosts[0]) as t:
+        t.run_again(script, timeout=30)  # seen once: the next callers start a loop
+        started: list[object] = []
+        keep = t._keep
+
+        def counted(wrapped: Any) -> Any:
+            started.append(wrapped)
+            return keep(wrapped)
+
+        t._keep = counted  # type: ignore[method-assign]
+        start = threading.Barrier(8)
+
+        def call(_: int) -> str:
+            start.wait(10)
+            return t.run_again(script, timeout=30).stdout
+
+        with cf.ThreadPoolExecutor(8) as ex:
+            outs = list(ex.map(call, range(8)))
+        assert outs == [f"{marker}\n"] * 8
+        assert len(started) == 1
+        assert len(_loops_on_host(t, marker)) == 1
+        assert t.run_again(script, timeout=30).stdout == f"{marker}\n"
+        assert len(started) == 1
+
+
 def test_a_kept_loop_killed_on_the_host_is_replaced_by_the_usual_way(inv: inventory.Inventory) -> None:
     marker = f"forge-again-{time.monotonic_ns()}"
     script = ["sh", "-c", f"echo {marker}"]
@@ -340,7 +374,13 @@ def test_a_kept_loop_killed_on_the_host_is_replaced_by_the_usual_way(inv: invent
         for _ in range(2):
             t.run_again(script, timeout=30)
         (loop,) = _loops_on_host(t, marker)
+        (kept_loop,) = t._kept.values()
         t.run(["kill", str(loop)], check=True)
+        # Once forge has heard the loop end: no request goes out on its channel then (sent
+        # while the loop's end is on the way, one can cost the connection, a test of its own).
+        deadline = time.monotonic() + 10
+        while not kept_loop.channel.eof_received and time.monotonic() < deadline:
+            time.sleep(0.01)
         for _ in range(3):  # the broken loop is dropped; the command runs as a one-off from then on
             assert t.run_again(script, timeout=30).stdout == f"{marker}\n"
         assert _loops_on_host(t, marker) == []
