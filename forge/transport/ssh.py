@@ -371,14 +371,13 @@ class SSHTransport(Transport):
             # The remote side ends the command too when it runs past its time (with a margin):
             # closing the channel alone leaves it running on the host.
             chan.exec_command(with_timeout(script, timeout))
-            readers = [threading.Thread(target=_read_stderr, args=(chan, stderr), daemon=True)]
+            feeder = None
             if source is not None:
-                readers.append(threading.Thread(target=_feed, args=(chan, source, errors), daemon=True))
+                feeder = threading.Thread(target=_feed, args=(chan, source, errors), daemon=True)
+                feeder.start()
             else:
                 chan.shutdown_write()
-            for t in readers:
-                t.start()
-            status = self._drain(chan, sink, readers, deadline, late)
+            status = self._drain(chan, sink, stderr, feeder, deadline, late)
         except (paramiko.SSHException, EOFError, OSError) as e:
             self.close()
             raise ConnectError(self.name, f"the SSH connection broke while running a command: {e}") from e
@@ -392,22 +391,43 @@ class SSHTransport(Transport):
         return CommandResult(self.name, script, status, "", stderr.text(), time.monotonic() - started)
 
     def _drain(
-        self, chan: paramiko.Channel, sink: Any, readers: list[threading.Thread], deadline: float | None, late: str
+        self,
+        chan: paramiko.Channel,
+        sink: Any,
+        stderr: OutputLimit,
+        feeder: threading.Thread | None,
+        deadline: float | None,
+        late: str,
     ) -> int:
-        """Read the command's stdout into ``sink`` until it ends; its exit status."""
+        """Read the command's stdout into ``sink`` and its stderr into ``stderr`` until both
+        end; its exit status. One thread reads both (a thread per command for stderr cost 3%
+        of forge's CPU for a probe on a new connection): paramiko sets ``ready`` whenever either
+        buffer gets data or closes, and a read that empties a buffer clears it, so ``ready``
+        is cleared before each pass and waited on only after a pass that found nothing."""
+        ready = threading.Event()
+        chan.in_buffer.set_event(ready)
+        chan.in_stderr_buffer.set_event(ready)
         while True:
-            chan.settimeout(_remaining(deadline))
-            try:
-                data = chan.recv(_CHUNK)
-            except TimeoutError:
-                raise CommandTimeout(self.name, late) from None
-            if not data:
+            ready.clear()
+            ended = bool(chan.eof_received or chan.closed)  # nothing comes after; drained below
+            found = True
+            while found:
+                found = False
+                if chan.recv_ready():
+                    data = chan.recv(_CHUNK)
+                    if sink is not None:
+                        sink.write(data)
+                    found = True
+                if chan.recv_stderr_ready():
+                    stderr.write(chan.recv_stderr(_CHUNK))
+                    found = True
+            if ended:
                 break
-            if sink is not None:
-                sink.write(data)
-        for t in readers:
-            t.join(_remaining(deadline))
-            if t.is_alive():
+            if not ready.wait(_remaining(deadline)):
+                raise CommandTimeout(self.name, late)
+        if feeder is not None:
+            feeder.join(_remaining(deadline))
+            if feeder.is_alive():
                 raise CommandTimeout(self.name, late)
         if not chan.status_event.wait(_remaining(deadline)):
             raise CommandTimeout(self.name, late)
@@ -477,19 +497,6 @@ def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     return max(0.001, deadline - time.monotonic())
-
-
-def _read_stderr(chan: paramiko.Channel, out: OutputLimit) -> None:
-    while True:
-        try:
-            data = chan.recv_stderr(_CHUNK)
-        except TimeoutError:
-            continue
-        except (OSError, EOFError):
-            return
-        if not data:
-            return
-        out.write(data)
 
 
 def _feed(chan: paramiko.Channel, source: IO[bytes], errors: list[BaseException]) -> None:
