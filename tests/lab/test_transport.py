@@ -305,6 +305,27 @@ def test_output_beyond_the_bound_is_an_error_and_the_connection_lives_on(
         assert t.run(["echo", "still here"], check=True).stdout == "still here\n"
 
 
+def test_a_closed_connection_ends_its_threads_without_waiting_for_their_next_check(
+    inv: inventory.Inventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paramiko's thread for a connection wakes now and then to see whether it should stop
+    (forge: once a second, to spare an idle connection's CPU); one blocked in recv() on a
+    socket closed under it stayed until then. A check an hour apart makes the difference
+    plain: every hop's thread must end when forge closes the connection, not an hour later."""
+    from forge.transport import ssh
+
+    monkeypatch.setattr(ssh._Transport, "_active_check_timeout", 3600.0)
+    t = connect(inv.hosts[0])
+    assert t.run(["true"]).ok
+    threads = [c.get_transport() for c in t._clients]
+    assert threads and all(th is not None and th.is_alive() for th in threads)
+    time.sleep(0.5)  # the command's last messages handled: each thread waits in recv()
+    t.close()
+    for th in threads:
+        th.join(30)
+        assert not th.is_alive()
+
+
 # --------------------------------------------------------------------------- run_again
 
 
