@@ -130,8 +130,7 @@ class Transport(abc.ABC):
     def run_again(self, command: Command, *, timeout: float | None = None) -> CommandResult:
         """Run a command that is run over and over on this connection (a probe, each round of
         ``--watch``): the same result as :meth:`run`, but a transport may serve it from a
-        loop it keeps on the host (:mod:`forge.transport.kept`). Only for a command that reads
-        and may run twice: a transport may run it again after its loop broke."""
+        loop it keeps on the host (:mod:`forge.transport.kept`)."""
         return self.run(command, timeout=timeout)
 
     @abc.abstractmethod

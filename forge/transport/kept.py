@@ -91,12 +91,6 @@ def parse_header(line: bytes, nonce: str, *, limit: int) -> Header:
 class Channel(Protocol):
     """What the loop talks over (a paramiko channel)."""
 
-    @property
-    def eof_received(self) -> int: ...  # the loop's end is done: paramiko's flag
-
-    @property
-    def closed(self) -> bool: ...
-
     def settimeout(self, timeout: float | None) -> None: ...
 
     def sendall(self, data: bytes) -> None: ...
@@ -120,11 +114,6 @@ class KeptLoop:
         """One run of the command: its exit status, stdout and stderr. ``TimeoutError`` past
         ``deadline``; :class:`KeptReplyError` or the channel's own errors when the loop is
         broken."""
-        if self.channel.eof_received or self.channel.closed:
-            # Not a request on a channel the loop has left: paramiko can send it after its own
-            # close of the channel (it checks, lets go of the channel's lock, then sends), and
-            # sshd ends the whole connection over data for a channel it has closed.
-            raise KeptReplyError("the loop ended")
         nonce = new_nonce()
         self.channel.settimeout(_remaining(deadline))
         self.channel.sendall(request(nonce))

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, cast
@@ -288,14 +289,7 @@ class SSHTransport(Transport):
         except (kept.KeptReplyError, paramiko.SSHException, EOFError, OSError) as e:
             log.debug("%s: the kept loop broke (%s); running the command anew", self.name, e)
             self._drop(wrapped, broken=True)
-            try:
-                return self.run(command, timeout=timeout)
-            except ConnectError:
-                # A loop that ended while its request was on the way can take the connection
-                # with it (see kept.KeptLoop.call: paramiko's send and close race, and sshd
-                # hangs up). A command run again may run again: once more, on a new connection.
-                log.debug("%s: the connection ended with the kept loop; connecting again", self.name)
-                return self.run(command, timeout=timeout)
+            return self.run(command, timeout=timeout)
         stdout, stderr = OutputLimit(self.name), OutputLimit(self.name, keep="tail")
         stdout.write(out)
         stderr.write(err)
@@ -442,12 +436,40 @@ class SSHTransport(Transport):
 _GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
+#: SSH_MSG_CHANNEL_WINDOW_ADJUST, _DATA, _EXTENDED_DATA, _EOF and _CLOSE (RFC 4254).
+_CHANNEL_DATA = frozenset({93, 94, 95, 96})
+_CHANNEL_CLOSE = 97
+_WATCHED = _CHANNEL_DATA | {_CHANNEL_CLOSE}
+
+
 class _Transport(paramiko.Transport):
     #: How often paramiko's thread for a connection wakes while nothing comes in, to see
     #: whether it should stop (paramiko: every 0.1 s). Ten wake-ups a second per open
     #: connection were 0.36-0.43 ms of forge's CPU per host and second with nothing to do
     #: (64 idle hosts: 23-28 ms a second), about a third of a ``--watch`` round's CPU.
     _active_check_timeout = 1.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._closes_sent: weakref.WeakSet[paramiko.Channel] = weakref.WeakSet()
+
+    def _send_message(self, data: paramiko.Message) -> None:
+        # Called under paramiko's lock that orders a connection's channel messages. A channel's
+        # data, window or end-of-file message can come after its close: paramiko's senders
+        # check the channel, let go of its lock, then send, while paramiko's thread closes it
+        # on the server's close (a loop on the host ended, a command exited just as forge
+        # ended its input). sshd ends the whole connection over a message for a channel it
+        # has freed, so none leaves once the channel's close has gone out (or it is gone).
+        raw = data.asbytes()
+        if len(raw) >= 5 and raw[0] in _WATCHED:
+            remote = int.from_bytes(raw[1:5], "big")
+            mine = [c for c in self._channels.values() if c.remote_chanid == remote]  # type: ignore[attr-defined]
+            if raw[0] == _CHANNEL_CLOSE:
+                self._closes_sent.update(mine)
+            elif not any(c not in self._closes_sent for c in mine):
+                log.debug("not sending a message for closed channel %d", remote)
+                return
+        super()._send_message(data)  # type: ignore[misc]  # paramiko's, not in its stubs
 
     def close(self) -> None:
         # A thread in recv() does not notice its socket closed (paramiko's own close) until

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import paramiko
+
 from forge.transport import ssh
 
 
@@ -16,6 +18,53 @@ def test_an_idle_connections_thread_checks_once_a_second_and_gcm_comes_first() -
         t = ssh._transport(a)
         assert a.gettimeout() == 1.0
         assert t.get_security_options().ciphers[:2] == ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+    finally:
+        a.close()
+        b.close()
+
+
+def _message(kind: int, remote: int, data: bytes | None = None) -> paramiko.Message:
+    m = paramiko.Message()
+    m.add_byte(bytes([kind]))
+    m.add_int(remote)
+    if data is not None:
+        m.add_string(data)
+    return m
+
+
+def _sent(b: socket.socket) -> bytes:
+    b.setblocking(False)
+    try:
+        return b.recv(1 << 16)
+    except BlockingIOError:
+        return b""
+
+
+DATA, EOF, CLOSE = 94, 96, 97
+
+
+def test_nothing_leaves_for_a_channel_once_its_close_went_out() -> None:
+    """paramiko's senders check a channel, let go of its lock and send, while its thread may
+    close the channel meanwhile; sshd hangs up on a message for a channel it has freed. The
+    check runs where paramiko orders a connection's messages: a channel's own end-of-file
+    before its close still goes out."""
+    a, b = socket.socketpair()
+    try:
+        t = ssh._transport(a)
+        send = t._send_message  # type: ignore[attr-defined]
+        live, ending = paramiko.Channel(0), paramiko.Channel(1)
+        live.remote_chanid, ending.remote_chanid = 7, 8
+        t._channels.put(0, live)  # type: ignore[attr-defined]
+        t._channels.put(1, ending)  # type: ignore[attr-defined]
+        send(_message(EOF, 8))  # closing: end-of-file, then close
+        send(_message(CLOSE, 8))
+        assert _sent(b) != b""
+        send(_message(DATA, 8, b"late request"))
+        send(_message(EOF, 8))
+        send(_message(DATA, 9, b"no such channel"))
+        assert _sent(b) == b""
+        send(_message(DATA, 7, b"request"))
+        assert b"request" in _sent(b)
     finally:
         a.close()
         b.close()
