@@ -203,6 +203,9 @@ class SSHTransport(Transport):
                     hint="is it the SSH port, and is the server overloaded?",
                 ) from e
             raise ConnectError(h.name, f"cannot connect to {_via(hop, h)}: {e or type(e).__name__}") from e
+        t = client.get_transport()
+        if isinstance(t, _Transport):
+            t.idle()
         return client
 
     def _close_clients(self) -> None:
@@ -443,11 +446,15 @@ _WATCHED = _CHANNEL_DATA | {_CHANNEL_CLOSE}
 
 
 class _Transport(paramiko.Transport):
-    #: How often paramiko's thread for a connection wakes while nothing comes in, to see
-    #: whether it should stop (paramiko: every 0.1 s). Ten wake-ups a second per open
-    #: connection were 0.36-0.43 ms of forge's CPU per host and second with nothing to do
-    #: (64 idle hosts: 23-28 ms a second), about a third of a ``--watch`` round's CPU.
+    #: How often paramiko's thread for a connection wakes while nothing comes in, during the
+    #: handshake (paramiko: every 0.1 s): it checks the banner's and the handshake's timeouts
+    #: then. Each wake-up costs about 0.1 ms of CPU on a VM, a cold probe's handshake a few.
     _active_check_timeout = 1.0
+    #: The same once the connection is up (:meth:`idle`). Then a wake-up only looks whether
+    #: the thread should stop, and closing the connection wakes it anyway (:meth:`close`; a
+    #: jump hop's channel and a ``ProxyCommand`` when they close): once a second was 0.13-0.18
+    #: ms of CPU per open connection and second, for nothing. A minute is a safety net.
+    _idle_check_timeout = 60.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -470,6 +477,10 @@ class _Transport(paramiko.Transport):
                 log.debug("not sending a message for closed channel %d", remote)
                 return
         super()._send_message(data)  # type: ignore[misc]  # paramiko's, not in its stubs
+
+    def idle(self) -> None:
+        """The handshake is done: from now on the thread wakes when something comes in."""
+        self.sock.settimeout(self._idle_check_timeout)
 
     def close(self) -> None:
         # A thread in recv() does not notice its socket closed (paramiko's own close) until

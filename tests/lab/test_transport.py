@@ -309,16 +309,18 @@ def test_a_closed_connection_ends_its_threads_without_waiting_for_their_next_che
     inv: inventory.Inventory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """paramiko's thread for a connection wakes now and then to see whether it should stop
-    (forge: once a second, to spare an idle connection's CPU); one blocked in recv() on a
-    socket closed under it stayed until then. A check an hour apart makes the difference
-    plain: every hop's thread must end when forge closes the connection, not an hour later."""
+    (forge: once a minute once the connection is up, to spare an idle connection's CPU); one
+    blocked in recv() on a socket closed under it stayed until then. A check an hour apart
+    makes the difference plain: every hop's thread must end when forge closes the
+    connection, not an hour later."""
     from forge.transport import ssh
 
-    monkeypatch.setattr(ssh._Transport, "_active_check_timeout", 3600.0)
+    monkeypatch.setattr(ssh._Transport, "_idle_check_timeout", 3600.0)
     t = connect(inv.hosts[0])
     assert t.run(["true"]).ok
     threads = [c.get_transport() for c in t._clients]
     assert threads and all(th is not None and th.is_alive() for th in threads)
+    assert all(th.sock.gettimeout() == 3600.0 for th in threads if th is not None)
     time.sleep(0.5)  # the command's last messages handled: each thread waits in recv()
     t.close()
     for th in threads:

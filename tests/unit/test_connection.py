@@ -9,15 +9,19 @@ import paramiko
 from forge.transport import ssh
 
 
-def test_an_idle_connections_thread_checks_once_a_second_and_gcm_comes_first() -> None:
+def test_the_thread_checks_once_a_second_during_the_handshake_and_once_a_minute_after_and_gcm_comes_first() -> None:
     """paramiko's thread wakes at its socket's timeout to see whether it should stop: forge's
-    once a second (paramiko's own: ten times), set through a paramiko class attribute that this
-    test would catch paramiko no longer reading."""
+    once a second while the handshake's timers run (paramiko's own: ten times), then once a
+    minute (closing wakes it). The first through a paramiko class attribute that this test
+    would catch paramiko no longer reading."""
     a, b = socket.socketpair()
     try:
         t = ssh._transport(a)
         assert a.gettimeout() == 1.0
         assert t.get_security_options().ciphers[:2] == ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+        assert isinstance(t, ssh._Transport)
+        t.idle()
+        assert a.gettimeout() == 60.0
     finally:
         a.close()
         b.close()
