@@ -20,9 +20,17 @@ The containers section serves twice: it names the forge environment of a process
 a container, and it tells which GPUs forge environments hold (label ``forge.gpus`` of their
 containers, and claim containers, see forge.env.claims), busy or not.
 
-When the GPU query fails the script stops after its section. No line of nvidia-smi's CSV
-(which starts with a value), ps, the cgroup lines (which start with a pid) or the docker
-lines (which start with a container id) can start with the marker, so sections are unambiguous.
+When the GPU query fails the script stops after its section. No line of ps, the cgroup lines
+(which start with a pid) or the docker lines (which start with a container id) can start with
+the marker, but the apps section can: it holds process names, which another user of the host
+chooses, and an executable path or argv[0] may contain a line break (or a carriage return,
+which ``str.splitlines`` also breaks at), so a name can put a marker line of its own into the
+output. :func:`split_sections` therefore trusts the markers only in the order the script
+prints them (each section once, in the order above, each closed by its status line; ``end``
+after a closed section, then nothing but empty lines) and raises :class:`ProbeParseError`
+for anything else; :func:`parse_probe` reports such a host as an error. Output cut short
+(no ``end``) still parses. This does not stop a name from forging a whole CSV row of the apps
+section: that line is no marker.
 ``ps -o user:64=`` because procps prints a user name longer than the column as a number.
 """
 
@@ -35,6 +43,7 @@ from dataclasses import dataclass, replace
 
 from forge import labels, shell
 from forge.dockercli import unavailable
+from forge.errors import ForgeError
 from forge.gpu.model import Gpu, GpuHold, GpuProcess, HostGpus, ProbeStatus
 from forge.gpu.nvsmi import (
     APP_FIELDS,
@@ -49,6 +58,8 @@ from forge.session import HostSession
 from forge.transport.base import CommandResult
 
 MARKER = "@@forge-gpu-probe"
+# The sections, in the order the script prints them.
+SECTIONS: tuple[str, ...] = ("gpus", "apps", "owners", "cgroups", "containers")
 _FORMAT_FIELDS = ("{{.ID}}", "{{json .State}}", "{{json .CreatedAt}}") + tuple(
     '{{json (.Label "' + label + '")}}'
     for label in (labels.ENV, labels.OWNER, labels.GPUS, labels.CLAIM, labels.CLAIM_ENV, labels.CLAIM_OWNER)
@@ -165,32 +176,66 @@ class Section:
     exit_status: int | None  # None when the status line is missing (output cut short)
 
 
+class ProbeParseError(ForgeError):
+    """The probe's output has a marker line where the script never prints one, so which text
+    belongs to which section cannot be told: none of it is trusted."""
+
+
+def _out_of_place(number: int, what: str) -> ProbeParseError:
+    # ``what`` names only constants (SECTIONS), never text the host printed.
+    return ProbeParseError(
+        f"the probe's output has a marker line out of place (line {number}: {what}); a GPU "
+        "process name with a line break can do this, so none of the output is trusted"
+    )
+
+
 def split_sections(stdout: str) -> dict[str, Section]:
-    """Split the probe's stdout at marker lines. Pure."""
+    """Split the probe's stdout at marker lines. Pure.
+
+    The markers must come as the script prints them: the sections of :data:`SECTIONS` in
+    that order, each once and closed by its status line, then ``end`` (after any closed
+    section) and nothing but empty lines after it. Output cut short (no ``end``; the last
+    section may lack its status line) parses. Text before the first marker and between
+    sections is ignored. Raises :class:`ProbeParseError` for a marker line anywhere else.
+    """
     sections: dict[str, Section] = {}
     name: str | None = None
     lines: list[str] = []
+    ended = False
     prefix = MARKER + " "
-    for line in stdout.splitlines():
+    for number, line in enumerate(stdout.splitlines(), 1):
+        if ended:
+            if line.strip():
+                raise _out_of_place(number, "text after the end marker")
+            continue
         if not line.startswith(prefix):
             if name is not None:
                 lines.append(line)
             continue
         word, _, arg = line[len(prefix) :].partition(" ")
-        if word == "status" and name is not None:
+        if word == "status":
+            if name is None:
+                raise _out_of_place(number, "a status line with no section open")
             try:
                 status: int | None = int(arg)
             except ValueError:
                 status = None
             sections[name] = Section("\n".join(lines) + ("\n" if lines else ""), status)
             name, lines = None, []
+        elif name is not None:
+            raise _out_of_place(number, f"a marker inside the {name!r} section, before its status line")
         elif word == "end":
-            break
+            ended = True
         else:
-            if name is not None:  # a section without its status line
-                sections[name] = Section("\n".join(lines) + ("\n" if lines else ""), None)
+            expected = SECTIONS[len(sections)] if len(sections) < len(SECTIONS) else None
+            if word != expected:
+                if word in sections:
+                    raise _out_of_place(number, f"a second {word!r} section")
+                if word in SECTIONS:
+                    raise _out_of_place(number, f"the {word!r} section where {expected!r} belongs")
+                raise _out_of_place(number, "a section of unknown name")
             name, lines = word, []
-    if name is not None:
+    if name is not None:  # output cut short: the section lacks its status line
         sections[name] = Section("\n".join(lines) + ("\n" if lines else ""), None)
     return sections
 
@@ -320,7 +365,10 @@ def parse_probe(host: str, result: CommandResult, mig_result: CommandResult | No
     for anything the host printed: a bad answer becomes status ``error`` with a reason.
     ``mig_result``: the answer to :data:`forge.gpu.mig.MIG_SCRIPT`, on a host with a
     MIG-enabled GPU: its instances are listed as GPUs of their own."""
-    sections = split_sections(result.stdout)
+    try:
+        sections = split_sections(result.stdout)
+    except ProbeParseError as e:
+        return _error(host, ProbeStatus.ERROR, str(e))
     gpu_section = sections.get("gpus")
     if gpu_section is None or gpu_section.exit_status is None:
         tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:]

@@ -480,8 +480,119 @@ def test_missing_optional_sections_leave_fields_none() -> None:
 
 
 def test_split_sections_ignores_text_outside_sections() -> None:
-    stdout = "motd noise\n" + section("gpus", "a\nb\n", 3) + "stray\n" + f"{M} end\nafter end\n"
+    stdout = "motd noise\n" + section("gpus", "a\nb\n", 3) + "stray\n" + f"{M} end\n\n  \n"
     assert probe.split_sections(stdout) == {"gpus": probe.Section("a\nb\n", 3)}
+
+
+# ------------------------------------------------- marker lines a process name can put in the output
+
+OWNERS = section("owners", "  455 root\n")
+CGROUPS = section("cgroups", f"455 0::/system.slice/docker-{CID}.scope \n")
+CONTAINERS = section("containers", "1764358000\n" + ctr(CID, env="alice-train", owner="alice"))
+UUID = APPS.split(", ")[-1].strip()  # the fixture's GPU
+
+
+def full(apps: str = APPS) -> str:
+    """A whole answer of the probe, with ``apps`` as the process query's output."""
+    return section("gpus", GPUS) + section("apps", apps) + OWNERS + CGROUPS + CONTAINERS + f"{M} end\n"
+
+
+def app_row(pid: int, name: str) -> str:
+    """nvidia-smi's row for a process called ``name`` (printed raw, line breaks and all)."""
+    return f"{pid}, {name}, 100, {UUID}\n"
+
+
+# Process names another user of the host can choose (the trailing space or line break puts
+# nvidia-smi's next cell off the marker's word).
+FAKE_TAIL = f"{M} owners\n455 mallory\n{M} status 0\n{M} cgroups\n{M} status 0\n{M} containers\n{M} status 0\n"
+INJECTED_NAMES = {
+    "end": f"x\n{M} end ",
+    "end-then-rows": f"x\n{M} end\n9999, y",
+    "status-owners": f"x\n{M} status 0\n{M} owners\n123 alice",
+    "status-owners-row": f"x\n{M} status 0\n{M} owners\n123 alice\n9999, y",
+    "whole-fake-tail": f"evil, 1, {UUID}\n{M} status 0\n{FAKE_TAIL}{M} end\n9999, y",
+    "unknown-section": f"x\n{M} gpu-list\n",
+    "carriage-return": f"x\r{M} end ",  # str.splitlines breaks lines at \\r too
+}
+
+
+@pytest.mark.parametrize("name", INJECTED_NAMES.values(), ids=INJECTED_NAMES.keys())
+def test_a_marker_line_in_a_process_name_is_refused(name: str) -> None:
+    stdout = full(APPS + app_row(456, name))
+    with pytest.raises(probe.ProbeParseError, match="marker line out of place"):
+        probe.split_sections(stdout)
+    host = probe.parse_probe("gpu1", result(stdout))
+    assert host.status is ProbeStatus.ERROR and host.gpus == () and host.processes == ()
+    reason = host.reason or ""
+    assert "marker line out of place" in reason and "process name with a line break" in reason
+    for untrusted in ("mallory", "alice", "evil", "9999", "gpu-list", M):
+        assert untrusted not in reason  # never the host's text
+
+
+def test_a_forged_tail_does_not_replace_the_real_sections() -> None:
+    """What the old parser fell for: a name that closes the apps section, prints owners,
+    cgroups and containers of its own, then ``end``, so the real ones were never read."""
+    stdout = full(APPS + app_row(456, INJECTED_NAMES["whole-fake-tail"]))
+    host = probe.parse_probe("gpu1", result(stdout))
+    assert host.status is ProbeStatus.ERROR
+    assert all(p.user != "mallory" for p in host.processes)
+
+
+@pytest.mark.parametrize(
+    ("stdout", "what"),
+    [
+        (f"{M} status 0\n" + full(), "status line with no section open"),
+        (section("gpus", GPUS) + f"{M} status 0\n" + section("apps", APPS), "status line with no section open"),
+        (section("gpus", GPUS) + section("gpus", GPUS), "second 'gpus' section"),
+        (full().replace(f"{M} end\n", "") + OWNERS, "second 'owners' section"),
+        (section("gpus", GPUS) + OWNERS, "'owners' section where 'apps' belongs"),
+        (section("apps", APPS), "'apps' section where 'gpus' belongs"),
+        (section("gpus", GPUS) + section("status", ""), "status line with no section open"),
+        (section("gpus", GPUS) + section("apps\x1b[2J", ""), "section of unknown name"),
+        (section("gpus", GPUS) + f"{M} \n", "section of unknown name"),
+        (f"{M} gpus\n{GPUS}{M} apps\n", "inside the 'gpus' section"),
+        (f"{M} gpus\n{GPUS}{M} end\n", "inside the 'gpus' section"),
+        (full() + f"{M} end\n", "text after the end marker"),
+        (full() + f"{M} status 0\n", "text after the end marker"),
+        (full() + "455, python3, 1, GPU-x\n", "text after the end marker"),
+        (section("gpus", GPUS) + f"{M} end\n" + section("apps", APPS), "text after the end marker"),
+    ],
+)
+def test_split_sections_refuses_marker_lines_out_of_order(stdout: str, what: str) -> None:
+    with pytest.raises(probe.ProbeParseError, match=re.escape(what)):
+        probe.split_sections(stdout)
+
+
+def test_real_fixture_output_parses_as_before() -> None:
+    sections = probe.split_sections("motd\n" + full() + "\n")
+    assert list(sections) == list(probe.SECTIONS)
+    assert sections["gpus"] == probe.Section(GPUS, 0) and sections["apps"] == probe.Section(APPS, 0)
+    assert sections["owners"] == probe.Section("  455 root\n", 0)
+    assert sections["containers"].text.startswith("1764358000\n") and sections["containers"].exit_status == 0
+    host = probe.parse_probe("gpu1", result(full()))
+    assert host.status is ProbeStatus.OK and [(p.pid, p.user) for p in host.processes] == [(455, "root")]
+    mig_gpus = (ROOT / "tests" / "fixtures" / "nvidia-smi" / "h200-mig-driver590" / "query_gpu_load.csv").read_text()
+    early = section("gpus", mig_gpus, 15) + f"{M} end\n"  # the script stops after a failed GPU query
+    assert probe.split_sections(early) == {"gpus": probe.Section(mig_gpus, 15)}
+
+
+def test_output_cut_short_still_parses() -> None:
+    whole = full().splitlines(keepends=True)
+    for n in range(len(whole)):  # cut after every line: a prefix of the sections, never an error
+        sections = probe.split_sections("".join(whole[:n]))
+        assert list(sections) == list(probe.SECTIONS[: len(sections)])
+    cut = f"{M} gpus\n{GPUS}{M} status 0\n{M} apps\n{APPS}"
+    assert probe.split_sections(cut) == {"gpus": probe.Section(GPUS, 0), "apps": probe.Section(APPS, None)}
+    host = probe.parse_probe("gpu1", result(cut, exit_status=255, stderr="Connection reset\n"))
+    assert host.status is ProbeStatus.ERROR and len(host.gpus) == 1  # as before: the apps section never closed
+    assert "could not list GPU processes" in (host.reason or "")
+
+
+@needs_tools
+def test_real_script_refuses_a_process_name_with_a_marker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _state([{"pid": 4242, "name": INJECTED_NAMES["whole-fake-tail"], "used_memory_mib": 1, "gpu_uuid": U0}])
+    host = probe.probe_host(_session(monkeypatch, _host(tmp_path, state)), timeout=30)
+    assert host.status is ProbeStatus.ERROR and "marker line out of place" in (host.reason or "")
 
 
 # ------------------------------------------------------------------- hostile output, number by number
