@@ -218,6 +218,12 @@ def _table_row(o: Outcome) -> list[str]:
 
 
 def _log_line(o: Outcome) -> str:
+    """One host's log line (--quiet, for cron), cleaned: what a host said (an error's stderr
+    tail, a note) stays on it, line breaks shown as ``\\n``."""
+    return output.clean(_log_text(o), one_line=True)
+
+
+def _log_text(o: Outcome) -> str:
     if not o.ok:
         return f"{_stamp()} forge sync {o.image} {o.host} FAILED {o.seconds:.1f}s: {o.error}"
     detail = ""
@@ -237,7 +243,8 @@ def _show_check(statuses: list[Status], *, as_json: bool, quiet: bool) -> None:
     elif quiet:
         for x in statuses:
             problem = f": {x.error}" if x.error else ""
-            output.echo(f"{_stamp()} forge sync --check {x.image} {x.host} {x.status}{problem}")
+            line = f"{_stamp()} forge sync --check {x.image} {x.host} {x.status}{problem}"
+            output.echo(output.clean(line, one_line=True))
     else:
         rows = [[x.image, x.host, x.status, (x.host_id or "")[:19], x.error or ""] for x in statuses]
         output.echo(output.table(rows, ["IMAGE", "HOST", "STATUS", "HOST HAS", "PROBLEM"]))

@@ -41,9 +41,9 @@ from forge.labels import IDLE, IDLE_ENV, IDLE_IMAGE, IDLE_KIND, IDLE_OWNER, IDLE
 PREFIX = "forge-idle-"
 KINDS = ("idle", "warned", "reclaimed")
 LABELS = (IDLE, IDLE_KIND, IDLE_SINCE, IDLE_ENV, IDLE_OWNER, IDLE_IMAGE)
-_RECLAIM_TAG = re.compile(r"^[a-z0-9_./-]{1,200}:reclaimed-[0-9a-f]{12}$")
-_SUBJECT = re.compile(r"^[0-9a-f]{24,64}$")
-_NAME = re.compile(r"^forge-idle-([0-9a-f]{24,64})-(idle|warned|reclaimed)$")
+_RECLAIM_TAG = re.compile(r"^[a-z0-9_./-]{1,200}:reclaimed-[0-9a-f]{12}\Z")
+_SUBJECT = re.compile(r"^[0-9a-f]{24,64}\Z")
+_NAME = re.compile(r"^forge-idle-([0-9a-f]{24,64})-(idle|warned|reclaimed)\Z")
 #: An sshd session process, as ps shows it: a login (``user@pts/0``) or a connection without a
 #: terminal (``user@notty``: IDEs, scp, sftp). OpenSSH 9.8 and later name it sshd-session.
 _SESSION = re.compile(r"^sshd(?:-session)?: [^ ]+@(?:pts/\d+|notty)(?: |$)")

@@ -41,8 +41,9 @@ _FIXED = ("ID", "Names", "Image", "State", "Status", "CreatedAt", "Ports")
 PS_FORMAT = "\t".join(
     [*(f"{{{{json .{f}}}}}" for f in _FIXED), *(f'{{{{json (.Label "{label}")}}}}' for label in LABELS)]
 )
-#: A login name forge passes to ssh: POSIX-portable, as useradd accepts by default.
-USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+#: A login name forge passes to ssh: POSIX-portable, as useradd accepts by default (to
+#: ``\Z``: ``$`` would also match before a final newline, which a label can hold).
+USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
 _SSH_PUBLISHED = re.compile(r":(\d{1,5})->22/tcp\b")
 VOLUMES_MARK = "@@forge-volumes"
 #: forge's record volumes (the line's tickets, the idle marks), listed at once by name.

@@ -8,7 +8,7 @@ import re
 
 from forge.env.errors import EnvError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 
 def valid_name(env: str) -> bool:

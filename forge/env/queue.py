@@ -68,8 +68,8 @@ PREFIX = "forge-wait-"
 LABELS = (WAIT, WAIT_OWNER, WAIT_ENV, WAIT_GPUS, WAIT_MIN_FREE, WAIT_SINCE, WAIT_UNTIL)
 #: The most a ticket may count for past its host's clock without renewal, whatever it says.
 MAX_TTL_S = 3600
-_ID = re.compile(r"^[0-9a-f]{12,32}$")
-_NAME = re.compile(r"^forge-wait-([0-9a-f]{12,32})-(\d{1,9})$")
+_ID = re.compile(r"^[0-9a-f]{12,32}\Z")
+_NAME = re.compile(r"^forge-wait-([0-9a-f]{12,32})-(\d{1,9})\Z")
 
 
 def ticket_of(host: str, cols: Sequence[str]) -> Ticket | None:

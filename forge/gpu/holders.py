@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 from forge.gpu.policy import GpuVerdict
 
-#: What a user name may look like (POSIX-ish, also the ``user@REALM`` of some sites).
-_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}\$?$")
+#: What a user name may look like (POSIX-ish, also the ``user@REALM`` of some sites). Names
+#: end at ``\Z``: ``$`` would also match before a final newline.
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}\$?\Z")
 #: An environment name as forge makes them (forge.env.names), bounded.
-_ENV = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ENV = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 UNKNOWN = "?"
 

@@ -15,8 +15,8 @@ from forge.gpu.holders import Holder, holders_of
 from forge.gpu.survey import HostReport
 
 #: A GPU or MIG device UUID as nvidia-smi prints it.
-_UUID = re.compile(r"^(GPU|MIG)-[0-9A-Za-z-]{1,80}$")
-_MODEL = re.compile(r"^[ -~]{1,64}$")  # printable ASCII
+_UUID = re.compile(r"^(GPU|MIG)-[0-9A-Za-z-]{1,80}\Z")
+_MODEL = re.compile(r"^[ -~]{1,64}\Z")  # printable ASCII
 
 UNKNOWN = "?"
 

@@ -24,7 +24,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 _LIMIT = 4096  # entries kept (the newest)
 _lock = threading.Lock()
 

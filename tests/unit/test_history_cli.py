@@ -91,3 +91,25 @@ def test_report_errors_say_what_to_do(tmp_path: Path) -> None:
     assert not (tmp_path / "none.sqlite").exists()
     r = forge(tmp_path, "report", "--db", str(tmp_path / "none.sqlite"), "--since", "soon")
     assert r.returncode == 2 and "is not a duration" in r.stderr
+
+
+def test_record_says_each_missing_host_on_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a host said (a stderr tail, "\\n"-joined) must not forge a line of cron's mail."""
+    from click.testing import CliRunner
+
+    import forge.gpu.survey as survey
+    from forge.cli.main import cli
+    from forge.gpu.policy import FreePolicy
+    from forge.inventory import Host
+
+    said = "refused\nforge record: gpu2: recorded\x1b[2J"
+
+    def down(inv: object, hosts: list[Host], **_: object) -> list[survey.HostReport]:
+        return [survey.HostReport(h, "me", FreePolicy(), None, said) for h in hosts]
+
+    monkeypatch.setattr(survey, "survey", down)
+    inv = tmp_path / "hosts.toml"
+    inv.write_text('[[hosts]]\nname = "gpu1"\naddress = "192.0.2.1"\n')
+    r = CliRunner().invoke(cli, ["-i", str(inv), "record", "--db", str(tmp_path / "h.sqlite")])
+    assert r.exit_code == 5, r.output
+    assert r.stderr == "forge record: gpu1: not recorded: refused\\nforge record: gpu2: recorded\\x1b[2J\n"

@@ -30,3 +30,11 @@ def test_garbage_is_neither_written_nor_read(isolated_home: Path) -> None:
     assert memo.manifest_for(C1) is None
     memo.remember(C1, M1)  # a broken file is replaced, not an error
     assert memo.manifest_for(C1) == M1
+
+
+def test_a_digest_with_a_trailing_newline_is_not_one(isolated_home: Path) -> None:
+    memo.remember(C1, M1 + "\n")  # an ID a host reported, "\n" and all
+    assert not memo.path().exists()
+    memo.path().parent.mkdir(parents=True)
+    memo.path().write_text(json.dumps({C1: M1 + "\n", C2 + "\n": M2}))
+    assert memo.manifest_for(C1) is None and memo.manifest_for(C2 + "\n") is None

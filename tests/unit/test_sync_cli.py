@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import forge.images.runs as runs
 from forge.cli.main import cli
-from forge.errors import ConnectError, HostError
+from forge.errors import CommandFailed, ConnectError, HostError
 from forge.fleet import FleetResult, HostResult
 from forge.images.inspect import HostImages, ImageInfo, ImageNotFound
 from forge.images.sync import HostPlan, HostSync, SyncReport
@@ -195,3 +195,39 @@ def test_a_hop_cut_out_of_a_chain_is_said_as_it_is_not_as_sent_through_this_mach
     assert f": {cut}" in table.stderr and "through this machine" not in table.stderr
     quiet = _run(inv, "--quiet", "--via", "relay", "ok:1").output.splitlines()
     assert quiet[0].endswith(f" via=relay 0.0s ({cut})"), quiet[0]
+
+
+FORGED = "denied\n2026-01-01T00:00:00+0000 forge sync ok:1 gpu9 ok send 1.0s\x1b[2J"
+
+
+def test_quiet_log_lines_stay_one_line_per_host_whatever_the_host_said(
+    inv: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A host's stderr tail (CommandFailed joins its last lines with "\n") used to print as
+    # extra log lines: here a fake success line for a gpu9 that is not in the inventory.
+    def failing(ref: str, *, source: Host, targets: list[Host], **_: Any) -> SyncReport:
+        results = tuple(
+            HostResult(h, error=CommandFailed(h.name, "docker load", 1, FORGED)) for h in targets if h is not source
+        )
+        return SyncReport(ref, IMAGE, ("ok:1",), FleetResult(results))
+
+    monkeypatch.setattr(runs, "sync_image", failing)
+    monkeypatch.setenv("FORGE_LOCK_DIR", str(Path(inv).parent))
+    r = _run(inv, "ok:1", "--quiet")
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2, r.stdout
+    assert all(" FAILED " in line and "\\ngpu9" not in line and "\x1b" not in line for line in lines)
+    assert all(
+        line.endswith("denied\\n2026-01-01T00:00:00+0000 forge sync ok:1 gpu9 ok send 1.0s\\x1b[2J") for line in lines
+    )
+
+
+def test_quiet_check_lines_stay_one_line_per_host(inv: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def down(ref: str, *, targets: list[Host], **_: Any) -> Any:
+        error = HostError("x", FORGED)
+        return IMAGE, (), FleetResult(tuple(HostResult(h, error=error) for h in targets))
+
+    monkeypatch.setattr(runs, "plan", down)
+    check = _run(inv, "ok:1", "--check", "--quiet")
+    lines = check.stdout.splitlines()
+    assert len(lines) == 2 and all("denied\\n2026" in line for line in lines), check.stdout
