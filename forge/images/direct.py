@@ -124,12 +124,12 @@ class Transfer:
                 linked = self._link(group)
                 if linked:
                     self._transfer(codec, linked)
+                self._remove()  # this group's keys and directories (the source has one per group)
         except BaseException:
             self._remove()  # stops the source's transfer first: the targets' loads end
             for p in self.in_flight:
                 _quiet_cleanup(self.pool.get(p.host), p, self.src)
             raise
-        self._remove()
         return self.outcome
 
     # ------------------------------------------------------------------ placing
@@ -180,10 +180,10 @@ class Transfer:
         for holder in holders:
             for h, pub in zip(holder.held, holder.keys, strict=True):
                 keys.setdefault(h.name, []).append(pub)
+        self.placed += [h.plan for h in group]  # before: an interrupt may come while lines go in
         added = fleet.run(
             [h.plan.host for h in group], lambda s: self._add_keys(s, keys[s.name], codec_of[s.name]), pool=self.pool
         )
-        self.placed += [h.plan for h in group]
         failed = {r.host.name: why(r.error or ForgeError("failed")) for r in added.failed}
         if failed and self.relay:
             return self._give_up(group, failed, "cannot place the transfer key there")
@@ -236,6 +236,9 @@ class Transfer:
         try:
             directory, pubs = hostlink.parse_keys(r.stdout, self.token, indexes)
         except ValueError as e:
+            made = hostlink.directory_in(r.stdout)  # made, but its keys not understood
+            if made is not None:
+                s.run(hostlink.remove_dir(made), timeout=60)
             raise LinkError(s.name, str(e)) from None
         self.dirs[s.name] = directory
         holder.keys = pubs
@@ -345,6 +348,10 @@ class Transfer:
         elif report.save_status is None and failure is None:
             failure = "the source's transfer ended early"
         report.tar = out.total
+        # What still runs for the transfer (after a failure: a relay hop still loading, the
+        # source before its timeout) stops before the targets are checked and cleaned, so
+        # no load finishes after its target was cleaned.
+        self._remove()
         by_name = {h.name: h for h in group}
         results = fleet.run(
             [h.plan.host for h in group],

@@ -148,6 +148,12 @@ def parse_keys(stdout: str, token: str, indexes: Sequence[int]) -> tuple[str, li
     return lines[0], keys
 
 
+def directory_in(stdout: str) -> str | None:
+    """The transfer directory the key set-up printed, where the rest of its output cannot be
+    understood (it made the directory: forge removes it)."""
+    return next((ln for ln in stdout.splitlines() if _DIR.match(ln) and ".." not in ln), None)
+
+
 # --------------------------------------------------------------------------- on the hosts
 
 # $1: token, $2: the KiB of free space the directory needs (a chain's spool), then the numbers
@@ -159,6 +165,10 @@ for t in ssh ssh-keygen dd tail stat; do
 done
 umask 077
 d=$(mktemp -d "${TMPDIR:-/var/tmp}/forge-link.XXXXXXXX") || exit 1
+case "${d%/forge-link.*}" in /*[!A-Za-z0-9._/-]*|[!/]*|*..*)
+  echo "the temporary directory's path has characters forge does not take (set TMPDIR)" >&2
+  rm -rf -- "$d"; exit 5 ;;
+esac
 free=$(df -Pk -- "$d" | awk 'NR == 2 { print $4 }')
 case "$free" in ''|*[!0-9]*) free=0 ;; esac
 if [ "$2" -gt 0 ] && [ "$free" -lt "$2" ]; then

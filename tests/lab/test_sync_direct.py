@@ -169,6 +169,33 @@ def test_direct_sends_nothing_of_the_image_through_the_client_and_takes_back_its
     assert again.ok and again.value.action == "current"
 
 
+def test_targets_taking_different_compressions_leave_no_directory_on_the_source(
+    lab: Any, inv: inventory.Inventory, images: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A target without zstd (here: the second one asked, as if it lacked it) is sent to in a
+    group of its own; each group's transfer directory on the source (its spool, the private
+    keys) is taken back, the first one too."""
+    import dataclasses
+
+    from forge.images import codec, direct
+
+    candidates = direct.Transfer._candidates
+
+    def second_without_zstd(self: direct.Transfer) -> list[Any]:
+        hops = candidates(self)
+        return [hops[0], *(dataclasses.replace(h, codec=codec.CODECS["none"]) for h in hops[1:])]
+
+    monkeypatch.setattr(direct.Transfer, "_candidates", second_without_zstd)
+    ref = images.on_top(images.base(), "v1", os.urandom(200_000))
+    report = sync(inv, ref, ["gpu2", "gpu3"], via="direct")
+    got = {h: report.results[h] for h in ("gpu2", "gpu3")}
+    for h, r in got.items():
+        assert r.ok, r.reason
+        assert r.value.via == "direct" and images.same(h, ref)
+    assert (got["gpu2"].value.codec, got["gpu3"].value.codec) == ("zstd", "none")
+    assert _placed(lab) == ([], [])
+
+
 def test_a_target_the_source_cannot_reach_is_served_through_the_client(
     lab: Any, inv: inventory.Inventory, images: Images
 ) -> None:

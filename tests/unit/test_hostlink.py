@@ -149,6 +149,35 @@ def test_the_source_directory_is_made_private_and_only_it_is_removed(tmp_path: P
     assert not Path(directory).exists()
 
 
+def test_a_temporary_directory_forge_could_not_name_back_is_refused_and_removed(tmp_path: Path) -> None:
+    """forge reads the directory back from the host and checks it before any use: one it
+    would refuse (a space in TMPDIR) is removed there, not left with its keys."""
+    env_tmp = tmp_path / "my tmp"
+    env_tmp.mkdir()
+    r = subprocess.run(
+        ["sh", "-c", hostlink.make_keys("0123456789abcdef", [1])],
+        env={"TMPDIR": str(env_tmp), "PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        input="",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 5 and r.stdout == ""
+    assert "set TMPDIR" in r.stderr
+    assert list(env_tmp.iterdir()) == []
+
+
+def test_the_directory_is_found_in_output_whose_keys_cannot_be_read() -> None:
+    """A shell start-up file that prints (a ~/.bashrc) breaks the key set-up's answer; the
+    directory it made is still named, for forge to remove."""
+    noisy = "Welcome to gpu1\n/var/tmp/forge-link.AbC123\nssh-ed25519 AAAA forge-link-0123456789abcdef-1\n"
+    with pytest.raises(ValueError):
+        hostlink.parse_keys(noisy, "0123456789abcdef", [1])
+    assert hostlink.directory_in(noisy) == "/var/tmp/forge-link.AbC123"
+    assert hostlink.directory_in("Welcome\n/var/tmp/../etc/forge-link.x\n") is None
+    assert hostlink.directory_in("nothing here\n") is None
+
+
 # --------------------------------------------------------------------------- what the source says
 
 
