@@ -467,10 +467,13 @@ class _Transport(paramiko.Transport):
         # on the server's close (a loop on the host ended, a command exited just as forge
         # ended its input). sshd ends the whole connection over a message for a channel it
         # has freed, so none leaves once the channel's close has gone out (or it is gone).
+        # Only channels the server confirmed have its number: one still opening is numbered 0
+        # by paramiko, and is often given the number of a channel just closed (sshd reuses
+        # them), so taking it for that one held back its every message.
         raw = data.asbytes()
         if len(raw) >= 5 and raw[0] in _WATCHED:
             remote = int.from_bytes(raw[1:5], "big")
-            mine = [c for c in self._channels.values() if c.remote_chanid == remote]  # type: ignore[attr-defined]
+            mine = [c for c in self._channels.values() if c.active and c.remote_chanid == remote]  # type: ignore[attr-defined]
             if raw[0] == _CHANNEL_CLOSE:
                 self._closes_sent.update(mine)
             elif not any(c not in self._closes_sent for c in mine):

@@ -57,7 +57,8 @@ def test_nothing_leaves_for_a_channel_once_its_close_went_out() -> None:
         t = ssh._transport(a)
         send = t._send_message  # type: ignore[attr-defined]
         live, ending = paramiko.Channel(0), paramiko.Channel(1)
-        live.remote_chanid, ending.remote_chanid = 7, 8
+        for chan, remote in ((live, 7), (ending, 8)):  # confirmed by the server
+            chan.remote_chanid, chan.active = remote, True
         t._channels.put(0, live)  # type: ignore[attr-defined]
         t._channels.put(1, ending)  # type: ignore[attr-defined]
         send(_message(EOF, 8))  # closing: end-of-file, then close
@@ -69,6 +70,27 @@ def test_nothing_leaves_for_a_channel_once_its_close_went_out() -> None:
         assert _sent(b) == b""
         send(_message(DATA, 7, b"request"))
         assert b"request" in _sent(b)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_channel_still_opening_is_not_taken_for_a_closed_one_with_the_number_it_will_get() -> None:
+    """paramiko numbers a channel the server has not confirmed yet 0; sshd then gives it the
+    number of a channel just closed, often 0. Taken for that one when its close went out, the
+    new channel's every message was held back (a stream behind the bastion stalled, 1 run in
+    8 of the transport lab tests)."""
+    a, b = socket.socketpair()
+    try:
+        t = ssh._transport(a)
+        send = t._send_message  # type: ignore[attr-defined]
+        opening = paramiko.Channel(1)  # remote_chanid 0 until the server's confirmation
+        t._channels.put(1, opening)  # type: ignore[attr-defined]
+        send(_message(CLOSE, 0))  # the close of the channel before, already unlinked
+        assert _sent(b) != b""
+        opening.remote_chanid, opening.active = 0, True  # confirmed: the server reused the number
+        send(_message(DATA, 0, b"the new channel's input"))
+        assert b"the new channel's input" in _sent(b)
     finally:
         a.close()
         b.close()
