@@ -22,6 +22,7 @@ registers its undo as it goes (:mod:`forge.env.steps`).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -305,7 +306,12 @@ def claim_gpus(
             listing = list_host(s)  # someone else was faster: list again, choose again
             continue
         # Re-check after claiming: a process may have started on a GPU since the probe.
-        gone = still_free(inv, s, probe_host(s, timeout=30), found[0].gpu_uuids)
+        try:
+            gone = still_free(inv, s, probe_host(s, timeout=30), found[0].gpu_uuids)
+        except BaseException:  # the caller's undo does not know these claims yet
+            with contextlib.suppress(ForgeError):
+                claims.release(s, ids)
+            raise
         if not gone:
             return Claimed(found[0], ids, listing)
         claims.release(s, ids)

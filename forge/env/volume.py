@@ -24,6 +24,7 @@ with that user's key, and volume names are shared by everyone on a host.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Literal
 
 from forge import shell
 from forge.env.errors import VolumeError
-from forge.errors import CommandFailed
+from forge.errors import CommandFailed, ForgeError
 from forge.inventory import DataSettings
 from forge.session import HostSession
 
@@ -339,11 +340,12 @@ def ensure(
         except CommandFailed as e:
             what = f"reading {marker!r} through volume {spec.name} failed" if marker else f"{spec.name} is unreadable"
             raise _fail(s, what, e) from e
-    except VolumeError:
-        if created:
-            drop(s, spec, unmount_in_use=False)
-        elif mount_state in ("mounted", "remounted") and spec.mountpoint:
-            s.run(shell.script(UNMOUNT_SCRIPT, spec.mountpoint), timeout=60)
+    except BaseException:  # a failure, a timeout, a lost connection, Ctrl-C
+        with contextlib.suppress(ForgeError):  # the first error is the one to tell
+            if created:
+                drop(s, spec, unmount_in_use=False)
+            elif mount_state in ("mounted", "remounted") and spec.mountpoint:
+                s.run(shell.script(UNMOUNT_SCRIPT, spec.mountpoint), timeout=60)
         raise
     return VolumeState(spec.name, spec.driver, spec.mountpoint, mount_state, created)
 

@@ -611,3 +611,54 @@ def test_a_wait_that_times_out_or_is_interrupted_leaves_the_line(
     _, err = w.communicate(timeout=60)
     assert w.returncode == 130, err
     assert tickets(lab, gone) == [] and envs_on(lab, "gpu1", gone) == []
+
+
+def test_a_recheck_that_fails_after_claiming_releases_the_claims(
+    lab: LabHandle, env_lab: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPUs are claimed, then probed again; if that probe fails (a timeout, a lost
+    connection, Ctrl-C) before the run's undo knows the claims, they are released all the
+    same: no claim holds GPUs for nothing until it counts as stale."""
+    from forge.env import migrate as mig
+    from forge.errors import CommandTimeout, ForgeError
+
+    inv, env = inventory.load_file(env_lab["inventory"]), new_env(env_lab)
+    rechecks: list[str] = []
+
+    def timed_out(inv: Any, s: Any, gpus: Any, uuids: Any) -> list[str]:
+        rechecks.append(s.name)
+        raise CommandTimeout(s.name, "the probe ran past its timeout of 30 s")
+
+    monkeypatch.setattr(mig, "still_free", timed_out)
+    keys = (Path(str(lab.identity_file) + ".pub")).read_text()
+    req = mig.request_from(inv, env=env, to="gpu2", authorized_keys=keys)
+    with Pool() as pool, pytest.raises(ForgeError, match="ran past its timeout"):
+        mig.migrate(inv, req, pool)
+    assert rechecks == ["gpu2"]
+    assert envs_on(lab, "gpu2", env) == [] and claims_on(lab, "gpu2", env) == []
+
+
+def test_a_volume_check_that_times_out_removes_the_volume_and_mount_it_made(
+    lab: LabHandle, env_lab: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``volume.ensure`` created is removed when its check fails in any way, not only
+    when the check says the volume is unreadable: here the check runs past its timeout."""
+    from forge.errors import CommandTimeout
+
+    inv = inventory.load_file(env_lab["inventory"])
+    host = inv.host("gpu3")
+    data = inventory.DataSettings(**{**vars(inv.data), "volume": f"forge-slow-{uuid.uuid4().hex[:8]}"})
+    slow = ["run", "--rm", "--network", "none", IMAGE, "sleep", "30"]  # not using the volume
+    monkeypatch.setattr(volume, "check_args", lambda spec, **kw: slow)
+    with Pool() as pool:
+        t = pool.get(host)
+        facts = host_facts(t)
+        spec = volume.spec_for(data, host_name=host.name, user=facts.user, home=facts.home)
+        kw = {"check_image": IMAGE, "uid": facts.uid, "gid": facts.gid, "marker": DATA_MARKER, "timeout": 10}
+        try:
+            with pytest.raises(CommandTimeout):
+                volume.ensure(t, spec, **kw)  # type: ignore[arg-type]
+            assert lab.docker("gpu3", "volume", "inspect", spec.name).returncode != 0
+            assert spec.mountpoint and not os.path.ismount(str(spec.mountpoint))
+        finally:
+            volume.drop(t, spec)
