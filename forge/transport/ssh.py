@@ -448,7 +448,7 @@ _WATCHED = _CHANNEL_DATA | {_CHANNEL_CLOSE}
 class _Transport(paramiko.Transport):
     #: How often paramiko's thread for a connection wakes while nothing comes in, during the
     #: handshake (paramiko: every 0.1 s): it checks the banner's and the handshake's timeouts
-    #: then. Each wake-up costs about 0.1 ms of CPU on a VM, a cold probe's handshake a few.
+    #: then (a wake-up costs about 0.1 ms of CPU on a VM; a handshake rarely lasts a second).
     _active_check_timeout = 1.0
     #: The same once the connection is up (:meth:`idle`). Then a wake-up only looks whether
     #: the thread should stop, and closing the connection wakes it anyway (:meth:`close`; a
