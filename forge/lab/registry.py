@@ -149,15 +149,29 @@ def start(cfg: LabConfig, roots: list[Path]) -> list[Path]:
 
 
 def _wait_listening(cfg: LabConfig, proc: subprocess.Popen[bytes]) -> None:
-    probe = [*nsenter(cfg.host("data").netns), "bash", "-c", f"</dev/tcp/{cfg.host('data').address}/{PORT}"]
-    deadline = time.monotonic() + 20
+    ns = nsenter(cfg.host("data").netns)
+    probe = [*ns, "bash", "-c", f"</dev/tcp/{cfg.host('data').address}/{PORT}"]
+    deadline = time.monotonic() + 60  # it listens within 0.2 s, also with both cores busy
+    last: subprocess.CompletedProcess[str] | None = None
     while time.monotonic() < deadline:
-        if subprocess.run(probe, capture_output=True, check=False).returncode == 0:
+        try:  # a connection attempt whose first packet went unanswered waits for its retry
+            last = subprocess.run(probe, capture_output=True, text=True, check=False, timeout=2)
+        except subprocess.TimeoutExpired:
+            continue
+        if last.returncode == 0:
             return
         if proc.poll() is not None:
             raise LabError(f"the registry exited at once (see {directory(cfg) / 'registry.log'})")
         time.sleep(0.1)
-    raise LabError(f"the registry does not listen on {address(cfg)}")
+    # Once in a CI run it did not answer within 20 s, still running (and once by hand 55 s
+    # after it had logged its start, with a probe that had no time limit); what was there:
+    listening = subprocess.run([*ns, "ss", "-ltnp"], capture_output=True, text=True, check=False).stdout
+    log = (directory(cfg) / "registry.log").read_text(errors="replace").splitlines()[-5:]
+    said = last.stderr.strip() if last is not None else "nothing within 2 s"
+    raise LabError(
+        f"the registry (pid {proc.pid}) does not listen on {address(cfg)} after 60 s; "
+        f"the probe said: {said!r}; listening there: {listening.strip()!r}; its log ends: {log!r}"
+    )
 
 
 def stop(cfg: LabConfig) -> None:
