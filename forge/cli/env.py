@@ -145,7 +145,7 @@ def _show_migrated(inv: Inventory, result: mig.Result, *, ssh_config: bool, as_j
     """Publish the way in (pinned keys, the ~/.ssh/config block) and say where it runs."""
     way, config_path = access.publish(inv.host(result.host), result, manage_config=ssh_config)
     for w in result.warnings:
-        output.echo(output.clean(f"forge: warning: {w}", one_line=True), err=True)
+        output.echo(f"forge: warning: {w}", err=True, one_line=True)
     if as_json:
         output.emit_json({**result.to_json(), "ssh": access.display(way)})
         return

@@ -363,7 +363,7 @@ def _wait_then_show(
 
     fields = {"host": best.host, "gpus": best.gpu_uuids, "gpu_indexes": best.gpu_indexes}
     if (warning := notify(state.inventory.notify.command, "gpus_free", fields)) is not None:
-        output.echo(output.clean(f"forge: warning: {warning}", one_line=True), err=True)
+        output.echo(f"forge: warning: {warning}", err=True, one_line=True)
 
 
 def _wait(

@@ -106,7 +106,7 @@ def record(
             f"recorded {done.gpus} GPUs of {done.hosts} hosts at {datetime.fromtimestamp(done.at):%H:%M:%S} in {path}"
         )
     for r in missing:
-        output.echo(output.clean(f"forge record: {r.host.name}: not recorded: {_why(r)}", one_line=True), err=True)
+        output.echo(f"forge record: {r.host.name}: not recorded: {_why(r)}", err=True, one_line=True)
     ctx.exit(exit_code(reports))
 
 

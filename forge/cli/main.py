@@ -136,22 +136,17 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             _traceback()
         else:
-            _one_line(f"forge: error: {e}")
+            output.echo(f"forge: error: {e}", err=True, one_line=True)
         sys.exit(e.exit_code)
     except Exception as e:
         if debug:
             _traceback()
         else:
-            _one_line(f"forge: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
+            message = f"{type(e).__name__}: {e} (run with --debug for the traceback)"
+            output.echo(f"forge: internal error: {message}", err=True, one_line=True)
         sys.exit(ExitCode.ERROR)
     # With standalone_mode off, click returns ctx.exit()'s code (or the command's value).
     sys.exit(rc if isinstance(rc, int) else ExitCode.OK)
-
-
-def _one_line(message: str) -> None:
-    """An error on one line of stderr: what a host said in it (a stderr tail) can hold line
-    breaks and escape sequences, shown as ``\\n`` and ``\\xNN``."""
-    output.echo(output.clean(message, one_line=True), err=True)
 
 
 def _traceback() -> None:
@@ -159,7 +154,7 @@ def _traceback() -> None:
     message may hold what a host said: Python's own printing would send it raw)."""
     import traceback
 
-    click.echo(output.clean(traceback.format_exc()), err=True, nl=False)
+    output.echo(traceback.format_exc().rstrip("\n"), err=True)
 
 
 __all__ = ["cli", "main", "output"]

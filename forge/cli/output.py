@@ -55,9 +55,10 @@ class CleanWriter:
         self.out.flush()
 
 
-def echo(text: str = "", *, err: bool = False) -> None:
-    """Print a line for a person (controls shown, not acted on)."""
-    click.echo(clean(text), err=err)
+def echo(text: str = "", *, err: bool = False, one_line: bool = False) -> None:
+    """Print a line for a person (controls shown, not acted on); ``one_line``: a record that
+    must stay one line whatever a host put in it (an error, a log line for cron)."""
+    click.echo(clean(text, one_line=one_line), err=err)
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, cleaned: bool = False) -> str:

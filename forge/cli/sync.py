@@ -174,7 +174,7 @@ def _show_run(run: ImageRun, *, quiet: bool) -> None:
     """One image's results: a log line per host (--quiet, for cron) or a table."""
     if quiet:
         for o in run.outcomes:
-            output.echo(_log_line(o))
+            output.echo(_log_line(o), one_line=True)  # a host's text cannot add a line
         return
     if run.report is None:
         output.echo(f"forge: error: {run.ref}: {run.error}", err=True)
@@ -218,12 +218,6 @@ def _table_row(o: Outcome) -> list[str]:
 
 
 def _log_line(o: Outcome) -> str:
-    """One host's log line (--quiet, for cron), cleaned: what a host said (an error's stderr
-    tail, a note) stays on it, line breaks shown as ``\\n``."""
-    return output.clean(_log_text(o), one_line=True)
-
-
-def _log_text(o: Outcome) -> str:
     if not o.ok:
         return f"{_stamp()} forge sync {o.image} {o.host} FAILED {o.seconds:.1f}s: {o.error}"
     detail = ""
@@ -243,8 +237,7 @@ def _show_check(statuses: list[Status], *, as_json: bool, quiet: bool) -> None:
     elif quiet:
         for x in statuses:
             problem = f": {x.error}" if x.error else ""
-            line = f"{_stamp()} forge sync --check {x.image} {x.host} {x.status}{problem}"
-            output.echo(output.clean(line, one_line=True))
+            output.echo(f"{_stamp()} forge sync --check {x.image} {x.host} {x.status}{problem}", one_line=True)
     else:
         rows = [[x.image, x.host, x.status, (x.host_id or "")[:19], x.error or ""] for x in statuses]
         output.echo(output.table(rows, ["IMAGE", "HOST", "STATUS", "HOST HAS", "PROBLEM"]))

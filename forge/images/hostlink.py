@@ -137,7 +137,7 @@ def parse_keys(stdout: str, token: str, indexes: Sequence[int]) -> tuple[str, li
     """A holder's directory and the public keys numbered ``indexes``, in order; checked, as
     untrusted."""
     lines = stdout.strip().splitlines()
-    if len(lines) != len(indexes) + 1 or not _DIR.match(lines[0]) or ".." in lines[0]:
+    if len(lines) != len(indexes) + 1 or not _is_dir(lines[0]):
         raise ValueError("unexpected output from the key set-up")
     keys = []
     for i, line in enumerate(lines[1:]):
@@ -151,7 +151,11 @@ def parse_keys(stdout: str, token: str, indexes: Sequence[int]) -> tuple[str, li
 def directory_in(stdout: str) -> str | None:
     """The transfer directory the key set-up printed, where the rest of its output cannot be
     understood (it made the directory: forge removes it)."""
-    return next((ln for ln in stdout.splitlines() if _DIR.match(ln) and ".." not in ln), None)
+    return next((ln for ln in stdout.splitlines() if _is_dir(ln)), None)
+
+
+def _is_dir(line: str) -> bool:
+    return _DIR.match(line) is not None and ".." not in line
 
 
 # --------------------------------------------------------------------------- on the hosts

@@ -23,7 +23,6 @@ import socket
 import subprocess
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, cast
@@ -439,10 +438,8 @@ class SSHTransport(Transport):
 _GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
-#: SSH_MSG_CHANNEL_WINDOW_ADJUST, _DATA, _EXTENDED_DATA, _EOF and _CLOSE (RFC 4254).
+#: SSH_MSG_CHANNEL_WINDOW_ADJUST, _DATA, _EXTENDED_DATA and _EOF (RFC 4254).
 _CHANNEL_DATA = frozenset({93, 94, 95, 96})
-_CHANNEL_CLOSE = 97
-_WATCHED = _CHANNEL_DATA | {_CHANNEL_CLOSE}
 
 
 class _Transport(paramiko.Transport):
@@ -456,27 +453,22 @@ class _Transport(paramiko.Transport):
     #: ms of CPU per open connection and second, for nothing. A minute is a safety net.
     _idle_check_timeout = 60.0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._closes_sent: weakref.WeakSet[paramiko.Channel] = weakref.WeakSet()
-
     def _send_message(self, data: paramiko.Message) -> None:
         # Called under paramiko's lock that orders a connection's channel messages. A channel's
         # data, window or end-of-file message can come after its close: paramiko's senders
         # check the channel, let go of its lock, then send, while paramiko's thread closes it
         # on the server's close (a loop on the host ended, a command exited just as forge
         # ended its input). sshd ends the whole connection over a message for a channel it
-        # has freed, so none leaves once the channel's close has gone out (or it is gone).
-        # Only channels the server confirmed have its number: one still opening is numbered 0
-        # by paramiko, and is often given the number of a channel just closed (sshd reuses
-        # them), so taking it for that one held back its every message.
+        # has freed, so none leaves for a channel that is closed (paramiko marks it so before
+        # its close goes out) or gone. Only channels the server confirmed have its number:
+        # one still opening is numbered 0 by paramiko, and is often given the number of a
+        # channel just closed (sshd reuses them), so taking it for that one held back its
+        # every message.
         raw = data.asbytes()
-        if len(raw) >= 5 and raw[0] in _WATCHED:
+        if len(raw) >= 5 and raw[0] in _CHANNEL_DATA:
             remote = int.from_bytes(raw[1:5], "big")
-            mine = [c for c in self._channels.values() if c.active and c.remote_chanid == remote]  # type: ignore[attr-defined]
-            if raw[0] == _CHANNEL_CLOSE:
-                self._closes_sent.update(mine)
-            elif not any(c not in self._closes_sent for c in mine):
+            channels = self._channels.values()  # type: ignore[attr-defined]
+            if not any(c.active and not c.closed and c.remote_chanid == remote for c in channels):
                 log.debug("not sending a message for closed channel %d", remote)
                 return
         super()._send_message(data)  # type: ignore[misc]  # paramiko's, not in its stubs

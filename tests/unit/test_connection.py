@@ -47,11 +47,11 @@ def _sent(b: socket.socket) -> bytes:
 DATA, EOF, CLOSE = 94, 96, 97
 
 
-def test_nothing_leaves_for_a_channel_once_its_close_went_out() -> None:
+def test_nothing_leaves_for_a_channel_once_it_is_closed() -> None:
     """paramiko's senders check a channel, let go of its lock and send, while its thread may
     close the channel meanwhile; sshd hangs up on a message for a channel it has freed. The
-    check runs where paramiko orders a connection's messages: a channel's own end-of-file
-    before its close still goes out."""
+    check runs where paramiko orders a connection's messages, on paramiko's own mark of a
+    closed channel (set before its close goes out)."""
     a, b = socket.socketpair()
     try:
         t = ssh._transport(a)
@@ -61,7 +61,10 @@ def test_nothing_leaves_for_a_channel_once_its_close_went_out() -> None:
             chan.remote_chanid, chan.active = remote, True
         t._channels.put(0, live)  # type: ignore[attr-defined]
         t._channels.put(1, ending)  # type: ignore[attr-defined]
-        send(_message(EOF, 8))  # closing: end-of-file, then close
+        send(_message(EOF, 8))  # its input ended: goes out
+        assert _sent(b) != b""
+        with ending.lock:
+            ending._set_closed()  # as paramiko's close does, then it sends the close
         send(_message(CLOSE, 8))
         assert _sent(b) != b""
         send(_message(DATA, 8, b"late request"))
@@ -79,7 +82,8 @@ def test_a_channel_still_opening_is_not_taken_for_a_closed_one_with_the_number_i
     """paramiko numbers a channel the server has not confirmed yet 0; sshd then gives it the
     number of a channel just closed, often 0. Taken for that one when its close went out, the
     new channel's every message was held back (a stream behind the bastion stalled, 1 run in
-    8 of the transport lab tests)."""
+    8 of the transport lab tests); taken for a live channel 0 before its confirmation, it
+    would let a late message of the closed one through."""
     a, b = socket.socketpair()
     try:
         t = ssh._transport(a)
@@ -88,6 +92,8 @@ def test_a_channel_still_opening_is_not_taken_for_a_closed_one_with_the_number_i
         t._channels.put(1, opening)  # type: ignore[attr-defined]
         send(_message(CLOSE, 0))  # the close of the channel before, already unlinked
         assert _sent(b) != b""
+        send(_message(DATA, 0, b"late"))  # a late message of that one is not the new one's
+        assert _sent(b) == b""
         opening.remote_chanid, opening.active = 0, True  # confirmed: the server reused the number
         send(_message(DATA, 0, b"the new channel's input"))
         assert b"the new channel's input" in _sent(b)

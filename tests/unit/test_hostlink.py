@@ -127,17 +127,25 @@ def test_a_home_without_ssh_gets_a_private_directory_and_file(tmp_path: Path) ->
     assert _sh(hostlink.remove_keys("0123456789abcdef"), tmp_path).returncode == 0  # nothing to do
 
 
-def test_the_source_directory_is_made_private_and_only_it_is_removed(tmp_path: Path) -> None:
-    env_tmp = tmp_path / "tmp"
+def _make_keys(
+    tmp_path: Path, tmpdir: str, indexes: list[int], *, spool_bytes: int = 0, known: str = ""
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """The key set-up's script run here, with ``TMPDIR`` a new ``tmp_path/tmpdir``."""
+    env_tmp = tmp_path / tmpdir
     env_tmp.mkdir()
     r = subprocess.run(
-        ["sh", "-c", hostlink.make_keys("0123456789abcdef", [4, 5])],
+        ["sh", "-c", hostlink.make_keys("0123456789abcdef", indexes, spool_bytes=spool_bytes)],
         env={"TMPDIR": str(env_tmp), "PATH": os.environ["PATH"], "HOME": str(tmp_path)},
-        input="forge-link-4 ssh-ed25519 AAAA\n",
+        input=known,
         capture_output=True,
         text=True,
         check=False,
     )
+    return env_tmp, r
+
+
+def test_the_source_directory_is_made_private_and_only_it_is_removed(tmp_path: Path) -> None:
+    _, r = _make_keys(tmp_path, "tmp", [4, 5], known="forge-link-4 ssh-ed25519 AAAA\n")
     assert r.returncode == 0, r.stderr  # ssh, ssh-keygen, dd, tail, stat: all installed here
     directory, pubs = hostlink.parse_keys(r.stdout, "0123456789abcdef", [4, 5])
     assert stat.S_IMODE(Path(directory).stat().st_mode) == 0o700
@@ -152,16 +160,7 @@ def test_the_source_directory_is_made_private_and_only_it_is_removed(tmp_path: P
 def test_a_temporary_directory_forge_could_not_name_back_is_refused_and_removed(tmp_path: Path) -> None:
     """forge reads the directory back from the host and checks it before any use: one it
     would refuse (a space in TMPDIR) is removed there, not left with its keys."""
-    env_tmp = tmp_path / "my tmp"
-    env_tmp.mkdir()
-    r = subprocess.run(
-        ["sh", "-c", hostlink.make_keys("0123456789abcdef", [1])],
-        env={"TMPDIR": str(env_tmp), "PATH": os.environ["PATH"], "HOME": str(tmp_path)},
-        input="",
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    env_tmp, r = _make_keys(tmp_path, "my tmp", [1])
     assert r.returncode == 5 and r.stdout == ""
     assert "set TMPDIR" in r.stderr
     assert list(env_tmp.iterdir()) == []
@@ -277,16 +276,7 @@ def test_the_registry_name_of_an_image_is_its_first_tag_under_the_namespace() ->
 
 
 def test_a_hop_without_room_for_the_relays_copy_of_the_stream_says_so_and_keeps_nothing(tmp_path: Path) -> None:
-    env_tmp = tmp_path / "tmp"
-    env_tmp.mkdir()
-    r = subprocess.run(
-        ["sh", "-c", hostlink.make_keys("0123456789abcdef", [1], spool_bytes=1 << 60)],
-        env={"TMPDIR": str(env_tmp), "PATH": os.environ["PATH"], "HOME": str(tmp_path)},
-        input="",
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    env_tmp, r = _make_keys(tmp_path, "tmp", [1], spool_bytes=1 << 60)
     assert r.returncode == 4 and r.stdout == ""
     assert f"not enough space in {env_tmp} for the relay's copy of the stream" in r.stderr
     assert "MiB free, 1099511627776 MiB needed" in r.stderr
