@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from forge.errors import ExitCode, ForgeError, HostError
+from forge.errors import ConnectError, ExitCode, ForgeError, HostError
 from forge.inventory import Host
 from forge.progress import Progress
 from forge.session import HostSession
@@ -95,6 +95,8 @@ class Pool:
         self._transports: dict[str, HostSession] = {}
         self._lock = threading.Lock()
         self._executors: dict[int, cf.ThreadPoolExecutor] = {}
+        self._closing = threading.Lock()  # held by close() until every connection is closed
+        self._closed = False
 
     def executor(self, workers: int) -> tuple[cf.ThreadPoolExecutor, bool]:
         """Threads for a fleet operation, and whether they are kept for the next one. Kept
@@ -120,19 +122,28 @@ class Pool:
 
     def get(self, host: Host) -> HostSession:
         with self._lock:
+            if self._closed:
+                raise ConnectError(host.name, "forge closed its connections: the run is ending")
             s = self._transports.get(host.name)
             if s is None:
                 s = self._transports[host.name] = HostSession(host, self._connector(host))
             return s
 
     def close(self) -> None:
-        with self._lock:
-            transports, self._transports = list(self._transports.values()), {}
-            executors, self._executors = list(self._executors.values()), {}
-        for t in transports:
-            t.close()
-        for ex in executors:
-            ex.shutdown(wait=False, cancel_futures=True)
+        """End every connection, for good: a host's thread still at work (an interrupted
+        operation) can neither reconnect nor get a new one. A second call, e.g. at the run's end
+        after Ctrl-C started the first in a thread of its own, returns once the first is done:
+        the process must not exit with connections half-closed (paramiko's own exit hook then
+        stops them at random and a jump hop's close can fail on its closed hop)."""
+        with self._closing:
+            with self._lock:
+                self._closed = True
+                transports, self._transports = list(self._transports.values()), {}
+                executors, self._executors = list(self._executors.values()), {}
+            for t in transports:
+                t.end()
+            for ex in executors:
+                ex.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> Pool:
         return self

@@ -72,3 +72,6 @@ class HostSession(Transport):
 
     def close(self) -> None:
         self.transport.close()
+
+    def end(self) -> None:
+        self.transport.end()

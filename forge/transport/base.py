@@ -137,6 +137,12 @@ class Transport(abc.ABC):
     def close(self) -> None:
         """Close the connection; a later command opens a new one."""
 
+    def end(self) -> None:
+        """Close the connection for good, at the end of a run: a later command fails with
+        :class:`~forge.errors.ConnectError` instead of opening a new one (a thread still
+        working for a host that was interrupted must not reconnect behind the run's back)."""
+        self.close()
+
     def host_key(self) -> tuple[str, str] | None:
         """The host's key as this connection verified it (type, base64), connecting if need
         be; None where there is no SSH server to verify (this machine)."""

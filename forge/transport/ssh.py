@@ -85,6 +85,7 @@ class SSHTransport(Transport):
         self._asked: set[str] = set()  # scripts run_again has seen (a loop from the second run on)
         self._unkept: set[str] = set()  # scripts whose loop broke: run the usual way from then on
         self._opening: set[str] = set()  # scripts whose loop a caller is starting now
+        self._ended = False  # end(): no connection opens again
 
     # ------------------------------------------------------------------ connection
 
@@ -99,6 +100,8 @@ class SSHTransport(Transport):
             t = self._clients[-1].get_transport() if self._clients else None
             if t is not None and t.is_active():
                 return t
+            if self._ended:
+                raise ConnectError(self.name, "forge closed its connection to the host: the run is ending")
             self._close_clients()
             self._clients = self._open()
             t = self._clients[-1].get_transport()
@@ -212,6 +215,11 @@ class SSHTransport(Transport):
         for c in reversed(clients):
             c.close()
 
+    def end(self) -> None:
+        with self._lock:
+            self._ended = True
+        self.close()
+
     def close(self) -> None:
         with self._lock:
             streams = list(self._streams)
@@ -223,10 +231,13 @@ class SSHTransport(Transport):
 
     def _track(self, done: subprocess.Popen[bytes] | None, proc: subprocess.Popen[bytes]) -> None:
         with self._lock:
-            if done is None:
-                self._streams.add(proc)
-            else:
+            if done is not None:
                 self._streams.discard(done)
+                return
+            if not self._ended:
+                self._streams.add(proc)
+                return
+        openssh.end(proc)  # started as the run ended: end() did not see it
 
     # ------------------------------------------------------------------ commands
 

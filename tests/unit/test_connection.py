@@ -100,3 +100,29 @@ def test_a_channel_still_opening_is_not_taken_for_a_closed_one_with_the_number_i
     finally:
         a.close()
         b.close()
+
+
+def test_an_ended_connection_opens_no_new_one_and_ends_a_stream_started_as_it_ended() -> None:
+    """After the run's end (``end()``), a thread still working for the host gets an error
+    instead of a new connection (nothing is left open behind the run's back), and an ``ssh``
+    stream that was being started meanwhile is ended at once."""
+    import subprocess
+
+    import pytest
+
+    from forge.errors import ConnectError
+    from forge.inventory import Host
+
+    t = ssh.SSHTransport(Host(name="gpu1", address="192.0.2.1"))  # never reached: no connection opens
+    t.end()
+    with pytest.raises(ConnectError, match="the run is ending"):
+        t.run(["true"])
+    with pytest.raises(ConnectError, match="the run is ending"):
+        t.run_again(["true"])
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        t._track(None, proc)
+        assert proc.wait(10) != 0
+    finally:
+        proc.kill()
+        proc.wait()

@@ -121,3 +121,44 @@ def test_a_host_session_builds_its_daemons_docker_commands() -> None:
     socket = session(Host(name="b", address="b", docker_host="unix:///run/user/1000/docker.sock"))
     assert socket.docker("ps") == ["docker", "-H", "unix:///run/user/1000/docker.sock", "ps"]
     assert socket.docker_words == ["docker", "-H", "unix:///run/user/1000/docker.sock"]
+
+
+def test_a_closed_pool_hands_out_no_connection_and_a_second_close_waits_for_the_first() -> None:
+    """Ctrl-C in `forge gpus --watch` closes the pool from a thread of its own, and the run's
+    end closes it again: that second close must not return (and the process exit) while the
+    first is still closing connections. A host's thread still at work gets no new one."""
+    import threading
+
+    release, ending = threading.Event(), threading.Event()
+
+    class Slow(FakeTransport):
+        def close(self) -> None:
+            ending.set()
+            release.wait(10)
+            super().close()
+
+    made: list[Slow] = []
+
+    def connector(h: Host) -> Slow:
+        made.append(Slow(h.name))
+        return made[-1]
+
+    pool = fleet.Pool(connector)
+    pool.get(hosts("a")[0])
+    first = threading.Thread(target=pool.close)
+    first.start()
+    assert ending.wait(10)
+    second = threading.Thread(target=pool.close)
+    second.start()
+    second.join(0.3)
+    assert second.is_alive()  # waits for the first close
+    try:
+        pool.get(hosts("b")[0])
+    except ConnectError as e:
+        assert e.host == "b" and "the run is ending" in str(e)
+    else:
+        raise AssertionError("a closed pool handed out a connection")
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert not second.is_alive() and [t.closed for t in made] == [True]
