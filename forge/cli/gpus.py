@@ -45,7 +45,7 @@ HEADERS = ["HOST", "GPU", "MODEL", "MEMORY", "UTIL", "HOLDER", "STATE"]
 def holder(p: GpuProcess) -> str:
     """Who holds a GPU, in a few words: user, program, pid, and the forge environment."""
     who = p.env_owner or p.user or "?"
-    prog = os.path.basename(p.name) or p.name
+    prog = os.path.basename(p.name) or p.name or "?"  # no name: ps did not list the pid
     env = f" [{p.env_name}]" if p.env_name else ""
     return f"{who}{env} {prog}:{p.pid}"
 

@@ -22,6 +22,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from forge.errors import ForgeError
 from forge.gpu.model import Gpu, GpuProcess
 from forge.hostnum import natural
 
@@ -33,6 +34,13 @@ _GPU_LINE = re.compile(r"^GPU (\d{1,9}): .*\(UUID: (GPU-[0-9a-fA-F-]+)\)\s*$")
 _MIG_LINE = re.compile(r"^\s+MIG (\S+)\s+Device\s+(\d{1,9}): \(UUID: (MIG-[0-9a-fA-F-]+)\)\s*$")
 _Q_GPU = re.compile(r"^GPU ([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f])\s*$")
 _KV = re.compile(r"^(\s*)([^:]+?)\s*(?::\s*(.*?))?\s*$")  # "key : value", or a section's name
+
+
+class MigAnswerError(ForgeError):
+    """``nvidia-smi -q`` lists a GPU, a MIG device or a process twice. It prints each
+    process's name raw, and a name with line breaks (another user's) can add lines of its own:
+    a GPU block or a MIG device whose memory says unused, read after the real one. None of the
+    answer is trusted then."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,9 @@ def _int(value: str) -> int | None:
 
 def parse_query(text: str) -> list[QueryGpu]:
     """``nvidia-smi -q``: per GPU block, its MIG devices and processes (what else it says is
-    not read). Keys are matched by name and indentation, the rest of the layout is free."""
+    not read). Keys are matched by name and indentation, the rest of the layout is free.
+    Raises :class:`MigAnswerError` for a GPU, a MIG device of one GPU or a process of one GPU
+    listed twice."""
     reader = _QueryReader()
     for line in text.splitlines():
         reader.line(line)
@@ -140,14 +150,22 @@ class _QueryReader:
         d, p = self.dev, self.proc
         if d is not None and d.get("index") is not None:
             memory = (d.get("total"), d.get("used"), d.get("free"))
-            self.devices.append(MigDevice(d["index"] or 0, d.get("gi"), d.get("ci"), *memory))
+            device = MigDevice(d["index"] or 0, d.get("gi"), d.get("ci"), *memory)
+            if any(x.index == device.index for x in self.devices):
+                raise MigAnswerError(f"nvidia-smi -q lists MIG device {device.index} of GPU {self.bus} twice")
+            self.devices.append(device)
         if p is not None and p.get("pid") is not None:
-            self.procs.append(MigProcess(p["pid"] or 0, p.get("gi"), p.get("ci")))
+            proc = MigProcess(p["pid"] or 0, p.get("gi"), p.get("ci"))
+            if any(x.pid == proc.pid for x in self.procs):
+                raise MigAnswerError(f"nvidia-smi -q lists process {proc.pid} on GPU {self.bus} twice")
+            self.procs.append(proc)
         self.dev = self.proc = None
 
     def close_gpu(self) -> None:
         self.flush()
         if self.bus is not None:
+            if any(g.bus_id.upper() == self.bus.upper() for g in self.gpus):
+                raise MigAnswerError(f"nvidia-smi -q lists GPU {self.bus} twice")
             self.gpus.append(QueryGpu(self.bus, tuple(self.devices), tuple(self.procs)))
 
 

@@ -79,14 +79,16 @@ class Gpu:
 class GpuProcess:
     """One compute process holding a context on a GPU.
 
-    nvidia-smi gives pid, name (often the executable's full path), memory and GPU UUID; it never
-    names the user. ``user`` comes from the host's process table (``ps``); ``container_id`` from
-    ``/proc/PID/cgroup``; ``env_name`` / ``env_owner`` from the labels ``forge.env`` and
-    ``forge.owner`` of that container, when forge started it. Each is ``None`` when unknown.
+    nvidia-smi gives pid, memory and GPU UUID; it never names the user. ``user`` and ``name``
+    come from the host's process table (``ps``, which escapes the control characters a name
+    may hold: nvidia-smi's own process name is not asked for, see forge.gpu.nvsmi);
+    ``container_id`` from ``/proc/PID/cgroup``; ``env_name`` / ``env_owner`` from the labels
+    ``forge.env`` and ``forge.owner`` of that container, when forge started it. Each is
+    ``None`` when unknown (``name``: empty).
     """
 
     pid: int  # host PID (nvidia-smi on the host reports host PIDs)
-    name: str  # process_name
+    name: str  # the command name (`ps -o comm=`); "" where unknown
     used_memory_mib: int | None  # used_gpu_memory [MiB]; None where not reported
     gpu_uuid: str  # gpu_uuid: joins to Gpu.uuid
     user: str | None = None  # owner user name, from `ps -o user=`

@@ -47,9 +47,14 @@ GPU_FIELDS: tuple[str, ...] = (
     "compute_mode",
     "mig.mode.current",
 )
-APP_FIELDS: tuple[str, ...] = ("pid", "process_name", "used_gpu_memory", "gpu_uuid")
+#: No ``process_name``: it is the one cell another user of the host writes (an executable's
+#: path or argv[0] may hold a line break, and nvidia-smi prints it raw, so a name could add a
+#: whole row of its own: a GPU held by any pid it names). The probe reads each process's name
+#: from ``ps``, which escapes control characters (forge.gpu.probe).
+APP_FIELDS: tuple[str, ...] = ("pid", "used_gpu_memory", "gpu_uuid")
 
-# Free-text fields: the only ones whose value may contain the ", " separator.
+# Free-text fields: the only ones whose value may contain the ", " separator (``process_name``
+# in captured output asked with it, as people paste it; forge's own query leaves it out).
 _FREE_TEXT = ("process_name", "name")
 
 _HEADER_UNIT = re.compile(r"\s*\[[^\]]*\]$")  # "memory.total [MiB]" -> "memory.total"

@@ -8,7 +8,7 @@ prints these sections, each opened by a marker line and closed by its exit statu
     @@forge-gpu-probe status N
     @@forge-gpu-probe apps          nvidia-smi --query-compute-apps=...
     @@forge-gpu-probe status N
-    @@forge-gpu-probe owners        ps -o pid=,user:64= -p PID,PID...
+    @@forge-gpu-probe owners        ps -ww -o pid=,user:64=,comm= -p PID,PID...
     @@forge-gpu-probe status N
     @@forge-gpu-probe cgroups       one line per pid: "PID <its /proc/PID/cgroup, one line>"
     @@forge-gpu-probe status 0
@@ -20,18 +20,23 @@ The containers section serves twice: it names the forge environment of a process
 a container, and it tells which GPUs forge environments hold (label ``forge.gpus`` of their
 containers, and claim containers, see forge.env.claims), busy or not.
 
-When the GPU query fails the script stops after its section. No line of ps, the cgroup lines
-(which start with a pid) or the docker lines (which start with a container id) can start with
-the marker, but the apps section can: it holds process names, which another user of the host
-chooses, and an executable path or argv[0] may contain a line break (or a carriage return,
-which ``str.splitlines`` also breaks at), so a name can put a marker line of its own into the
-output. :func:`split_sections` therefore trusts the markers only in the order the script
-prints them (each section once, in the order above, each closed by its status line; ``end``
-after a closed section, then nothing but empty lines) and raises :class:`ProbeParseError`
-for anything else; :func:`parse_probe` reports such a host as an error. Output cut short
-(no ``end``) still parses. This does not stop a name from forging a whole CSV row of the apps
-section: that line is no marker.
-``ps -o user:64=`` because procps prints a user name longer than the column as a number.
+When the GPU query fails the script stops after its section.
+
+Process names are the text another user of the host chooses, and an executable's path or
+argv[0] may hold a line break (or a carriage return, which ``str.splitlines`` also breaks at).
+nvidia-smi prints its ``process_name`` raw, so a name there could add a CSV row of its own (a
+GPU held by any pid it names) or a marker line: the apps section asks only for numbers and
+UUIDs (:data:`forge.gpu.nvsmi.APP_FIELDS`), and the names come from ``ps -o comm=``, which
+prints a control character as ``?``. No line of ps, the cgroup lines (which start with a
+pid) or the docker lines (which start with a container id) can start with the marker. Still,
+:func:`split_sections` trusts the markers only in the order the script prints them (each
+section once, in the order above, each closed by its status line; ``end`` after a closed
+section, then nothing but empty lines) and raises :class:`ProbeParseError` for anything
+else; :func:`parse_probe` reports such a host as an error. Output cut short (no ``end``)
+still parses.
+``ps -o user:64=`` because procps prints a user name longer than the column as a number;
+``-ww`` because it may cut its lines at a terminal's width (it cut a name at 80 columns in a
+test run here).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from forge import labels, shell
 from forge.dockercli import unavailable
@@ -140,7 +146,7 @@ all=$(containers "$@" | {
   fi
   echo "$M owners"
   if [ -n "$plist" ]; then
-    ps -o pid=,user:64= -p "$plist" 2>&1
+    ps -ww -o pid=,user:64=,comm= -p "$plist" 2>&1
     echo "$M status $?"
   else
     echo "$M status 0"
@@ -184,8 +190,8 @@ class ProbeParseError(ForgeError):
 def _out_of_place(number: int, what: str) -> ProbeParseError:
     # ``what`` names only constants (SECTIONS), never text the host printed.
     return ProbeParseError(
-        f"the probe's output has a marker line out of place (line {number}: {what}); a GPU "
-        "process name with a line break can do this, so none of the output is trusted"
+        f"the probe's output has a marker line out of place (line {number}: {what}), as if a "
+        "program on the host printed one: none of the output is trusted"
     )
 
 
@@ -240,13 +246,22 @@ def split_sections(stdout: str) -> dict[str, Section]:
     return sections
 
 
-def parse_owners(text: str) -> dict[int, str]:
-    """``ps -o pid=,user=`` lines to ``{pid: user}``; lines that don't parse are skipped."""
-    owners: dict[int, str] = {}
+class Owner(NamedTuple):
+    """A process as ``ps`` lists it: its user and its command name (``comm``, which the
+    process may set to any 15 bytes; ps prints a control character as ``?``)."""
+
+    user: str
+    name: str
+
+
+def parse_owners(text: str) -> dict[int, Owner]:
+    """``ps -o pid=,user=,comm=`` lines to ``{pid: Owner}``; lines that don't parse are
+    skipped (a name may hold spaces: it is the rest of the line)."""
+    owners: dict[int, Owner] = {}
     for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and (pid := natural(parts[0])) is not None:
-            owners[pid] = parts[1]
+        parts = line.split(None, 2)
+        if len(parts) >= 2 and (pid := natural(parts[0])) is not None:
+            owners[pid] = Owner(parts[1], parts[2].strip() if len(parts) == 3 else "")
     return owners
 
 
@@ -343,7 +358,7 @@ def holds(gpus: tuple[Gpu, ...], containers: Mapping[str, Container], now: float
 
 def _enrich(
     procs: tuple[GpuProcess, ...],
-    owners: Mapping[int, str],
+    owners: Mapping[int, Owner],
     cgroups: Mapping[int, str],
     containers: Mapping[str, Container],
 ) -> tuple[GpuProcess, ...]:
@@ -352,7 +367,9 @@ def _enrich(
         cid = cgroups.get(proc.pid)
         c = containers.get(cid) if cid else None
         env, owner = (c.env, c.owner) if c else (None, None)
-        out.append(replace(proc, user=owners.get(proc.pid), container_id=cid, env_name=env, env_owner=owner))
+        o = owners.get(proc.pid)
+        user, name = (o.user, o.name) if o else (None, proc.name)
+        out.append(replace(proc, name=name, user=user, container_id=cid, env_name=env, env_owner=owner))
     return tuple(out)
 
 
@@ -414,15 +431,20 @@ def _with_mig(
     gpus: tuple[Gpu, ...], procs: tuple[GpuProcess, ...], text: str
 ) -> tuple[tuple[Gpu, ...], tuple[GpuProcess, ...]]:
     """The MIG instances after their GPUs, processes on them pointed at them; as they were when
-    the MIG query failed (the GPU itself is never free: it is split)."""
+    the MIG query failed or its answer is not trusted (the GPU itself is never free: it is
+    split, so no instance of it is offered then)."""
     from forge.gpu import mig  # hosts with a MIG-enabled GPU only: not on every probe's start-up
 
     list_text, list_rc, query_text, query_rc = mig.split(text)
     if list_rc != 0 or query_rc != 0:
         return gpus, procs
-    found = mig.instances(gpus, list_text, query_text)
+    try:
+        found = mig.instances(gpus, list_text, query_text)
+        pointed = mig.point_processes(procs, gpus, found, query_text)
+    except mig.MigAnswerError:
+        return gpus, procs
     every = tuple(sorted((*gpus, *found), key=lambda g: (g.index, -1 if g.mig_device is None else g.mig_device)))
-    return every, mig.point_processes(procs, gpus, found, query_text)
+    return every, pointed
 
 
 def _containers(section: Section | None) -> tuple[float | None, dict[str, Container], str | None]:

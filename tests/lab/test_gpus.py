@@ -132,7 +132,7 @@ def test_table(lab: Any, scripted: dict[str, Any]) -> None:
             "NVIDIA H200",
             "30000 / 143771 MiB",
             "95 %",
-            f"nobody python3:{pid}",
+            f"nobody sleep:{pid}",  # ps names the process, not nvidia-smi (it says python3)
             "busy: 30000 MiB used (> 1024)",
         ),
         (
@@ -141,7 +141,7 @@ def test_table(lab: Any, scripted: dict[str, Any]) -> None:
             "NVIDIA H200",
             "12000 / 143771 MiB",
             "40 %",
-            f"alice [dev] python:{cpid}",
+            f"alice [dev] sleep:{cpid}",
             "busy: 12000 MiB used (> 1024)",
         ),
         (g2, "0", "NVIDIA H200", "0 / 143771 MiB", "0 %", "-", "free"),
@@ -171,7 +171,7 @@ def test_json(lab: Any, scripted: dict[str, Any]) -> None:
     assert a["processes"] == [
         {
             "pid": scripted["sleeper"],
-            "name": "/usr/bin/python3",
+            "name": "sleep",  # what ps says; nvidia-smi's name (/usr/bin/python3) is not asked for
             "user": "nobody",
             "used_memory_mib": 30000,
             "container_id": None,

@@ -25,7 +25,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 UUID = "GPU-a267d29a-9786-72fd-1e44-bf85190413fb"
 GPU_QUERY = "--query-gpu=" + ",".join(nvsmi.GPU_FIELDS)
 APPS5 = "--query-compute-apps=pid,process_name,used_gpu_memory,gpu_uuid,gpu_bus_id"
-APPS4 = "--query-compute-apps=" + ",".join(nvsmi.APP_FIELDS)
+APPS4 = "--query-compute-apps=pid,process_name,used_gpu_memory,gpu_uuid"  # as captured
 
 
 def _load() -> Any:
@@ -247,7 +247,7 @@ def test_parse_of_fake_round_trips(state: dict[str, Any], fmt: str) -> None:
         assert gpu.utilization_gpu_pct == want["utilization_gpu_pct"]
         assert gpu.power_draw_w == want["power_draw_w"]
         assert gpu.mig_mode == want["mig_mode"]
-    procs = nvsmi.parse_apps(fake.run([APPS4, f"--format={fmt}"], state)[0])
+    procs = nvsmi.parse_apps(fake.run([APPS4, f"--format={fmt}"], state)[0], APPS4.split("=")[1].split(","))
     got = sorted(((p.pid, p.name, p.used_memory_mib, p.gpu_uuid) for p in procs), key=repr)
     want_procs = sorted(
         ((p["pid"], p["name"], p["used_memory_mib"], p["gpu_uuid"]) for p in state["processes"]), key=repr

@@ -10,6 +10,7 @@ from forge.gpu import mig, nvsmi
 from forge.gpu.model import Gpu, GpuProcess, HostGpus, ProbeStatus
 from forge.gpu.policy import FreePolicy, assess, select
 from forge.lab import fake_gpu, gpus
+from forge.transport.base import CommandResult
 
 MIG = Path(__file__).parent.parent / "fixtures" / "nvidia-smi" / "h200-mig-driver590"
 UUID0 = "GPU-00000000-0000-0000-0000-000000000000"
@@ -112,3 +113,77 @@ def test_the_labs_replayed_mig_gpu_reads_back_as_the_captured_one() -> None:
     (proc,) = mig.point_processes(procs, gpus_, found, query)
     assert (proc.pid, proc.gpu_uuid) == (4242, found[3].uuid)
     assert gpus_[0].mig_enabled and gpus_[0].memory_used_mib == 22 + 17 + 9009 + 9
+
+
+def _forged(name: str) -> str:
+    """The captured ``nvidia-smi -q`` under load with gpu_burn's name replaced by ``name``
+    (nvidia-smi prints a process's name raw: a line break in it starts lines of its own)."""
+    query = (MIG / "q_load.txt").read_text()
+    real = "Name                          : ./gpu_burn\n"
+    assert query.count(real) == 1
+    return query.replace(real, f"Name                          : {name}\n")
+
+
+# Lines a process name could add after its own: a MIG device, a whole GPU block, a process
+# entry, each saying what the real one does not (gpu_burn's slice unused, gpu_burn elsewhere).
+_DEVICE_UNUSED = (
+    "x\n    MIG Device\n        Index : 1\n        GPU Instance ID : 2\n        Compute Instance ID : 1\n"
+    "        Shared FB Memory Usage\n            Total : 71424 MiB\n            Used : 0 MiB\n"
+    "            Free : 71424 MiB"
+)
+FORGERIES = {
+    "a MIG device again": (_DEVICE_UNUSED, "MIG device 1 of GPU 00000000:83:00.0 twice"),
+    "the GPU again": (f"x\nGPU 00000000:83:00.0\n{_DEVICE_UNUSED.removeprefix('x')}", "GPU 00000000:83:00.0 twice"),
+    "a process again": (
+        "x\n        GPU instance ID : 3\n        Compute instance ID : 0\n        Process ID : 12267",
+        "process 12267 on GPU 00000000:83:00.0 twice",
+    ),
+}
+
+
+def test_a_process_name_cannot_make_a_slice_look_unused_or_move_a_process() -> None:
+    """Each forgery read after the real lines would win (the slice gpu_burn fills would look
+    free, or gpu_burn would run on another slice): an answer listing anything twice is
+    refused, and the probe then offers no slice of that GPU."""
+    from forge.gpu import probe
+
+    listed = (MIG / "list.txt").read_text()
+    gpu_csv, apps_csv = (
+        _as_asked("query_gpu_load.csv", nvsmi.GPU_FIELDS),
+        _as_asked("query_apps_load.csv", nvsmi.APP_FIELDS),
+    )
+    stdout = (  # the probe's answer, from the captured values
+        f"{probe.MARKER} gpus\n{gpu_csv}{probe.MARKER} status 0\n{probe.MARKER} apps\n{apps_csv}"
+        f"{probe.MARKER} status 0\n{probe.MARKER} end\n"
+    )
+    honest = f"{listed}{mig.MARKER} 0\n{(MIG / 'q_load.txt').read_text()}{mig.MARKER} 0\n"
+    host = probe.parse_probe("gpu1", _result(stdout), _result(honest))
+    assert [g.label for g in host.gpus] == ["0", "0/0", "0/1", "0/2", "0/3", "0/4"]  # the real answer serves
+    for name, (lines, why) in FORGERIES.items():
+        forged = _forged(lines)
+        try:
+            mig.parse_query(forged)
+        except mig.MigAnswerError as e:
+            assert why in str(e), name
+        else:
+            raise AssertionError(f"{name}: forged answer taken")
+        answer = f"{listed}{mig.MARKER} 0\n{forged}{mig.MARKER} 0\n"
+        host = probe.parse_probe("gpu1", _result(stdout), _result(answer))
+        assert host.status is ProbeStatus.OK and [g.label for g in host.gpus] == ["0"], name
+        assert [v.free for v in assess(host, policy=FreePolicy(), me="alice")] == [False], name
+        assert {p.gpu_uuid for p in host.processes} == {UUID0}, name
+
+
+def _as_asked(name: str, fields: tuple[str, ...]) -> str:
+    """A captured CSV (all fields, with units) as the probe asks for it: ``fields``, in that
+    order, no header, no units."""
+    import re
+
+    header, *rows = (MIG / name).read_text().splitlines()
+    names = [nvsmi.canonical_field(h) for h in header.split(", ")]
+    cells = [row.split(", ") for row in rows if row]
+    return "".join(", ".join(re.sub(r" (MiB|W|%|MHz)$", "", c[names.index(f)]) for f in fields) + "\n" for c in cells)
+
+
+def _result(stdout: str) -> CommandResult:
+    return CommandResult("gpu1", "probe", 0, stdout, "", 0.05)

@@ -15,6 +15,8 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "nvidia-smi"
 H200 = FIXTURES / "h200-driver580"
 EDGE = FIXTURES / "edge-cases"
 UUID = "GPU-a267d29a-9786-72fd-1e44-bf85190413fb"
+#: The process fields the captures were asked with (forge asks for these less process_name).
+CAPTURED_APP_FIELDS = ("pid", "process_name", "used_gpu_memory", "gpu_uuid")
 CASES: list[dict[str, Any]] = json.loads((EDGE / "cases.json").read_text())
 
 
@@ -50,7 +52,7 @@ def test_idle_gpu_capture(name: str) -> None:
 @pytest.mark.parametrize("name", ["query_apps_busy.csv", "query_apps_nounits_busy.csv"])
 def test_busy_apps_capture(name: str) -> None:
     # query_apps_busy.csv has a header and an extra gpu_bus_id column: the header keys the cells.
-    (proc,) = nvsmi.parse_apps(read(H200 / name))
+    (proc,) = nvsmi.parse_apps(read(H200 / name), CAPTURED_APP_FIELDS)
     assert (proc.pid, proc.name, proc.used_memory_mib, proc.gpu_uuid) == (455, "python3", 41834, UUID)
     assert proc.user is None and proc.container_id is None
 
@@ -81,15 +83,15 @@ def test_two_processes_two_users_capture() -> None:
     (gpu,) = nvsmi.parse_gpus("\n".join(root[0:2]) + "\n", gpu_fields)
     assert gpu.uuid == "GPU-2f2b2d45-d0ca-b664-7328-f7270e6ad7ea"
     assert gpu.memory_used_mib == 12771 and gpu.pci_bus_id is None and gpu.mig_mode is None
-    with_units = nvsmi.parse_apps("\n".join(root[2:5]) + "\n")
-    no_units = nvsmi.parse_apps("\n".join(root[5:7]) + "\n")
+    with_units = nvsmi.parse_apps("\n".join(root[2:5]) + "\n", CAPTURED_APP_FIELDS)
+    no_units = nvsmi.parse_apps("\n".join(root[5:7]) + "\n", CAPTURED_APP_FIELDS)
     assert with_units == no_units
     assert [(p.pid, p.name, p.used_memory_mib) for p in no_units] == [
         (436, "/opt/torch/.venv/bin/python3", 8938),
         (437, "/opt/torch/.venv/bin/python3", 3818),
     ]
     bob = sections["as bob (non-root, owns no process)"]
-    assert nvsmi.parse_apps("\n".join(bob[0:3]) + "\n") == with_units
+    assert nvsmi.parse_apps("\n".join(bob[0:3]) + "\n", CAPTURED_APP_FIELDS) == with_units
 
 
 def test_meta_bad_field_is_an_error() -> None:
@@ -101,9 +103,12 @@ def test_meta_bad_field_is_an_error() -> None:
 
 
 def test_field_lists_are_the_captured_ones() -> None:
+    """The GPU fields are the captured list; the process fields are the captured ones less
+    ``process_name``, the one cell another user writes (forge reads names from ps)."""
     readme = read(H200 / "README.md")
     assert ",".join(nvsmi.GPU_FIELDS) in readme
-    assert ",".join(nvsmi.APP_FIELDS) in readme
+    assert ",".join(CAPTURED_APP_FIELDS) in readme
+    assert nvsmi.APP_FIELDS == tuple(f for f in CAPTURED_APP_FIELDS if f != "process_name")
     help_gpu = read(H200 / "help_query_gpu.txt")
     for field in nvsmi.GPU_FIELDS:
         assert f'"{field}"' in help_gpu
@@ -225,7 +230,7 @@ def test_canonical_field(header: str, field: str) -> None:
 
 def test_process_name_with_comma_is_glued_back() -> None:
     text = "1, /a, b/c, d, 10, GPU-x\n"
-    (proc,) = nvsmi.parse_apps(text)
+    (proc,) = nvsmi.parse_apps(text, CAPTURED_APP_FIELDS)
     assert (proc.pid, proc.name, proc.used_memory_mib, proc.gpu_uuid) == (1, "/a, b/c, d", 10, "GPU-x")
 
 

@@ -43,7 +43,7 @@ function bar(pct) {
 function gib(mib) { return (mib / 1024).toFixed(0); }
 
 function holderOf(g) {
-  const procs = g.processes.map(p => `${p.env_owner || p.user || "?"}${p.env ? ` [${p.env}]` : ""} ${p.name.split("/").pop()}:${p.pid}`);
+  const procs = g.processes.map(p => `${p.env_owner || p.user || "?"}${p.env ? ` [${p.env}]` : ""} ${p.name.split("/").pop() || "?"}:${p.pid}`);
   if (procs.length) return procs.join(", ");
   if (g.held_by) return `${g.held_by.owner || "?"} [${g.held_by.env || "?"}]`;
   return "-";
