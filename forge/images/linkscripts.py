@@ -337,7 +337,9 @@ def chain_source_script(
 # A hop's start: its generation from what the hop before asked for (``forge-load GEN``), its
 # own directory, and the rule between instances on one hop: the newest generation goes on,
 # older ones are stopped (each writes its group, then its generation, then looks: of two
-# starting at once, at least one sees the other).
+# starting at once, at least one sees the other). A stopped one never gets to remove its group
+# file: the one that stops it does, so no later clean-up signals that number again (by then
+# the system may have given it to another process group).
 _HOP_START = r"""
 g=0
 case "$SSH_ORIGINAL_COMMAND" in
@@ -354,7 +356,7 @@ for o in ../run.*; do
   case "$og" in ''|*[!0-9]*) continue ;; esac
   if [ "$og" -gt "$g" ]; then exit 0; fi
   case "$op" in ''|*[!0-9]*) continue ;; esac
-  if [ "$og" -lt "$g" ]; then kill -TERM -- "-$op" 2>/dev/null; fi
+  if [ "$og" -lt "$g" ]; then kill -TERM -- "-$op" 2>/dev/null; rm -f -- "$o/pgid"; fi
 done
 : > spool || exit 1
 exec 3<&0

@@ -281,3 +281,24 @@ def test_a_hop_without_room_for_the_relays_copy_of_the_stream_says_so_and_keeps_
     assert f"not enough space in {env_tmp} for the relay's copy of the stream" in r.stderr
     assert "MiB free, 1099511627776 MiB needed" in r.stderr
     assert list(env_tmp.iterdir()) == []
+
+
+def test_a_newer_instance_of_a_hop_stops_the_older_one_and_takes_its_group_file(tmp_path: Path) -> None:
+    """The older instance, stopped, cannot remove its group's number: the newer one does, so
+    the transfer's clean-up (which signals every group file left) never signals that number
+    again once the system may have given it to someone else."""
+    older = subprocess.Popen(["sleep", "60"], start_new_session=True)  # the older instance's group
+    try:
+        run = tmp_path / "run.older"
+        run.mkdir()
+        (run / "gen").write_text("0\n")
+        (run / "pgid").write_text(f"{older.pid}\n")
+        script = linkscripts.relay_script(str(tmp_path), 2, None, None, "cat > loaded")
+        env = {**os.environ, "SSH_ORIGINAL_COMMAND": "forge-load 1"}
+        r = subprocess.run(["bash", "-c", script], input=b"x" * 1000, env=env, capture_output=True, timeout=60)
+        assert b"forge-link host 2 0" in r.stdout
+        assert older.wait(10) == -15  # SIGTERM to its group
+        assert not (run / "pgid").exists() and (run / "gen").exists()
+    finally:
+        older.kill()
+        older.wait()
