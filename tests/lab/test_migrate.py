@@ -662,3 +662,41 @@ def test_a_volume_check_that_times_out_removes_the_volume_and_mount_it_made(
             assert spec.mountpoint and not os.path.ismount(str(spec.mountpoint))
         finally:
             volume.drop(t, spec)
+
+
+def test_ctrl_c_while_the_container_is_being_created_leaves_no_container(
+    lab: LabHandle, env_lab: dict[str, Any]
+) -> None:
+    """Ctrl-C lands while `docker run -d` is still creating the container on the host (here:
+    the host starts it a second late, as a loaded one may): the run is waited for, then undone,
+    so no container is left to start by itself on GPUs whose claims were released."""
+    import threading
+
+    from forge.env import migrate as mig
+    from forge.transport import connect
+    from forge.transport.base import Transport
+
+    inv, env = inventory.load_file(env_lab["inventory"]), new_env(env_lab)
+
+    class LateHost(Transport):
+        def __init__(self, inner: Transport) -> None:
+            self.inner, self.name = inner, inner.name
+
+        def run(self, command: Any, **kw: Any) -> Any:
+            if not (isinstance(command, list) and "run" in command and "-d" in command):
+                return self.inner.run(command, **kw)
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C meanwhile
+            return self.inner.run(["sh", "-c", 'sleep 1; exec "$@"', "sh", *command], **kw)
+
+        def stream(self, command: Any, **kw: Any) -> Any:
+            return self.inner.stream(command, **kw)
+
+        def close(self) -> None:
+            self.inner.close()
+
+    keys = (Path(str(lab.identity_file) + ".pub")).read_text()
+    req = mig.request_from(inv, env=env, to="gpu2", authorized_keys=keys)
+    with Pool(lambda h: LateHost(connect(h))) as pool, pytest.raises(KeyboardInterrupt):
+        mig.migrate(inv, req, pool)
+    time.sleep(2)  # a run still going on the host would have made its container by now
+    assert envs_on(lab, "gpu2", env) == [] and claims_on(lab, "gpu2", env) == []
