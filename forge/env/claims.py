@@ -14,13 +14,15 @@ server differently, and the daemon is per host anyway.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Sequence
 
 from forge import labels
 from forge.env.errors import ClaimConflict
 from forge.env.listing import CLAIM, CLAIM_CONTAINER, CLAIM_ENV, CLAIM_OWNER, HostListing
-from forge.errors import CommandFailed
+from forge.env.steps import ctrl_c_held
+from forge.errors import CommandFailed, ForgeError
 from forge.session import HostSession
 
 PREFIX = "forge-claim-"
@@ -67,17 +69,27 @@ def claim(
 ) -> tuple[str, ...]:
     """Claim every GPU in ``gpus`` or none: returns the claim containers' IDs.
 
-    Raises :class:`ClaimConflict` when another run holds one of them (ours are released first).
+    Raises :class:`ClaimConflict` when another run holds one of them. Whatever ends it early
+    (that, a failure, a timeout, Ctrl-C) releases the claims it made first: the caller's undo
+    does not know them yet. A ``docker create`` under way when Ctrl-C comes is waited for (the
+    host goes on with it), so its claim is released too instead of holding the GPU until stale.
     """
     taken: list[str] = []
-    for gpu in sorted(gpus):
-        r = s.run(s.docker(*claim_args(gpu, image=image, env=env, owner=owner, container=container)), timeout=timeout)
-        if not r.ok:
+    try:
+        for gpu in sorted(gpus):
+            argv = s.docker(*claim_args(gpu, image=image, env=env, owner=owner, container=container))
+            with ctrl_c_held():  # the claim made is recorded before Ctrl-C goes on
+                r = s.run(argv, timeout=timeout)
+                if r.ok:
+                    taken.append(r.stdout.strip().splitlines()[-1])
+            if not r.ok:
+                if any(word in r.stderr for word in _CONFLICT):
+                    raise ClaimConflict(s.name, gpu)
+                raise CommandFailed(s.name, r.command, r.exit_status, r.stderr)
+    except BaseException:
+        with contextlib.suppress(ForgeError):
             release(s, taken)
-            if any(word in r.stderr for word in _CONFLICT):
-                raise ClaimConflict(s.name, gpu)
-            raise CommandFailed(s.name, r.command, r.exit_status, r.stderr)
-        taken.append(r.stdout.strip().splitlines()[-1])
+        raise
     return tuple(taken)
 
 

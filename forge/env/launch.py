@@ -17,12 +17,11 @@ import secrets
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 from forge import shell
 from forge.env.errors import LaunchError
 from forge.env.listing import ENV, GPUS, OWNER, SSH_PORT, USER, USER_NAME, HostListing
-from forge.env.steps import to_the_end
+from forge.env.steps import ctrl_c_held
 from forge.hostnum import natural
 from forge.session import HostSession
 
@@ -188,8 +187,8 @@ def start(
     tried: set[int] = set()
     for _ in range(attempts):
         port = choose_port(*port_range, used, fixed=fixed_port, skip=tried)
-        # On Ctrl-C the run still ends first, so the undo finds the container it made.
-        r = to_the_end(partial(s.run, s.docker(*run_args(spec, port)), timeout=timeout))
+        with ctrl_c_held():  # on Ctrl-C the run still ends first: the undo finds the container
+            r = s.run(s.docker(*run_args(spec, port)), timeout=timeout)
         if r.ok:
             return port
         remove(s, spec.name)  # a failed run can leave the container created

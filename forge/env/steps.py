@@ -8,17 +8,13 @@ it (one candidate host); :meth:`Steps.keep` makes what was done final.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import select
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any
 
 from forge.errors import ForgeError
-
-T = TypeVar("T")
 
 
 class Steps:
@@ -57,41 +53,35 @@ class Steps:
         self._undo.clear()
 
 
-def to_the_end(fn: Callable[[], T]) -> T:
-    """``fn()``, run to its end even when Ctrl-C comes meanwhile; the KeyboardInterrupt is
-    raised after it. For a remote command that creates what an undo removes (``docker run
-    -d``): the host goes on running it after forge stops waiting, so an undo run at once could
-    look before the container exists, find nothing, and leave it to start (``--restart=always``,
-    on GPUs whose claims were just released). ``fn`` runs in a thread of its own, bounded by
-    its command's timeout; this thread waits on a pipe, not on a lock: a KeyboardInterrupt
-    landing inside ``Thread.join`` can leave the thread marked stopped while it runs."""
-    result: list[T] = []
-    error: list[BaseException] = []
-    read, write = os.pipe()
-
-    def work() -> None:
-        try:
-            result.append(fn())
-        except BaseException as e:  # handed to the caller below
-            error.append(e)
-        finally:  # each end is closed by its own side: no write to a number reused meanwhile
-            with contextlib.suppress(OSError):  # the caller stopped waiting (interrupted before it began)
-                os.write(write, b"x")
-            os.close(write)
-
-    interrupted = False
+@contextmanager
+def ctrl_c_held() -> Iterator[None]:
+    """Ctrl-C inside the block takes effect when the block ends: as KeyboardInterrupt (or
+    whatever the handler before does), raised even over an error of the block. For a remote
+    command that creates what an undo removes (``docker run -d``, a claim's ``docker create``):
+    the host goes on with it after forge stops waiting, so an undo run at once could look
+    before the thing exists, find nothing, and leave it (a container that starts by itself
+    with ``--restart=always``, a claim holding a GPU). Held, the command ends (within its
+    timeout) and the code after it records what it made before the interrupt goes on. The
+    handler only notes the signal: waits go on (Python retries them), no lock is taken.
+    Only the main thread gets Ctrl-C; elsewhere the block just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
     try:
-        threading.Thread(target=work, name="forge-to-the-end", daemon=True).start()
-        while True:
-            try:
-                if select.select([read], [], [])[0]:
-                    break
-            except KeyboardInterrupt:
-                interrupted = True
+        yield
     finally:
-        os.close(read)
-    if interrupted:
-        raise KeyboardInterrupt
-    if error:
-        raise error[0]
-    return result[0]
+        signal.signal(signal.SIGINT, signal.SIG_DFL if old is None else old)  # None: not set from Python
+        if seen:
+            _deliver(old)
+
+
+def _deliver(handler: Any) -> None:
+    """What a Ctrl-C held back does now: the handler that was in place decides."""
+    if handler == signal.SIG_IGN:
+        return
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signal.SIGINT, None)
+        return
+    raise KeyboardInterrupt

@@ -431,8 +431,8 @@ def _with_mig(
     gpus: tuple[Gpu, ...], procs: tuple[GpuProcess, ...], text: str
 ) -> tuple[tuple[Gpu, ...], tuple[GpuProcess, ...]]:
     """The MIG instances after their GPUs, processes on them pointed at them; as they were when
-    the MIG query failed or its answer is not trusted (the GPU itself is never free: it is
-    split, so no instance of it is offered then)."""
+    the MIG query failed or its answer is not trusted (one answer covers every GPU of the host:
+    none of its MIG GPUs is free then, each is split, and no instance of them is offered)."""
     from forge.gpu import mig  # hosts with a MIG-enabled GPU only: not on every probe's start-up
 
     list_text, list_rc, query_text, query_rc = mig.split(text)

@@ -140,7 +140,8 @@ class Transport(abc.ABC):
     def end(self) -> None:
         """Close the connection for good, at the end of a run: a later command fails with
         :class:`~forge.errors.ConnectError` instead of opening a new one (a thread still
-        working for a host that was interrupted must not reconnect behind the run's back)."""
+        working for a host that was interrupted must not reconnect behind the run's back).
+        Here: just :meth:`close`, for a transport with no connection to open (this machine)."""
         self.close()
 
     def host_key(self) -> tuple[str, str] | None:

@@ -210,6 +210,9 @@ def test_migrate_lists_each_host_once_to_locate_and_choose(lab: LabHandle, env_l
         def close(self) -> None:
             self.inner.close()
 
+        def end(self) -> None:
+            self.inner.end()
+
     keys = (Path(str(lab.identity_file) + ".pub")).read_text()
     req = mig.request_from(inv, env=env, to="idle", among=HOSTS, authorized_keys=keys)
     with Pool(lambda h: Recording(connect(h))) as pool:
@@ -693,6 +696,9 @@ def test_ctrl_c_while_the_container_is_being_created_leaves_no_container(
 
         def close(self) -> None:
             self.inner.close()
+
+        def end(self) -> None:
+            self.inner.end()
 
     keys = (Path(str(lab.identity_file) + ".pub")).read_text()
     req = mig.request_from(inv, env=env, to="gpu2", authorized_keys=keys)

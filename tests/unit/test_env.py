@@ -273,6 +273,41 @@ def test_claim_argv_is_a_never_started_named_container() -> None:
     assert "--entrypoint" in argv and argv[-1] == "img" and "start" not in argv
 
 
+@pytest.mark.parametrize("ending", ["conflict", "timeout", "ctrl-c"])
+def test_a_claim_ended_early_releases_the_claims_it_had_made(ending: str) -> None:
+    """The second GPU's claim is refused, runs past its timeout or meets Ctrl-C: the first
+    GPU's claim is released before the error goes on (the caller's undo does not know it)."""
+    from forge.errors import CommandTimeout
+
+    second: dict[str, object] = {
+        "conflict": {"status": 1, "stderr": 'Conflict. The container name "/forge-claim-GPU-b" is already in use'},
+        "timeout": {"raises": CommandTimeout("gpu1", "docker create ran past its timeout of 60 s")},
+        "ctrl-c": {"raises": KeyboardInterrupt()},
+    }[ending]
+    t = FakeTransport().on("forge-claim-GPU-a", stdout="id-a\n").on("forge-claim-GPU-b", **second).on(" rm -f ")
+    expected = {"conflict": claims.ClaimConflict, "timeout": CommandTimeout, "ctrl-c": KeyboardInterrupt}[ending]
+    with pytest.raises(expected):
+        claims.claim(session(Host(name="gpu1", address="x"), t), ["GPU-b", "GPU-a"], image="img", env="dev",
+                     owner="alice", container="c")  # fmt: skip
+    assert [x for x in t.scripts if " rm -f " in x] == ["docker rm -f id-a"]
+
+
+def test_a_claim_made_while_ctrl_c_comes_is_released_with_the_others() -> None:
+    """Ctrl-C lands while the second GPU's claim is being created and the create succeeds:
+    that claim is recorded before the interrupt goes on, so both are released."""
+    import os
+    import signal
+    import threading
+
+    t = FakeTransport().on("forge-claim-GPU-a", stdout="id-a\n").on("forge-claim-GPU-b", stdout="id-b\n", delay_s=0.5)
+    t.on(" rm -f ")
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        claims.claim(session(Host(name="gpu1", address="x"), t), ["GPU-a", "GPU-b"], image="img", env="dev",
+                     owner="alice", container="c")  # fmt: skip
+    assert [x for x in t.scripts if " rm -f " in x] == ["docker rm -f id-a id-b"]
+
+
 def test_launch_argv() -> None:
     spec_l = launch.LaunchSpec(
         env="dev",
