@@ -3,12 +3,23 @@ are built by :class:`forge.session.HostSession`)."""
 
 from __future__ import annotations
 
+import re
+
 from forge.errors import HostError
 from forge.inventory import Host
 
 
 class DockerUnavailable(HostError):
     """The host's Docker daemon cannot be used: not running, not allowed, not installed."""
+
+
+_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def is_container_id(text: str) -> bool:
+    """Whether ``text``, read from a host, is a full container ID (64 hex digits) and nothing
+    else: fit for another docker command line, a label, a mark's name."""
+    return _CONTAINER_ID.fullmatch(text) is not None
 
 
 def unavailable(text: str, exit_status: int | None = None) -> str | None:

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from forge import labels
+from forge.dockercli import is_container_id
 from forge.env.errors import ClaimConflict
 from forge.env.listing import CLAIM, CLAIM_CONTAINER, CLAIM_ENV, CLAIM_OWNER, HostListing
 from forge.env.steps import ctrl_c_held
@@ -80,8 +81,9 @@ def claim(
             argv = s.docker(*claim_args(gpu, image=image, env=env, owner=owner, container=container))
             with ctrl_c_held():  # the claim made is recorded before Ctrl-C goes on
                 r = s.run(argv, timeout=timeout)
-                if r.ok:
-                    taken.append(r.stdout.strip().splitlines()[-1])
+                if r.ok:  # docker prints the new container's ID; else its name, just made, is ours
+                    printed = (r.stdout.strip().splitlines() or [""])[-1]
+                    taken.append(printed if is_container_id(printed) else claim_name(gpu))
             if not r.ok:
                 if any(word in r.stderr for word in _CONFLICT):
                     raise ClaimConflict(s.name, gpu)

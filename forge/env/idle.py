@@ -31,6 +31,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from forge.dockercli import is_container_id
 from forge.durations import parse_duration
 from forge.env.names import keep_repo
 from forge.gpu.model import HostGpus
@@ -75,7 +76,7 @@ class Mark:
 
 def subject_of(container_id: str) -> str:
     """An environment's subject: its full container ID (checked: 64 hex digits)."""
-    if not re.fullmatch(r"[0-9a-f]{64}", container_id):
+    if not is_container_id(container_id):
         raise ValueError(f"not a container ID: {container_id!r}")
     return container_id
 

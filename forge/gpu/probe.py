@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from forge import labels, shell
-from forge.dockercli import unavailable
+from forge.dockercli import is_container_id, unavailable
 from forge.errors import ForgeError
 from forge.gpu.model import Gpu, GpuHold, GpuProcess, HostGpus, ProbeStatus
 from forge.gpu.nvsmi import (
@@ -307,7 +307,7 @@ def parse_containers(text: str) -> tuple[float | None, dict[str, Container]]:
     decoder = json.JSONDecoder()
     for line in lines[1:] if now is not None else lines:
         cid, _, rest = line.strip().partition(" ")
-        if not re.fullmatch(r"[0-9a-f]{64}", cid):
+        if not is_container_id(cid):
             continue
         values: list[object] = []
         try:

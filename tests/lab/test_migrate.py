@@ -24,7 +24,9 @@ from forge import inventory, shell
 from forge.env import quota, volume
 from forge.env.launch import host_facts
 from forge.fleet import Pool
+from forge.inventory import Host
 from forge.lab import DATA_MARKER, DATA_MARKER_CONTENT
+from forge.transport import Transport, connect
 from tests.conftest import LabHandle
 from tests.lab.envkit import (
     EXITS,
@@ -40,6 +42,31 @@ from tests.lab.envkit import (
     new_env,
     ssh_into,
 )
+
+
+class Through(Transport):
+    """A real connection to a lab host (what the pool would open) that a test watches or
+    changes command by command in ``run``; everything else goes to it as is."""
+
+    def __init__(self, host: Host) -> None:
+        self.inner: Transport = connect(host)
+        self.name = self.inner.name
+
+    def run(self, command: Any, **kw: Any) -> Any:
+        return self.inner.run(command, **kw)
+
+    def stream(self, command: Any, **kw: Any) -> Any:
+        return self.inner.stream(command, **kw)
+
+    def host_key(self) -> tuple[str, str] | None:
+        return self.inner.host_key()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def end(self) -> None:
+        self.inner.end()
+
 
 pytestmark = pytest.mark.lab
 
@@ -189,33 +216,20 @@ def test_migrate_lists_each_host_once_to_locate_and_choose(lab: LabHandle, env_l
     from forge.env import envs
     from forge.env import migrate as mig
     from forge.env.listing import PS_FORMAT
-    from forge.transport import connect
-    from forge.transport.base import Transport, to_script
+    from forge.transport.base import to_script
 
     inv, env = inventory.load_file(env_lab["inventory"]), new_env(env_lab)
     listed: list[str] = []
 
-    class Recording(Transport):
-        def __init__(self, inner: Transport) -> None:
-            self.inner, self.name = inner, inner.name
-
+    class Recording(Through):
         def run(self, command: Any, **kw: Any) -> Any:
             if shell.quote(PS_FORMAT) in to_script(command):
                 listed.append(self.name)
             return self.inner.run(command, **kw)
 
-        def stream(self, command: Any, **kw: Any) -> Any:
-            return self.inner.stream(command, **kw)
-
-        def close(self) -> None:
-            self.inner.close()
-
-        def end(self) -> None:
-            self.inner.end()
-
     keys = (Path(str(lab.identity_file) + ".pub")).read_text()
     req = mig.request_from(inv, env=env, to="idle", among=HOSTS, authorized_keys=keys)
-    with Pool(lambda h: Recording(connect(h))) as pool:
+    with Pool(Recording) as pool:
         res = mig.migrate(inv, req, pool)
         try:
             others = [h.name for h in inv.hosts if h.name != res.host]
@@ -676,33 +690,19 @@ def test_ctrl_c_while_the_container_is_being_created_leaves_no_container(
     import threading
 
     from forge.env import migrate as mig
-    from forge.transport import connect
-    from forge.transport.base import Transport
 
     inv, env = inventory.load_file(env_lab["inventory"]), new_env(env_lab)
 
-    class LateHost(Transport):
-        def __init__(self, inner: Transport) -> None:
-            self.inner, self.name = inner, inner.name
-
+    class LateHost(Through):
         def run(self, command: Any, **kw: Any) -> Any:
             if not (isinstance(command, list) and "run" in command and "-d" in command):
                 return self.inner.run(command, **kw)
             threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C meanwhile
             return self.inner.run(["sh", "-c", 'sleep 1; exec "$@"', "sh", *command], **kw)
 
-        def stream(self, command: Any, **kw: Any) -> Any:
-            return self.inner.stream(command, **kw)
-
-        def close(self) -> None:
-            self.inner.close()
-
-        def end(self) -> None:
-            self.inner.end()
-
     keys = (Path(str(lab.identity_file) + ".pub")).read_text()
     req = mig.request_from(inv, env=env, to="gpu2", authorized_keys=keys)
-    with Pool(lambda h: LateHost(connect(h))) as pool, pytest.raises(KeyboardInterrupt):
+    with Pool(LateHost) as pool, pytest.raises(KeyboardInterrupt):
         mig.migrate(inv, req, pool)
     time.sleep(2)  # a run still going on the host would have made its container by now
     assert envs_on(lab, "gpu2", env) == [] and claims_on(lab, "gpu2", env) == []

@@ -14,6 +14,7 @@ from forge import shell
 from forge.env import access, claims, launch, sshconfig, volume
 from forge.env.errors import EnvError, LaunchError, VolumeError
 from forge.env.listing import PS_FORMAT, parse_created, parse_listing
+from forge.errors import CommandFailed
 from forge.inventory import DataSettings, Host
 from tests.unit.fakes import FakeTransport, session
 
@@ -273,6 +274,9 @@ def test_claim_argv_is_a_never_started_named_container() -> None:
     assert "--entrypoint" in argv and argv[-1] == "img" and "start" not in argv
 
 
+ID_A, ID_B = "a" * 64, "b" * 64
+
+
 @pytest.mark.parametrize("ending", ["conflict", "timeout", "ctrl-c"])
 def test_a_claim_ended_early_releases_the_claims_it_had_made(ending: str) -> None:
     """The second GPU's claim is refused, runs past its timeout or meets Ctrl-C: the first
@@ -284,12 +288,12 @@ def test_a_claim_ended_early_releases_the_claims_it_had_made(ending: str) -> Non
         "timeout": {"raises": CommandTimeout("gpu1", "docker create ran past its timeout of 60 s")},
         "ctrl-c": {"raises": KeyboardInterrupt()},
     }[ending]
-    t = FakeTransport().on("forge-claim-GPU-a", stdout="id-a\n").on("forge-claim-GPU-b", **second).on(" rm -f ")
+    t = FakeTransport().on("forge-claim-GPU-a", stdout=f"{ID_A}\n").on("forge-claim-GPU-b", **second).on(" rm -f ")
     expected = {"conflict": claims.ClaimConflict, "timeout": CommandTimeout, "ctrl-c": KeyboardInterrupt}[ending]
     with pytest.raises(expected):
         claims.claim(session(Host(name="gpu1", address="x"), t), ["GPU-b", "GPU-a"], image="img", env="dev",
                      owner="alice", container="c")  # fmt: skip
-    assert [x for x in t.scripts if " rm -f " in x] == ["docker rm -f id-a"]
+    assert [x for x in t.scripts if " rm -f " in x] == [f"docker rm -f {ID_A}"]
 
 
 def test_a_claim_made_while_ctrl_c_comes_is_released_with_the_others() -> None:
@@ -299,13 +303,28 @@ def test_a_claim_made_while_ctrl_c_comes_is_released_with_the_others() -> None:
     import signal
     import threading
 
-    t = FakeTransport().on("forge-claim-GPU-a", stdout="id-a\n").on("forge-claim-GPU-b", stdout="id-b\n", delay_s=0.5)
+    t = (
+        FakeTransport()
+        .on("forge-claim-GPU-a", stdout=f"{ID_A}\n")
+        .on("forge-claim-GPU-b", stdout=f"{ID_B}\n", delay_s=0.5)
+    )
     t.on(" rm -f ")
     threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
     with pytest.raises(KeyboardInterrupt):
         claims.claim(session(Host(name="gpu1", address="x"), t), ["GPU-a", "GPU-b"], image="img", env="dev",
                      owner="alice", container="c")  # fmt: skip
-    assert [x for x in t.scripts if " rm -f " in x] == ["docker rm -f id-a id-b"]
+    assert [x for x in t.scripts if " rm -f " in x] == [f"docker rm -f {ID_A} {ID_B}"]
+
+
+def test_a_claim_whose_id_is_not_one_is_released_by_its_name() -> None:
+    """What docker printed for a claim is checked before it reaches another command line:
+    anything but a container ID (here an option) is replaced by the claim's own name."""
+    t = FakeTransport().on("forge-claim-GPU-a", stdout="--all\n").on("forge-claim-GPU-b", status=1, stderr="no")
+    t.on(" rm -f ")
+    with pytest.raises(CommandFailed):
+        claims.claim(session(Host(name="gpu1", address="x"), t), ["GPU-a", "GPU-b"], image="img", env="dev",
+                     owner="alice", container="c")  # fmt: skip
+    assert [x for x in t.scripts if " rm -f " in x] == ["docker rm -f forge-claim-GPU-a"]
 
 
 def test_launch_argv() -> None:
